@@ -1,0 +1,56 @@
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { Grant } from './policy.js';
+
+/** What a verified token decided: enough to issue a user JWT without verifying it again. */
+export interface CachedDecision {
+  readonly issuer: string;
+  readonly subject: string;
+  readonly grant: Grant;
+  /** The token's `exp` (seconds), undefined when the issuer allows tokens without one. */
+  readonly tokenExp: number | undefined;
+}
+
+/**
+ * The fast path for reconnect storms: decisions for tokens already verified, keyed by the
+ * token's SHA-256 (tokens themselves are never kept). An entry lives at most `ttlMs` and never
+ * past the token's `exp`; entries are never refreshed on access, and only successes are cached.
+ * A new cache is built on every configuration load, so reloads flush it.
+ */
+export class DecisionCache {
+  readonly #lru: LRUCache<string, CachedDecision> | undefined;
+  readonly #ttlMs: number;
+  hits = 0;
+  misses = 0;
+
+  constructor(maxEntries: number, ttlMs: number) {
+    this.#ttlMs = ttlMs;
+    this.#lru = maxEntries > 0 && ttlMs > 0 ? new LRUCache({ max: maxEntries, ttl: ttlMs, ttlAutopurge: false, updateAgeOnGet: false }) : undefined;
+  }
+
+  static key(token: string): string {
+    return createHash('sha256').update(token).digest('base64');
+  }
+
+  get(key: string): CachedDecision | undefined {
+    const hit = this.#lru?.get(key);
+    if (hit) this.hits++;
+    else this.misses++;
+    return hit;
+  }
+
+  set(key: string, decision: CachedDecision, nowMs: number): void {
+    if (!this.#lru) return;
+    const untilExp = decision.tokenExp === undefined ? this.#ttlMs : decision.tokenExp * 1000 - nowMs;
+    const ttl = Math.min(this.#ttlMs, untilExp);
+    if (ttl >= 1) this.#lru.set(key, decision, { ttl });
+  }
+
+  get size(): number {
+    return this.#lru?.size ?? 0;
+  }
+
+  clear(): void {
+    this.#lru?.clear();
+  }
+}

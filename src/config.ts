@@ -1,0 +1,340 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+
+/**
+ * The service configuration: a YAML file validated by one schema (unknown keys are errors),
+ * defaulted from `DEFAULTS`, secrets resolved from files or the environment, then frozen.
+ */
+
+/** Every default in one place; README and conf/ document these values. */
+export const DEFAULTS = Object.freeze({
+  nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout' },
+  callout: { mode: 'server_config' as const, max_in_flight: 256 },
+  token: { fields: ['auth_token'] as TokenField[], max_bytes: 16384 },
+  issuer: {
+    algorithms: ['RS256'],
+    leeway: '60s',
+    allow_missing_exp: false,
+    allow_insecure_http: false,
+    jwks_cache_max_age: '10m',
+    jwks_cooldown: '30s',
+    http_timeout: '5s',
+  },
+  rule: { max_lifetime: '1h', user_name_claim: 'sub' },
+  cache: { max_entries: 50000, ttl: '60s' },
+  log: { level: 'info' as LogLevel },
+});
+
+export type TokenField = 'auth_token' | 'pass';
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/** Asymmetric JWS algorithms only: HMAC and `none` can never be allowed. */
+export const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
+
+const secret = z.union([
+  z.string().min(1),
+  z.strictObject({ file: z.string().min(1) }),
+  z.strictObject({ env: z.string().min(1) }),
+]);
+const duration = z.union([z.string(), z.number().nonnegative()]);
+const subjectList = z.array(z.string().min(1));
+const permission = z.strictObject({ allow: subjectList.optional(), deny: subjectList.optional() });
+const claimValue = z.union([z.string(), z.number(), z.boolean()]);
+
+const ruleSchema = z.strictObject({
+  name: z.string().min(1),
+  issuer: z.string().optional(),
+  match: z.record(z.string().min(1), z.union([claimValue, z.array(claimValue).min(1)])).optional(),
+  account: z.string().min(1),
+  user_name_claim: z.string().min(1).optional(),
+  max_lifetime: duration.optional(),
+  permissions: z
+    .strictObject({
+      pub: permission.optional(),
+      sub: permission.optional(),
+      resp: z.strictObject({ max: z.number().int().positive(), ttl: duration.optional() }).optional(),
+    })
+    .optional(),
+});
+
+const issuerSchema = z.strictObject({
+  issuer: z.string().min(1),
+  audiences: z.array(z.string().min(1)).min(1),
+  algorithms: z.array(z.enum(ASYMMETRIC_ALGORITHMS)).min(1).optional(),
+  jwks_uri: z.string().optional(),
+  token_types: z.array(z.string().min(1)).min(1).optional(),
+  leeway: duration.optional(),
+  allow_missing_exp: z.boolean().optional(),
+  allow_insecure_http: z.boolean().optional(),
+  jwks_cache_max_age: duration.optional(),
+  jwks_cooldown: duration.optional(),
+  http_timeout: duration.optional(),
+});
+
+const schema = z.strictObject({
+  nats: z.strictObject({
+    servers: z.array(z.string().min(1)).min(1).optional(),
+    name: z.string().min(1).optional(),
+    queue_group: z.string().min(1).optional(),
+    user: z.string().min(1).optional(),
+    password: secret.optional(),
+    token: secret.optional(),
+    nkey_seed: secret.optional(),
+    creds_file: z.string().min(1).optional(),
+  }),
+  callout: z.strictObject({
+    mode: z.enum(['server_config', 'operator']).optional(),
+    issuer_seed: secret,
+    issuer_account: z.string().optional(),
+    xkey_seed: secret.optional(),
+    max_in_flight: z.number().int().positive().optional(),
+  }),
+  accounts: z.record(z.string().min(1), z.strictObject({ public_key: z.string(), signing_seed: secret })).optional(),
+  token: z
+    .strictObject({
+      fields: z.array(z.enum(['auth_token', 'pass'])).min(1).optional(),
+      max_bytes: z.number().int().min(256).max(1048576).optional(),
+    })
+    .optional(),
+  issuers: z.array(issuerSchema).min(1),
+  policy: z.strictObject({ rules: z.array(ruleSchema).min(1) }),
+  cache: z.strictObject({ max_entries: z.number().int().nonnegative().optional(), ttl: duration.optional() }).optional(),
+  log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).optional() }).optional(),
+});
+
+type RawConfig = z.infer<typeof schema>;
+export type RawRule = z.infer<typeof ruleSchema>;
+
+/** A secret value: the resolved string plus where it came from (for redacted printing). */
+export interface Secret {
+  readonly value: string;
+  readonly source: string;
+}
+
+export interface IssuerConfig {
+  readonly issuer: string;
+  readonly audiences: readonly string[];
+  readonly algorithms: readonly string[];
+  readonly jwksUri: string | undefined;
+  readonly tokenTypes: readonly string[] | undefined;
+  readonly leewaySeconds: number;
+  readonly allowMissingExp: boolean;
+  readonly allowInsecureHttp: boolean;
+  readonly jwksCacheMaxAgeMs: number;
+  readonly jwksCooldownMs: number;
+  readonly httpTimeoutMs: number;
+}
+
+export interface AccountSigning {
+  readonly publicKey: string;
+  readonly signingSeed: Secret;
+}
+
+export interface Config {
+  readonly nats: {
+    readonly servers: readonly string[];
+    readonly name: string;
+    readonly queueGroup: string;
+    readonly user: string | undefined;
+    readonly password: Secret | undefined;
+    readonly token: Secret | undefined;
+    readonly nkeySeed: Secret | undefined;
+    readonly credsFile: string | undefined;
+  };
+  readonly callout: {
+    readonly mode: 'server_config' | 'operator';
+    readonly issuerSeed: Secret;
+    readonly issuerAccount: string | undefined;
+    readonly xkeySeed: Secret | undefined;
+    readonly maxInFlight: number;
+  };
+  /** Operator mode: how to sign users for each account name a rule may grant. */
+  readonly accounts: Readonly<Record<string, AccountSigning>>;
+  readonly token: { readonly fields: readonly TokenField[]; readonly maxBytes: number };
+  readonly issuers: readonly IssuerConfig[];
+  readonly rules: readonly RawRule[];
+  readonly cache: { readonly maxEntries: number; readonly ttlMs: number };
+  readonly log: { readonly level: LogLevel };
+}
+
+/** Parses `90s`, `5m`, `1h`, `250ms`, `2d` or a number of seconds into milliseconds. */
+export function parseDuration(value: string | number, path: string): number {
+  if (typeof value === 'number') return Math.round(value * 1000);
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim());
+  if (!m) throw new ConfigError(path, `invalid duration ${JSON.stringify(value)} (use e.g. 250ms, 30s, 5m, 1h)`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+function resolveSecret(value: z.infer<typeof secret>, path: string, env: NodeJS.ProcessEnv, baseDir: string): Secret {
+  if (typeof value === 'string') return { value, source: 'inline' };
+  if ('env' in value) {
+    const v = env[value.env];
+    if (v === undefined || v === '') throw new ConfigError(path, `environment variable ${value.env} is not set`);
+    return { value: v.trim(), source: `env:${value.env}` };
+  }
+  const file = value.file.startsWith('/') ? value.file : `${baseDir}/${value.file}`;
+  try {
+    const v = readFileSync(file, 'utf8').trim();
+    if (!v) throw new ConfigError(path, `secret file ${file} is empty`);
+    return { value: v, source: `file:${file}` };
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(path, `cannot read secret file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+}
+
+function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfig {
+  const d = DEFAULTS.issuer;
+  const path = `issuers[${i}]`;
+  const allowInsecureHttp = raw.allow_insecure_http ?? d.allow_insecure_http;
+  let url: URL;
+  try {
+    url = new URL(raw.issuer);
+  } catch {
+    throw new ConfigError(`${path}.issuer`, `not a URL: ${JSON.stringify(raw.issuer)}`);
+  }
+  checkScheme(url, allowInsecureHttp, `${path}.issuer`);
+  if (raw.jwks_uri !== undefined) {
+    let jwks: URL;
+    try {
+      jwks = new URL(raw.jwks_uri);
+    } catch {
+      throw new ConfigError(`${path}.jwks_uri`, `not a URL: ${JSON.stringify(raw.jwks_uri)}`);
+    }
+    checkScheme(jwks, allowInsecureHttp, `${path}.jwks_uri`);
+  }
+  return {
+    issuer: raw.issuer,
+    audiences: raw.audiences,
+    algorithms: raw.algorithms ?? d.algorithms,
+    jwksUri: raw.jwks_uri,
+    tokenTypes: raw.token_types,
+    leewaySeconds: parseDuration(raw.leeway ?? d.leeway, `${path}.leeway`) / 1000,
+    allowMissingExp: raw.allow_missing_exp ?? d.allow_missing_exp,
+    allowInsecureHttp,
+    jwksCacheMaxAgeMs: parseDuration(raw.jwks_cache_max_age ?? d.jwks_cache_max_age, `${path}.jwks_cache_max_age`),
+    jwksCooldownMs: parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`),
+    httpTimeoutMs: parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`),
+  };
+}
+
+function checkScheme(url: URL, allowInsecureHttp: boolean, path: string): void {
+  if (url.protocol === 'https:') return;
+  if (url.protocol === 'http:' && allowInsecureHttp) return;
+  if (url.protocol === 'http:') throw new ConfigError(path, 'http:// is refused; use https:// or set allow_insecure_http: true (loopback tests only)');
+  throw new ConfigError(path, `unsupported URL scheme ${url.protocol}`);
+}
+
+function zodPath(path: readonly PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join('');
+}
+
+/**
+ * Validates an already-parsed document. `env` and `baseDir` resolve secrets; relative secret
+ * files are read relative to the configuration file.
+ */
+export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd()): Config {
+  const parsed = schema.safeParse(doc);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ConfigError(zodPath(issue.path), issue.message);
+  }
+  const raw = parsed.data;
+  const n = raw.nats;
+  const methods = [n.password !== undefined || n.user !== undefined, n.token, n.nkey_seed, n.creds_file].filter(Boolean).length;
+  if (methods > 1) throw new ConfigError('nats', 'choose one way to authenticate: user/password, token, nkey_seed or creds_file');
+  if ((n.user === undefined) !== (n.password === undefined)) throw new ConfigError('nats', 'user and password go together');
+  const mode = raw.callout.mode ?? DEFAULTS.callout.mode;
+
+  const accounts: Record<string, AccountSigning> = {};
+  if (raw.accounts && mode !== 'operator') throw new ConfigError('accounts', 'accounts are only used in callout.mode: operator');
+  for (const [name, a] of Object.entries(raw.accounts ?? {})) {
+    accounts[name] = { publicKey: a.public_key, signingSeed: resolveSecret(a.signing_seed, `accounts.${name}.signing_seed`, env, baseDir) };
+  }
+  if (mode === 'server_config' && raw.callout.issuer_account !== undefined) {
+    throw new ConfigError('callout.issuer_account', 'only used in callout.mode: operator (server_config mode signs with the auth_callout issuer key)');
+  }
+
+  const issuers = raw.issuers.map(issuerConfig);
+  const seen = new Set<string>();
+  issuers.forEach((iss, i) => {
+    if (seen.has(iss.issuer)) throw new ConfigError(`issuers[${i}].issuer`, `duplicate issuer ${iss.issuer}`);
+    seen.add(iss.issuer);
+  });
+  raw.policy.rules.forEach((rule, i) => {
+    if (rule.issuer !== undefined && !seen.has(rule.issuer)) {
+      throw new ConfigError(`policy.rules[${i}].issuer`, `${rule.issuer} is not one of the configured issuers`);
+    }
+    if (mode === 'operator' && !accounts[rule.account]) {
+      throw new ConfigError(`policy.rules[${i}].account`, `account ${rule.account} is not listed under accounts (operator mode signs per account)`);
+    }
+  });
+
+  const config: Config = {
+    nats: {
+      servers: n.servers ?? DEFAULTS.nats.servers,
+      name: n.name ?? DEFAULTS.nats.name,
+      queueGroup: n.queue_group ?? DEFAULTS.nats.queue_group,
+      user: n.user,
+      password: n.password === undefined ? undefined : resolveSecret(n.password, 'nats.password', env, baseDir),
+      token: n.token === undefined ? undefined : resolveSecret(n.token, 'nats.token', env, baseDir),
+      nkeySeed: n.nkey_seed === undefined ? undefined : resolveSecret(n.nkey_seed, 'nats.nkey_seed', env, baseDir),
+      credsFile: n.creds_file,
+    },
+    callout: {
+      mode,
+      issuerSeed: resolveSecret(raw.callout.issuer_seed, 'callout.issuer_seed', env, baseDir),
+      issuerAccount: raw.callout.issuer_account,
+      xkeySeed: raw.callout.xkey_seed === undefined ? undefined : resolveSecret(raw.callout.xkey_seed, 'callout.xkey_seed', env, baseDir),
+      maxInFlight: raw.callout.max_in_flight ?? DEFAULTS.callout.max_in_flight,
+    },
+    accounts,
+    token: { fields: raw.token?.fields ?? DEFAULTS.token.fields, maxBytes: raw.token?.max_bytes ?? DEFAULTS.token.max_bytes },
+    issuers,
+    rules: raw.policy.rules,
+    cache: {
+      maxEntries: raw.cache?.max_entries ?? DEFAULTS.cache.max_entries,
+      ttlMs: parseDuration(raw.cache?.ttl ?? DEFAULTS.cache.ttl, 'cache.ttl'),
+    },
+    log: { level: raw.log?.level ?? DEFAULTS.log.level },
+  };
+  return deepFreeze(config);
+}
+
+/** Reads, parses and validates a YAML configuration file. */
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError('', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text, { uniqueKeys: true });
+  } catch (err) {
+    throw new ConfigError('', `${file} is not valid YAML: ${(err as Error).message}`);
+  }
+  const dir = file.includes('/') ? file.slice(0, file.lastIndexOf('/')) || '/' : process.cwd();
+  return buildConfig(doc, env, dir);
+}
+
+/** The effective configuration as plain data, every secret replaced by its source. */
+export function redactedConfig(config: Config): unknown {
+  return JSON.parse(
+    JSON.stringify(config, (_key, value: unknown) =>
+      value && typeof value === 'object' && 'value' in value && 'source' in value ? `<secret from ${(value as Secret).source}>` : value,
+    ),
+  );
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

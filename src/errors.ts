@@ -1,0 +1,76 @@
+/**
+ * Every way an authorization can fail, with a stable code and what the service does about it.
+ *
+ * - `reject`: answer with a signed error response; nats-server closes the client at once with
+ *   `Authorization Violation`.
+ * - `abort`: send no answer at all. Used when the request itself cannot be trusted (we must not
+ *   sign anything bound to keys we could not verify) or when the server has already given up.
+ *   The client then waits for the server's auth timeout.
+ *
+ * The message sent to nats-server is always generic; the real reason goes only to our log.
+ */
+export const FAILURES = {
+  REQUEST_MALFORMED: { outcome: 'abort', summary: 'the authorization request is not a well-formed request JWT' },
+  REQUEST_PLAINTEXT: { outcome: 'abort', summary: 'an xkey is configured but the request was not encrypted' },
+  REQUEST_DECRYPT_FAILED: { outcome: 'abort', summary: 'the encrypted request could not be opened with our xkey' },
+  REQUEST_XKEY_MISMATCH: { outcome: 'abort', summary: "the server xkey inside the request differs from the Nats-Server-Xkey header" },
+  REQUEST_SIGNATURE_INVALID: { outcome: 'abort', summary: "the request is not signed by the server key it names" },
+  REQUEST_CLAIMS_INVALID: { outcome: 'abort', summary: 'the request has a wrong audience, issuer, type, version or user key' },
+  REQUEST_EXPIRED: { outcome: 'abort', summary: 'the request deadline passed before it was processed; the server has given up on it' },
+  TOKEN_MISSING: { outcome: 'reject', summary: 'the client sent no token in any configured CONNECT field' },
+  TOKEN_TOO_LARGE: { outcome: 'reject', summary: 'the token is larger than token.max_bytes' },
+  TOKEN_MALFORMED: { outcome: 'reject', summary: 'the token is not a compact JWS with a JSON header and claims' },
+  TOKEN_ENCRYPTED: { outcome: 'reject', summary: 'the token is a JWE (encrypted); only signed tokens are accepted' },
+  TOKEN_ISSUER_UNKNOWN: { outcome: 'reject', summary: "the token's iss is not a configured issuer" },
+  TOKEN_ALG_NOT_ALLOWED: { outcome: 'reject', summary: "the token's alg is not in the issuer's algorithms allowlist" },
+  TOKEN_KEY_UNKNOWN: { outcome: 'reject', summary: "no key in the issuer's JWKS matches the token's kid and alg" },
+  TOKEN_SIGNATURE_INVALID: { outcome: 'reject', summary: "the token's signature does not verify with the issuer's key" },
+  TOKEN_EXPIRED: { outcome: 'reject', summary: 'the token is expired (exp, after leeway)' },
+  TOKEN_NOT_YET_VALID: { outcome: 'reject', summary: 'the token is not valid yet (nbf or iat in the future, after leeway)' },
+  TOKEN_EXP_MISSING: { outcome: 'reject', summary: 'the token has no exp and the issuer does not allow that' },
+  TOKEN_AUDIENCE_INVALID: { outcome: 'reject', summary: "the token's aud contains none of the issuer's audiences" },
+  TOKEN_TYPE_INVALID: { outcome: 'reject', summary: "the token's typ header is not one of the issuer's token_types" },
+  TOKEN_CLAIMS_INVALID: { outcome: 'reject', summary: 'a registered claim has the wrong type (e.g. exp not a number)' },
+  ISSUER_UNAVAILABLE: { outcome: 'reject', summary: "the issuer's discovery document or JWKS could not be fetched" },
+  POLICY_NO_MATCH: { outcome: 'reject', summary: 'no policy rule matches the verified claims' },
+  POLICY_CLAIM_UNSAFE: { outcome: 'reject', summary: 'a claim used in a subject template is missing or not a single plain subject token' },
+  POLICY_ACCOUNT_UNKNOWN: { outcome: 'reject', summary: 'the matching rule names an account this service cannot sign for' },
+  OVERLOADED: { outcome: 'reject', summary: 'too many requests in flight; answered at once rather than queued past the timeout' },
+  INTERNAL: { outcome: 'reject', summary: 'an unexpected error inside the service' },
+} as const satisfies Record<string, { outcome: 'reject' | 'abort'; summary: string }>;
+
+export type FailureCode = keyof typeof FAILURES;
+export type Outcome = 'reject' | 'abort';
+
+/** The message nats-server receives for every rejection: it must not help an attacker. */
+export const GENERIC_REJECTION = 'not authorized';
+
+/** A refused authorization: `code` is stable, `reason` is detail for our log (never a secret). */
+export class AuthFailure extends Error {
+  readonly code: FailureCode;
+  readonly outcome: Outcome;
+  constructor(code: FailureCode, reason: string, options?: { cause?: unknown }) {
+    super(reason, options);
+    this.name = 'AuthFailure';
+    this.code = code;
+    this.outcome = FAILURES[code].outcome;
+  }
+}
+
+/** A configuration problem found at load or check time; `path` names the offending key. */
+export class ConfigError extends Error {
+  readonly code = 'CONFIG_INVALID';
+  readonly path: string;
+  constructor(path: string, message: string, options?: { cause?: unknown }) {
+    super(path ? `${path}: ${message}` : message, options);
+    this.name = 'ConfigError';
+    this.path = path;
+  }
+}
+
+/** Wraps anything thrown into an AuthFailure so the service can always decide and log. */
+export function asAuthFailure(err: unknown): AuthFailure {
+  if (err instanceof AuthFailure) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new AuthFailure('INTERNAL', message, { cause: err });
+}

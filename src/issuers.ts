@@ -1,0 +1,131 @@
+import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey, type RemoteJWKSet } from 'jose';
+import * as oidc from 'openid-client';
+import type { IssuerConfig } from './config.js';
+import { AuthFailure } from './errors.js';
+
+/** What health checks, metrics and `check` report about one issuer. */
+export interface IssuerStatus {
+  readonly issuer: string;
+  readonly jwksUri: string | undefined;
+  readonly keysLoaded: boolean;
+  readonly jwksFetches: number;
+  readonly jwksFetchFailures: number;
+  readonly lastFetchAt: number | undefined;
+  readonly lastError: string | undefined;
+}
+
+/**
+ * The signing keys of one configured issuer. The JWKS location comes from configuration or
+ * OpenID discovery (openid-client, which also pins the discovered `issuer` to the configured
+ * one). jose's remote JWKS does the caching: stale reload after `jwks_cache_max_age`, one
+ * shared in-flight fetch, and an unknown `kid` refetches at most once per `jwks_cooldown`.
+ */
+export class IssuerKeys {
+  readonly config: IssuerConfig;
+  #jwks: RemoteJWKSet | undefined;
+  #jwksUri: string | undefined;
+  #discovering: Promise<RemoteJWKSet> | undefined;
+  #lastDiscoveryFailure = 0;
+  #fetches = 0;
+  #failures = 0;
+  #lastFetchAt: number | undefined;
+  #lastError: string | undefined;
+
+  constructor(config: IssuerConfig) {
+    this.config = config;
+    if (config.jwksUri) this.#jwks = this.#remote(config.jwksUri);
+  }
+
+  /** Resolves the JWKS (discovering it first if needed); refuses with ISSUER_UNAVAILABLE. */
+  async jwks(): Promise<RemoteJWKSet> {
+    if (this.#jwks) return this.#jwks;
+    // Failed discovery is retried at most once per cooldown so a dead IdP is not hammered.
+    if (!this.#discovering && Date.now() - this.#lastDiscoveryFailure < this.config.jwksCooldownMs) {
+      throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${this.config.issuer} failed recently: ${this.#lastError}`);
+    }
+    this.#discovering ??= this.#discover().finally(() => {
+      this.#discovering = undefined;
+    });
+    return this.#discovering;
+  }
+
+  /** A jose key resolver bound to this issuer's JWKS. */
+  readonly getKey: JWTVerifyGetKey = async (header, token) => (await this.jwks())(header, token);
+
+  /** Loads discovery and keys now (startup, `check`); throws ISSUER_UNAVAILABLE with the cause. */
+  async load(): Promise<void> {
+    const jwks = await this.jwks();
+    try {
+      await jwks.reload();
+    } catch (err) {
+      throw new AuthFailure('ISSUER_UNAVAILABLE', `cannot load JWKS of ${this.config.issuer} from ${this.#jwksUri}: ${describe(err)}`, { cause: err });
+    }
+  }
+
+  status(): IssuerStatus {
+    return {
+      issuer: this.config.issuer,
+      jwksUri: this.#jwksUri,
+      keysLoaded: this.#jwks?.fresh === true || (this.#lastFetchAt !== undefined && this.#lastError === undefined),
+      jwksFetches: this.#fetches,
+      jwksFetchFailures: this.#failures,
+      lastFetchAt: this.#lastFetchAt,
+      lastError: this.#lastError,
+    };
+  }
+
+  async #discover(): Promise<RemoteJWKSet> {
+    const c = this.config;
+    try {
+      const configuration = await oidc.discovery(new URL(c.issuer), 'oidc-callout', undefined, undefined, {
+        timeout: Math.ceil(c.httpTimeoutMs / 1000),
+        ...(c.allowInsecureHttp ? { execute: [oidc.allowInsecureRequests] } : {}),
+      });
+      const uri = configuration.serverMetadata().jwks_uri;
+      if (!uri) throw new Error('discovery document has no jwks_uri');
+      const url = new URL(uri);
+      if (url.protocol !== 'https:' && !(url.protocol === 'http:' && c.allowInsecureHttp)) {
+        throw new Error(`discovered jwks_uri ${uri} is not https`);
+      }
+      this.#jwks = this.#remote(uri);
+      return this.#jwks;
+    } catch (err) {
+      this.#lastDiscoveryFailure = Date.now();
+      this.#lastError = `discovery: ${describe(err)}`;
+      throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${c.issuer} failed: ${describe(err)}`, { cause: err });
+    }
+  }
+
+  #remote(uri: string): RemoteJWKSet {
+    this.#jwksUri = uri;
+    return createRemoteJWKSet(new URL(uri), {
+      cacheMaxAge: this.config.jwksCacheMaxAgeMs,
+      cooldownDuration: this.config.jwksCooldownMs,
+      timeoutDuration: this.config.httpTimeoutMs,
+      [customFetch]: async (url, options) => {
+        this.#fetches++;
+        try {
+          const res = await fetch(url, options);
+          if (res.ok) {
+            this.#lastFetchAt = Date.now();
+            this.#lastError = undefined;
+          } else {
+            this.#failures++;
+            this.#lastError = `JWKS fetch: HTTP ${res.status}`;
+          }
+          return res;
+        } catch (err) {
+          this.#failures++;
+          this.#lastError = `JWKS fetch: ${describe(err)}`;
+          throw err;
+        }
+      },
+    });
+  }
+}
+
+function describe(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const cause = err.cause instanceof Error ? ` (${err.cause.message})` : '';
+  return `${err.message}${cause}`;
+}

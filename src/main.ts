@@ -1,0 +1,207 @@
+#!/usr/bin/env node
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { createAccount, createCurve } from '@nats-io/nkeys';
+import { loadConfig, redactedConfig, type Config } from './config.js';
+import { AuthFailure, ConfigError } from './errors.js';
+import { createLogger, type Logger } from './log.js';
+import { connectNats } from './nats-connection.js';
+import { CalloutRunner } from './runner.js';
+import { CalloutService } from './service.js';
+
+const USAGE = `usage:
+  oidc-callout run --config FILE       serve $SYS.REQ.USER.AUTH until SIGTERM (SIGHUP reloads)
+  oidc-callout check --config FILE     validate config, load every issuer's keys, connect to NATS
+  oidc-callout explain --config FILE --token TOKEN|@FILE|-
+                                       verify a token and print the decision, without NATS
+  oidc-callout keys [--dir DIR] [--force]
+                                       write issuer.nk (SA...) and xkey.nk (SX...) seeds (mode 0600)
+                                       and print the nats-server auth_callout block`;
+
+/** Exit codes: 0 ok, 1 refused/failed check, 2 usage or configuration error. */
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      config: { type: 'string', short: 'c' },
+      token: { type: 'string', short: 't' },
+      dir: { type: 'string' },
+      force: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  switch (command) {
+    case 'run':
+      return run(requireConfig(values.config));
+    case 'check':
+      return check(requireConfig(values.config));
+    case 'explain':
+      if (!values.token) throw new UsageError('explain needs --token TOKEN, --token @FILE or --token -');
+      return explain(requireConfig(values.config), values.token);
+    case 'keys':
+      return keys(values.dir ?? '.', values.force ?? false);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(`${USAGE}\n`);
+      return command === undefined ? 2 : 0;
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+  }
+}
+
+class UsageError extends Error {}
+
+function requireConfig(file: string | undefined): string {
+  if (!file) throw new UsageError('--config FILE is required');
+  return file;
+}
+
+function buildService(config: Config, log: Logger): CalloutService {
+  try {
+    return new CalloutService(config, log);
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError('', (err as Error).message);
+  }
+}
+
+async function run(file: string): Promise<number> {
+  let config = loadConfig(file);
+  const log = createLogger(config.log.level);
+  let service = buildService(config, log);
+  // Warm the issuers' keys; a failure is logged, and retried when the first token arrives.
+  await Promise.all(service.issuers.map((i) => i.load().catch((e: Error) => log.warn('issuer keys not loaded', { issuer: i.config.issuer, error: e.message }))));
+  const nc = await connectNats(config);
+  const runner = new CalloutRunner(nc, service, log);
+  await runner.start();
+
+  process.on('SIGHUP', () => {
+    try {
+      config = loadConfig(file);
+      service = buildService(config, log);
+      runner.swap(service);
+      log.info('configuration reloaded', { issuers: config.issuers.length, rules: config.rules.length });
+      void Promise.all(service.issuers.map((i) => i.load().catch(() => undefined)));
+    } catch (err) {
+      // A bad new configuration keeps the running one.
+      log.error('reload failed; keeping the running configuration', { error: (err as Error).message });
+    }
+  });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info('stopping', { signal, in_flight: runner.inFlight });
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+    void nc.closed().then(() => stop('connection closed'));
+  });
+  await runner.stop();
+  return 0;
+}
+
+async function check(file: string): Promise<number> {
+  const config = loadConfig(file);
+  const service = buildService(config, createLogger('error'));
+  const out: Record<string, unknown> = { config: redactedConfig(config), issuer_public_key: service.issuerPublicKey, xkey_public_key: service.xkeyPublicKey };
+  let ok = true;
+  for (const issuer of service.issuers) {
+    try {
+      await issuer.load();
+    } catch (err) {
+      ok = false;
+      process.stderr.write(`issuers: ${issuer.config.issuer}: ${(err as Error).message}\n`);
+    }
+  }
+  out.issuers = service.issuerStatus();
+  try {
+    const nc = await connectNats(config, { maxReconnectAttempts: 0, timeout: 5000 });
+    await nc.flush();
+    out.nats = { connected: nc.getServer() };
+    await nc.close();
+  } catch (err) {
+    ok = false;
+    process.stderr.write(`nats: cannot connect to ${config.nats.servers.join(', ')}: ${(err as Error).message}\n`);
+  }
+  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+  process.stderr.write(ok ? 'check passed\n' : 'check failed\n');
+  return ok ? 0 : 1;
+}
+
+async function readToken(arg: string): Promise<string> {
+  if (arg === '-') {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString('utf8').trim();
+  }
+  if (arg.startsWith('@')) return readFileSync(arg.slice(1), 'utf8').trim();
+  return arg.trim();
+}
+
+async function explain(file: string, tokenArg: string): Promise<number> {
+  const config = loadConfig(file);
+  const service = buildService(config, createLogger('error'));
+  const token = await readToken(tokenArg);
+  try {
+    const e = await service.explain(token);
+    const result = {
+      decision: 'allow',
+      issuer: e.issuer,
+      claims: e.claims,
+      rule: e.grant.rule,
+      account: e.grant.account,
+      user_name: e.grant.name,
+      permissions: { pub: e.grant.pub, sub: e.grant.sub, ...(e.grant.resp ? { resp: e.grant.resp } : {}) },
+      expires: new Date(e.expires * 1000).toISOString(),
+    };
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    return 0;
+  } catch (err) {
+    if (!(err instanceof AuthFailure)) throw err;
+    process.stdout.write(`${JSON.stringify({ decision: 'refuse', code: err.code, reason: err.message }, null, 2)}\n`);
+    return 1;
+  }
+}
+
+function keys(dir: string, force: boolean): number {
+  mkdirSync(dir, { recursive: true });
+  const issuerFile = join(dir, 'issuer.nk');
+  const xkeyFile = join(dir, 'xkey.nk');
+  for (const f of [issuerFile, xkeyFile]) {
+    if (existsSync(f) && !force) throw new UsageError(`${f} exists; pass --force to replace it`);
+  }
+  const account = createAccount();
+  const curve = createCurve();
+  for (const [f, seed] of [[issuerFile, account.getSeed()], [xkeyFile, curve.getSeed()]] as const) {
+    writeFileSync(f, `${new TextDecoder().decode(seed)}\n`, { mode: 0o600 });
+    chmodSync(f, 0o600);
+  }
+  process.stdout.write(`# seeds written to ${issuerFile} and ${xkeyFile} (mode 0600)
+# nats-server configuration (server_config mode):
+max_control_line: 65536   # OIDC tokens often exceed the 4 KiB default
+authorization {
+  timeout: 2
+  auth_callout {
+    issuer: ${account.getPublicKey()}
+    xkey: ${curve.getPublicKey()}
+    account: AUTH            # the account the service user logs into
+    auth_users: [ auth ]     # the service's own login bypasses the callout
+  }
+}
+`);
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    if (err instanceof UsageError) process.stderr.write(`oidc-callout: ${err.message}\n${USAGE}\n`);
+    else if (err instanceof ConfigError) process.stderr.write(`oidc-callout: configuration error: ${err.message}\n`);
+    else process.stderr.write(`oidc-callout: ${(err as Error)?.message ?? String(err)}\n`);
+    process.exit(2);
+  },
+);

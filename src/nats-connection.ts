@@ -1,0 +1,22 @@
+import { readFileSync } from 'node:fs';
+import { connect, credsAuthenticator, nkeyAuthenticator, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
+import type { Config } from './config.js';
+
+/** Connects as the callout service user with whichever credentials the configuration names. */
+export async function connectNats(config: Config, overrides: Partial<NodeConnectionOptions> = {}): Promise<NatsConnection> {
+  const n = config.nats;
+  const auth: Record<string, unknown> = {};
+  if (n.user !== undefined && n.password) Object.assign(auth, { user: n.user, pass: n.password.value });
+  if (n.token) auth.token = n.token.value;
+  if (n.nkeySeed) auth.authenticator = nkeyAuthenticator(new TextEncoder().encode(n.nkeySeed.value));
+  if (n.credsFile) auth.authenticator = credsAuthenticator(readFileSync(n.credsFile));
+  return connect({
+    servers: [...n.servers],
+    name: n.name,
+    // The callout is what lets everyone else in: never give up reconnecting.
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 1000,
+    ...auth,
+    ...overrides,
+  });
+}

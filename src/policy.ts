@@ -1,0 +1,212 @@
+import { DEFAULTS, parseDuration, type RawRule } from './config.js';
+import { AuthFailure, ConfigError } from './errors.js';
+
+/**
+ * Claims -> NATS grant. Rules are tried in order; the first whose issuer and claim conditions
+ * all hold decides; no match is a refusal. Pure: values in, values out.
+ */
+
+/** Publish or subscribe permission as it goes into the user JWT. */
+export interface SubjectPermission {
+  readonly allow?: readonly string[];
+  readonly deny?: readonly string[];
+}
+
+export interface Grant {
+  readonly rule: string;
+  readonly account: string;
+  readonly name: string;
+  readonly pub: SubjectPermission;
+  readonly sub: SubjectPermission;
+  readonly resp: { readonly max: number; readonly ttl: number } | undefined;
+  readonly maxLifetimeSeconds: number;
+}
+
+/** Longest claim value accepted inside a subject; NATS subjects themselves should stay short. */
+export const MAX_SUBJECT_VALUE = 128;
+const MAX_NAME = 256;
+// One plain subject token: no separators, wildcards, whitespace, controls or invisible formatting.
+const PLAIN_TOKEN = /^[^.*>\p{White_Space}\p{Cc}\p{Cf}\p{Zl}\p{Zp}]+$/u;
+const PLACEHOLDER = /\{\{\s*([^{}\s]+)\s*\}\}/g;
+
+type Part = string | { readonly path: readonly string[]; readonly raw: string };
+type Template = readonly Part[];
+
+interface CompiledRule {
+  readonly name: string;
+  readonly issuer: string | undefined;
+  readonly match: readonly { readonly path: string; readonly values: readonly (string | number | boolean)[] }[];
+  readonly account: string;
+  readonly nameClaim: string;
+  readonly maxLifetimeSeconds: number;
+  readonly pub: { readonly allow: readonly Template[]; readonly deny: readonly Template[] } | undefined;
+  readonly sub: { readonly allow: readonly Template[]; readonly deny: readonly Template[] } | undefined;
+  readonly resp: { readonly max: number; readonly ttl: number } | undefined;
+}
+
+/** Looks a claim up by exact top-level name first (URIs like `https://x/roles`), then by dotted path. */
+export function claimAt(claims: Readonly<Record<string, unknown>>, path: string): unknown {
+  if (Object.hasOwn(claims, path)) return claims[path];
+  let cur: unknown = claims;
+  for (const key of path.split('.')) {
+    if (typeof cur !== 'object' || cur === null || Array.isArray(cur) || !Object.hasOwn(cur, key)) return undefined;
+    cur = (cur as Record<string, unknown>)[key];
+  }
+  return cur;
+}
+
+function compileTemplate(subject: string, path: string): Template {
+  const parts: Part[] = [];
+  let last = 0;
+  for (const m of subject.matchAll(PLACEHOLDER)) {
+    if (m.index > last) parts.push(subject.slice(last, m.index));
+    const ref = m[1]!;
+    if (ref !== 'sub' && !ref.startsWith('claims.')) {
+      throw new ConfigError(path, `unknown placeholder {{${ref}}}: use {{sub}} or {{claims.NAME}}`);
+    }
+    parts.push({ path: ref === 'sub' ? ['sub'] : [ref.slice('claims.'.length)], raw: ref });
+    last = m.index + m[0].length;
+  }
+  if (last < subject.length) parts.push(subject.slice(last));
+  // The shape is checked with every placeholder standing for one plain token.
+  const shape = parts.map((p) => (typeof p === 'string' ? p : 'x')).join('');
+  if (shape.includes('{{') || shape.includes('}}')) throw new ConfigError(path, `malformed placeholder in ${JSON.stringify(subject)}`);
+  const problem = subjectProblem(shape);
+  if (problem) throw new ConfigError(path, `${JSON.stringify(subject)}: ${problem}`);
+  for (const token of splitTokens(parts)) {
+    if (token.some((p) => typeof p !== 'string') && token.some((p) => typeof p === 'string' && /[*>]/.test(p))) {
+      throw new ConfigError(path, `${JSON.stringify(subject)}: a placeholder cannot share a token with a wildcard`);
+    }
+  }
+  return parts;
+}
+
+function splitTokens(parts: readonly Part[]): Part[][] {
+  const tokens: Part[][] = [[]];
+  for (const p of parts) {
+    if (typeof p !== 'string') {
+      tokens[tokens.length - 1]!.push(p);
+      continue;
+    }
+    const pieces = p.split('.');
+    pieces.forEach((piece, i) => {
+      if (i > 0) tokens.push([]);
+      if (piece) tokens[tokens.length - 1]!.push(piece);
+    });
+  }
+  return tokens;
+}
+
+/** Why `subject` is not a valid NATS subject (wildcards allowed), or undefined if it is. */
+export function subjectProblem(subject: string): string | undefined {
+  if (!subject) return 'empty subject';
+  if (/[\p{White_Space}\p{Cc}]/u.test(subject)) return 'subjects cannot contain whitespace or control characters';
+  const tokens = subject.split('.');
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (!t) return 'empty token (leading, trailing or double dot)';
+    if (t === '>' && i !== tokens.length - 1) return '">" must be the last token';
+    if ((t.includes('*') || t.includes('>')) && t.length > 1) return 'wildcards must be whole tokens';
+  }
+  return undefined;
+}
+
+function compilePermission(p: { allow?: string[] | undefined; deny?: string[] | undefined } | undefined, path: string) {
+  if (!p) return undefined;
+  return {
+    allow: (p.allow ?? []).map((s, i) => compileTemplate(s, `${path}.allow[${i}]`)),
+    deny: (p.deny ?? []).map((s, i) => compileTemplate(s, `${path}.deny[${i}]`)),
+  };
+}
+
+function compileRule(rule: RawRule, i: number): CompiledRule {
+  const path = `policy.rules[${i}]`;
+  const perms = rule.permissions;
+  return {
+    name: rule.name,
+    issuer: rule.issuer,
+    match: Object.entries(rule.match ?? {}).map(([claim, v]) => ({ path: claim, values: Array.isArray(v) ? v : [v] })),
+    account: rule.account,
+    nameClaim: rule.user_name_claim ?? DEFAULTS.rule.user_name_claim,
+    maxLifetimeSeconds: Math.floor(parseDuration(rule.max_lifetime ?? DEFAULTS.rule.max_lifetime, `${path}.max_lifetime`) / 1000),
+    pub: compilePermission(perms?.pub, `${path}.permissions.pub`),
+    sub: compilePermission(perms?.sub, `${path}.permissions.sub`),
+    resp: perms?.resp && {
+      max: perms.resp.max,
+      // nats-server reads the response ttl in nanoseconds.
+      ttl: parseDuration(perms.resp.ttl ?? 0, `${path}.permissions.resp.ttl`) * 1_000_000,
+    },
+  };
+}
+
+function matches(rule: CompiledRule, issuer: string, claims: Readonly<Record<string, unknown>>): boolean {
+  if (rule.issuer !== undefined && rule.issuer !== issuer) return false;
+  return rule.match.every(({ path, values }) => {
+    const actual = claimAt(claims, path);
+    if (Array.isArray(actual)) return actual.some((a) => values.includes(a as never));
+    return actual !== undefined && values.includes(actual as never);
+  });
+}
+
+function render(template: Template, claims: Readonly<Record<string, unknown>>, rule: string): string {
+  let out = '';
+  for (const part of template) {
+    if (typeof part === 'string') {
+      out += part;
+      continue;
+    }
+    const value = claimAt(claims, part.path[0]!);
+    const text = typeof value === 'string' ? value : typeof value === 'number' && Number.isSafeInteger(value) ? String(value) : undefined;
+    // A value that is not one plain token would widen or reshape the grant: refuse instead.
+    if (text === undefined || text.length > MAX_SUBJECT_VALUE || !PLAIN_TOKEN.test(text)) {
+      const why = value === undefined ? 'is missing' : typeof value !== 'string' && typeof value !== 'number' ? `is a ${Array.isArray(value) ? 'list' : typeof value}` : 'is not a single plain subject token';
+      throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${part.raw} ${why}`);
+    }
+    out += text;
+  }
+  return out;
+}
+
+function renderPermission(
+  p: CompiledRule['pub'],
+  claims: Readonly<Record<string, unknown>>,
+  rule: string,
+): SubjectPermission {
+  // Deny by default: a rule that says nothing about a direction grants nothing in it.
+  if (!p) return { deny: ['>'] };
+  const allow = [...new Set(p.allow.map((t) => render(t, claims, rule)))];
+  const deny = [...new Set(p.deny.map((t) => render(t, claims, rule)))];
+  if (allow.length === 0 && deny.length === 0) return { deny: ['>'] };
+  return { ...(allow.length ? { allow } : {}), ...(deny.length ? { deny } : {}) };
+}
+
+function userName(claims: Readonly<Record<string, unknown>>, claim: string): string {
+  const v = claimAt(claims, claim);
+  const s = typeof v === 'string' && v ? v : typeof v === 'number' ? String(v) : typeof claims.sub === 'string' ? claims.sub : '';
+  // Names reach server logs and monitoring: no control characters, bounded length.
+  return Array.from(s.replace(/[\p{Cc}\p{Cf}]/gu, '')).slice(0, MAX_NAME).join('');
+}
+
+/** Compiled policy rules; construction validates every template and duration. */
+export class Policy {
+  readonly #rules: readonly CompiledRule[];
+
+  constructor(rules: readonly RawRule[]) {
+    this.#rules = rules.map(compileRule);
+  }
+
+  /** The grant for verified claims, or an AuthFailure (POLICY_NO_MATCH, POLICY_CLAIM_UNSAFE). */
+  decide(issuer: string, claims: Readonly<Record<string, unknown>>): Grant {
+    const rule = this.#rules.find((r) => matches(r, issuer, claims));
+    if (!rule) throw new AuthFailure('POLICY_NO_MATCH', `no rule matches (issuer ${issuer})`);
+    return {
+      rule: rule.name,
+      account: rule.account,
+      name: userName(claims, rule.nameClaim),
+      pub: renderPermission(rule.pub, claims, rule.name),
+      sub: renderPermission(rule.sub, claims, rule.name),
+      resp: rule.resp,
+      maxLifetimeSeconds: rule.maxLifetimeSeconds,
+    };
+  }
+}

@@ -1,0 +1,192 @@
+import { Accounts } from './accounts.js';
+import { DecisionCache, type CachedDecision } from './cache.js';
+import type { Config } from './config.js';
+import { AuthFailure, asAuthFailure, GENERIC_REJECTION, type FailureCode } from './errors.js';
+import { IssuerKeys, type IssuerStatus } from './issuers.js';
+import type { Logger } from './log.js';
+import { Policy, type Grant } from './policy.js';
+import { RequestVerifier, type AuthRequest } from './request.js';
+import { signResponse } from './response.js';
+import { TokenVerifier } from './token.js';
+import { signUserJwt } from './user-jwt.js';
+import { XkeyBox } from './xkey.js';
+
+/** The outcome of one authorization request, as logged and counted. */
+export interface Decision {
+  readonly result: 'allow' | 'reject' | 'abort';
+  readonly code?: FailureCode;
+  readonly reason?: string;
+  readonly issuer?: string;
+  readonly subject?: string;
+  readonly account?: string;
+  readonly rule?: string;
+  readonly expires?: number;
+  readonly cached?: boolean;
+}
+
+/** What `explain` prints: the decision for a token without any NATS request around it. */
+export interface Explanation {
+  readonly issuer: string;
+  readonly claims: Readonly<Record<string, unknown>>;
+  readonly grant: Grant;
+  readonly expires: number;
+}
+
+/**
+ * The callout pipeline, and the only place that knows its order:
+ * open + verify the server's request -> pick the token from CONNECT -> cache or verify the OIDC
+ * token -> policy -> sign the user JWT -> sign (and seal) the response. Everything is built
+ * once per configuration; a reload builds a new service.
+ */
+export class CalloutService {
+  readonly config: Config;
+  readonly issuers: readonly IssuerKeys[];
+  readonly cache: DecisionCache;
+  readonly #log: Logger;
+  readonly #requests: RequestVerifier;
+  readonly #tokens: TokenVerifier;
+  readonly #policy: Policy;
+  readonly #accounts: Accounts;
+  readonly #xkey: XkeyBox | undefined;
+  readonly #now: () => number;
+
+  /** Throws Error/ConfigError when keys or policy templates are invalid. */
+  constructor(config: Config, log: Logger, now: () => number = Date.now) {
+    this.config = config;
+    this.#log = log;
+    this.#now = now;
+    this.#policy = new Policy(config.rules);
+    this.#accounts = new Accounts(config);
+    this.#xkey = config.callout.xkeySeed ? newXkey(config.callout.xkeySeed.value) : undefined;
+    this.#requests = new RequestVerifier(this.#xkey);
+    this.issuers = config.issuers.map((c) => new IssuerKeys(c));
+    this.#tokens = new TokenVerifier(this.issuers, config.token.maxBytes);
+    this.cache = new DecisionCache(config.cache.maxEntries, config.cache.ttlMs);
+  }
+
+  /** The public key nats-server must list as `auth_callout.issuer` (or the callout account). */
+  get issuerPublicKey(): string {
+    return this.#accounts.response.signer.publicKey;
+  }
+
+  get xkeyPublicKey(): string | undefined {
+    return this.#xkey?.publicKey;
+  }
+
+  issuerStatus(): IssuerStatus[] {
+    return this.issuers.map((i) => i.status());
+  }
+
+  /**
+   * Answers one request. Returns the reply payload, or undefined to abort (send nothing).
+   * `overloaded` answers a verified request with an immediate rejection instead of working.
+   * Never throws: every failure becomes a logged decision.
+   */
+  async handle(data: Uint8Array, headerXkey: string | undefined, overloaded = false): Promise<Uint8Array | undefined> {
+    const started = performance.now();
+    let request: AuthRequest | undefined;
+    let decision: Decision;
+    let reply: Uint8Array | undefined;
+    try {
+      request = this.#requests.verify(data, headerXkey, Math.floor(this.#now() / 1000));
+      if (overloaded) throw new AuthFailure('OVERLOADED', `more than ${this.config.callout.maxInFlight} requests in flight`);
+      const result = await this.#authorize(request);
+      decision = result.decision;
+      reply = result.reply;
+    } catch (err) {
+      const failure = asAuthFailure(err);
+      decision = { result: failure.outcome, code: failure.code, reason: failure.message };
+      reply = undefined;
+      if (failure.outcome === 'reject' && request) {
+        try {
+          reply = signResponse(request, { error: GENERIC_REJECTION }, this.#accounts.response, this.#xkey, Math.floor(this.#now() / 1000));
+        } catch (signErr) {
+          decision = { result: 'abort', code: 'INTERNAL', reason: `cannot sign rejection: ${(signErr as Error).message}` };
+        }
+      } else if (!request) {
+        decision = { ...decision, result: 'abort' };
+      }
+    }
+    this.#log[decision.result === 'allow' ? 'info' : 'warn']('authorization', {
+      ...decision,
+      user_nkey: request?.userNkey,
+      client_host: request?.clientHost,
+      client_type: request?.clientType,
+      server: request?.serverName,
+      server_id: request?.serverId,
+      latency_ms: Math.round((performance.now() - started) * 1000) / 1000,
+    });
+    return reply;
+  }
+
+  /** Verifies a token and applies the policy exactly as a connection would, without NATS. */
+  async explain(token: string): Promise<Explanation> {
+    const now = this.#now();
+    const verified = await this.#tokens.verify(token, now);
+    const grant = this.#policy.decide(verified.issuer.issuer, verified.claims);
+    return { issuer: verified.issuer.issuer, claims: verified.claims, grant, expires: expiry(verified.exp, grant, now) };
+  }
+
+  async #authorize(request: AuthRequest): Promise<{ decision: Decision; reply: Uint8Array }> {
+    const token = this.#pickToken(request);
+    const key = DecisionCache.key(token);
+    let cached = true;
+    let entry = this.cache.get(key);
+    if (!entry) {
+      cached = false;
+      const verified = await this.#tokens.verify(token, this.#now());
+      const grant = this.#policy.decide(verified.issuer.issuer, verified.claims);
+      const sub = verified.claims.sub;
+      entry = { issuer: verified.issuer.issuer, subject: typeof sub === 'string' ? sub : '', grant, tokenExp: verified.exp };
+      this.cache.set(key, entry, this.#now());
+    }
+    const nowMs = this.#now();
+    // Verification may have waited on the IdP: the server drops answers past its deadline.
+    if (request.deadline !== undefined && request.deadline < Math.floor(nowMs / 1000)) {
+      throw new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified');
+    }
+    return this.#issue(request, entry, cached, nowMs);
+  }
+
+  #issue(request: AuthRequest, entry: CachedDecision, cached: boolean, nowMs: number): { decision: Decision; reply: Uint8Array } {
+    const { grant } = entry;
+    const now = Math.floor(nowMs / 1000);
+    const exp = expiry(entry.tokenExp, grant, nowMs);
+    const account = this.#accounts.forAccount(grant.account);
+    // Config validation makes this unreachable; kept so a gap can never sign with a wrong key.
+    if (!account) throw new AuthFailure('INTERNAL', `no signing key for account ${grant.account}`);
+    const jwt = signUserJwt(grant, request.userNkey, account, now, exp);
+    const reply = signResponse(request, { jwt }, this.#accounts.response, this.#xkey, now);
+    return {
+      decision: { result: 'allow', issuer: entry.issuer, subject: entry.subject, account: grant.account, rule: grant.rule, expires: exp, cached },
+      reply,
+    };
+  }
+
+  #pickToken(request: AuthRequest): string {
+    for (const field of this.config.token.fields) {
+      const value = request.connectOpts[field];
+      if (typeof value === 'string' && value.length > 0) return value;
+    }
+    throw new AuthFailure('TOKEN_MISSING', `no token in CONNECT ${this.config.token.fields.join(' or ')}`);
+  }
+}
+
+/**
+ * The user JWT's expiry: the token's own `exp`, capped by the rule's lifetime. A token that
+ * is already past its `exp` (accepted within the leeway) cannot yield a usable user.
+ */
+function expiry(tokenExp: number | undefined, grant: Grant, nowMs: number): number {
+  const now = Math.floor(nowMs / 1000);
+  const exp = Math.min(tokenExp ?? Number.POSITIVE_INFINITY, now + grant.maxLifetimeSeconds);
+  if (exp <= now) throw new AuthFailure('TOKEN_EXPIRED', 'the token expires before a user could connect');
+  return exp;
+}
+
+function newXkey(seed: string): XkeyBox {
+  try {
+    return new XkeyBox(seed);
+  } catch (err) {
+    throw new Error(`callout.xkey_seed: ${(err as Error).message}`);
+  }
+}

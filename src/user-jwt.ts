@@ -1,0 +1,36 @@
+import type { AccountSigner } from './accounts.js';
+import { encodeNatsJwt } from './nats-jwt.js';
+import type { Grant } from './policy.js';
+
+/**
+ * Builds and signs the NATS user JWT for one connection: bound to the server's per-connection
+ * `user_nkey`, expiring at `exp` (the caller caps it at the token's own expiry), carrying the
+ * grant's permissions. Limits are left unlimited on purpose: nats-server does not enforce
+ * per-user limits from callout JWTs; accounts carry limits.
+ */
+export function signUserJwt(grant: Grant, userNkey: string, account: AccountSigner, nowSeconds: number, exp: number): string {
+  const nats: Record<string, unknown> = {
+    pub: grant.pub,
+    sub: grant.sub,
+    ...(grant.resp ? { resp: grant.resp } : {}),
+    subs: -1,
+    data: -1,
+    payload: -1,
+    ...(account.issuerAccount ? { issuer_account: account.issuerAccount } : {}),
+    type: 'user',
+    version: 2,
+  };
+  return encodeNatsJwt(
+    {
+      iat: nowSeconds,
+      iss: account.signer.publicKey,
+      name: grant.name,
+      sub: userNkey,
+      exp,
+      // Server-config mode reads the target account from aud; never let it default.
+      ...(account.audience !== undefined ? { aud: account.audience } : {}),
+      nats,
+    },
+    account.signer,
+  );
+}

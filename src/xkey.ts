@@ -1,0 +1,59 @@
+import { randomBytes } from 'node:crypto';
+import nacl from 'tweetnacl';
+import { decodePublicKey, decodeSeed, encodePublicKey } from './nkey.js';
+
+/**
+ * The xkey (curve25519) box nats-server uses to encrypt callout traffic: `xkv1` + 24-byte nonce
+ * + NaCl box. A server's xkey lives as long as the server process, so the X25519 shared key is
+ * computed once per server and kept (a full box costs ~10x more than the symmetric part).
+ */
+
+const VERSION = Buffer.from('xkv1');
+const NONCE_LEN = 24;
+const MAX_SERVERS = 1024;
+
+export class XkeyBox {
+  readonly publicKey: string;
+  readonly #secret: Uint8Array;
+  readonly #shared = new Map<string, Uint8Array>();
+
+  constructor(seed: string) {
+    const decoded = decodeSeed(seed.trim());
+    if (!decoded || decoded.role !== 'curve') throw new Error('expected a curve seed (SX...)');
+    this.#secret = Uint8Array.from(decoded.raw);
+    this.publicKey = encodePublicKey(nacl.scalarMult.base(this.#secret), 'curve');
+  }
+
+  /** True when the payload carries the xkv1 marker (an encrypted request). */
+  static isSealed(data: Uint8Array): boolean {
+    return data.length > VERSION.length + NONCE_LEN && Buffer.from(data.buffer, data.byteOffset, 4).equals(VERSION);
+  }
+
+  /** Opens a box from `senderXkey`; null when it does not authenticate. */
+  open(data: Uint8Array, senderXkey: string): Uint8Array | null {
+    const shared = this.#sharedKey(senderXkey);
+    if (!shared || !XkeyBox.isSealed(data)) return null;
+    const nonce = data.subarray(VERSION.length, VERSION.length + NONCE_LEN);
+    return nacl.box.open.after(data.subarray(VERSION.length + NONCE_LEN), nonce, shared);
+  }
+
+  /** Seals `data` to `recipientXkey`; throws if the key is not a valid public xkey. */
+  seal(data: Uint8Array, recipientXkey: string): Buffer {
+    const shared = this.#sharedKey(recipientXkey);
+    if (!shared) throw new Error('not a valid public xkey');
+    const nonce = randomBytes(NONCE_LEN);
+    return Buffer.concat([VERSION, nonce, nacl.box.after(data, nonce, shared)]);
+  }
+
+  #sharedKey(peer: string): Uint8Array | null {
+    let shared = this.#shared.get(peer);
+    if (shared) return shared;
+    const raw = decodePublicKey(peer, 'curve');
+    if (!raw) return null;
+    shared = nacl.box.before(raw, this.#secret);
+    // Bounded: a stream of forged keys must not grow memory; real servers are few.
+    if (this.#shared.size >= MAX_SERVERS) this.#shared.delete(this.#shared.keys().next().value!);
+    this.#shared.set(peer, shared);
+    return shared;
+  }
+}
