@@ -73,28 +73,7 @@ function compileTemplate(subject: string, path: string): Template {
   if (shape.includes('{{') || shape.includes('}}')) throw new ConfigError(path, `malformed placeholder in ${JSON.stringify(subject)}`);
   const problem = subjectProblem(shape);
   if (problem) throw new ConfigError(path, `${JSON.stringify(subject)}: ${problem}`);
-  for (const token of splitTokens(parts)) {
-    if (token.some((p) => typeof p !== 'string') && token.some((p) => typeof p === 'string' && /[*>]/.test(p))) {
-      throw new ConfigError(path, `${JSON.stringify(subject)}: a placeholder cannot share a token with a wildcard`);
-    }
-  }
   return parts;
-}
-
-function splitTokens(parts: readonly Part[]): Part[][] {
-  const tokens: Part[][] = [[]];
-  for (const p of parts) {
-    if (typeof p !== 'string') {
-      tokens[tokens.length - 1]!.push(p);
-      continue;
-    }
-    const pieces = p.split('.');
-    pieces.forEach((piece, i) => {
-      if (i > 0) tokens.push([]);
-      if (piece) tokens[tokens.length - 1]!.push(piece);
-    });
-  }
-  return tokens;
 }
 
 /** Why `subject` is not a valid NATS subject (wildcards allowed), or undefined if it is. */

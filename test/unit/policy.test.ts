@@ -1,0 +1,110 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { RawRule } from '../../src/config.js';
+import { AuthFailure, ConfigError } from '../../src/errors.js';
+import { claimAt, Policy, subjectProblem } from '../../src/policy.js';
+
+const ISS = 'https://idp.example.com';
+
+function refused(fn: () => unknown, code: string, message?: RegExp): void {
+  assert.throws(fn, (err: unknown) => err instanceof AuthFailure && err.code === code && (!message || message.test(err.message)));
+}
+
+describe('policy', () => {
+  const rules: RawRule[] = [
+    { name: 'admins', issuer: ISS, match: { 'realm_access.roles': 'nats-admin' }, account: 'ADMIN', permissions: { pub: { allow: ['>'] }, sub: { allow: ['>'] } } },
+    {
+      name: 'tenants',
+      match: { groups: ['dev', 'ops'], active: true },
+      account: 'APP',
+      user_name_claim: 'email',
+      max_lifetime: '10m',
+      permissions: {
+        pub: { allow: ['app.{{claims.tenant}}.>', 'user.{{sub}}.out'], deny: ['app.{{claims.tenant}}.admin.>'] },
+        sub: { allow: ['_INBOX.>', 'user.{{sub}}.in'] },
+        resp: { max: 1, ttl: '5s' },
+      },
+    },
+    { name: 'readers', match: { 'https://example.com/roles': 'reader' }, account: 'APP', permissions: { sub: { allow: ['public.>'] } } },
+  ];
+  const policy = new Policy(rules);
+
+  it('takes the first matching rule, nested claims by dotted path', () => {
+    const g = policy.decide(ISS, { sub: 'alice', realm_access: { roles: ['nats-admin'] }, groups: ['dev'], active: true, tenant: 'x' });
+    assert.equal(g.rule, 'admins');
+    assert.equal(g.account, 'ADMIN');
+  });
+
+  it('renders claim templates, response permissions and lifetime', () => {
+    const g = policy.decide('https://other', { sub: 'bob', email: 'bob@example.com', groups: ['ops'], active: true, tenant: 'acme' });
+    assert.equal(g.rule, 'tenants');
+    assert.equal(g.name, 'bob@example.com');
+    assert.deepEqual(g.pub, { allow: ['app.acme.>', 'user.bob.out'], deny: ['app.acme.admin.>'] });
+    assert.deepEqual(g.sub, { allow: ['_INBOX.>', 'user.bob.in'] });
+    assert.deepEqual(g.resp, { max: 1, ttl: 5_000_000_000 });
+    assert.equal(g.maxLifetimeSeconds, 600);
+  });
+
+  it('matches a scalar claim against any of the listed values and a URI-named claim as is', () => {
+    assert.equal(policy.decide(ISS, { sub: 'c', groups: 'ops', active: true, tenant: 't' }).rule, 'tenants');
+    assert.equal(policy.decide(ISS, { sub: 'c', 'https://example.com/roles': ['reader'] }).rule, 'readers');
+  });
+
+  it('denies by default in a direction the rule does not mention', () => {
+    const g = policy.decide(ISS, { sub: 'c', 'https://example.com/roles': 'reader' });
+    assert.deepEqual(g.pub, { deny: ['>'] });
+    assert.deepEqual(g.sub, { allow: ['public.>'] });
+  });
+
+  it('refuses when no rule matches, including a rule bound to another issuer', () => {
+    refused(() => policy.decide(ISS, { sub: 'x', groups: ['qa'] }), 'POLICY_NO_MATCH');
+    refused(() => policy.decide('https://other', { sub: 'x', realm_access: { roles: ['nats-admin'] } }), 'POLICY_NO_MATCH');
+    refused(() => policy.decide(ISS, { sub: 'x', groups: ['dev'], active: 'true', tenant: 't' }), 'POLICY_NO_MATCH');
+  });
+
+  it('refuses claim values that would inject subject wildcards or separators', () => {
+    for (const tenant of ['a.b', '*', '>', 'a b', 'a\tb', 'a\u0000b', 'x\u200by', '', 'a'.repeat(129), ['a'], { a: 1 }, 1.5, true]) {
+      refused(
+        () => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant }),
+        'POLICY_CLAIM_UNSAFE',
+        /claim claims.tenant/,
+      );
+    }
+    refused(() => policy.decide(ISS, { sub: 'bob.>', groups: ['dev'], active: true, tenant: 'ok' }), 'POLICY_CLAIM_UNSAFE', /claim sub/);
+    refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true }), 'POLICY_CLAIM_UNSAFE', /is missing/);
+  });
+
+  it('accepts unicode and integer claim values as single tokens', () => {
+    const g = policy.decide(ISS, { sub: 'ü-1', groups: ['dev'], active: true, tenant: 42 });
+    assert.deepEqual(g.pub.allow, ['app.42.>', 'user.ü-1.out']);
+  });
+
+  it('cleans the user name and falls back to sub', () => {
+    const g = policy.decide(ISS, { sub: 'bob', email: 'a\u0007b', groups: ['dev'], active: true, tenant: 't' });
+    assert.equal(g.name, 'ab');
+    assert.equal(policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant: 't' }).name, 'bob');
+  });
+
+  it('refuses invalid subjects and placeholders at load time', () => {
+    const bad = (subject: string) => () => new Policy([{ name: 'r', account: 'A', permissions: { pub: { allow: [subject] } } }]);
+    assert.throws(bad('a..b'), (e: unknown) => e instanceof ConfigError && /policy\.rules\[0\]\.permissions\.pub\.allow\[0\]/.test(e.message));
+    assert.throws(bad('a.>.b'), ConfigError);
+    assert.throws(bad('a.b*'), ConfigError);
+    assert.throws(bad('a.{{claims.x}}*'), /wildcards must be whole tokens/);
+    assert.throws(bad('a.{{email}}'), /unknown placeholder/);
+    assert.throws(bad('a.{{claims.x}'), /malformed placeholder/);
+    assert.throws(bad('a b'), ConfigError);
+  });
+
+  it('knows valid subjects', () => {
+    assert.equal(subjectProblem('a.*.>'), undefined);
+    assert.match(subjectProblem('a.>.b')!, /last token/);
+    assert.match(subjectProblem('.a')!, /empty token/);
+  });
+
+  it('reads claims by path without walking prototypes', () => {
+    assert.equal(claimAt({ a: { b: 1 } }, 'a.b'), 1);
+    assert.equal(claimAt({ a: 1 }, 'constructor'), undefined);
+    assert.equal(claimAt({ a: {} }, 'a.toString'), undefined);
+  });
+});
