@@ -86,8 +86,10 @@ export interface LocalIssuer extends AsyncDisposable {
   /**
    * Makes a new current key with a new kid. With keepOld the JWKS serves the new and the old
    * key (a graceful rotation); without it only the new key (an abrupt one). Default keepOld false.
+   * With reuseKid the new key keeps the current kid: the rotation some IdPs do that only a
+   * signature failure reveals to a cached JWKS.
    */
-  rotate(opts?: { keepOld?: boolean }): Promise<void>;
+  rotate(opts?: { keepOld?: boolean; reuseKid?: boolean }): Promise<void>;
   /** SPKI PEM of the current public key: the "secret" of the HS256 key-confusion attack. */
   publicKeyPem(): string;
   /** The JWKS currently served: `{keys: [...]}` public JWKs with kid, alg and use. */
@@ -105,10 +107,10 @@ interface IssuerKey {
 
 let kidCounter = 0;
 
-async function newKey(alg: LocalIssuerAlg): Promise<IssuerKey> {
+async function newKey(alg: LocalIssuerAlg, reuseKid?: string): Promise<IssuerKey> {
   const pair = await generateKeyPair(alg, { extractable: true });
   // Unique and readable in failure messages; kids only need to differ.
-  const kid = `${alg.toLowerCase()}-${++kidCounter}-${Math.random().toString(36).slice(2, 8)}`;
+  const kid = reuseKid ?? `${alg.toLowerCase()}-${++kidCounter}-${Math.random().toString(36).slice(2, 8)}`;
   return {
     kid,
     alg,
@@ -246,8 +248,8 @@ export async function startLocalIssuer(opts: LocalIssuerOptions = {}): Promise<L
     return `${signingInput}.${signature.toString('base64url')}`;
   };
 
-  const rotate = async (rotateOpts: { keepOld?: boolean } = {}): Promise<void> => {
-    const next = await newKey(alg);
+  const rotate = async (rotateOpts: { keepOld?: boolean; reuseKid?: boolean } = {}): Promise<void> => {
+    const next = await newKey(alg, rotateOpts.reuseKid ? current.kid : undefined);
     previous = current;
     current = next;
     published = rotateOpts.keepOld ? [next, ...published] : [next];

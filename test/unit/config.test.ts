@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { createAccount } from '@nats-io/nkeys';
+import { buildConfig, DEFAULTS, loadConfig, parseDuration, redactedConfig } from '../../src/config.js';
+import { ConfigError } from '../../src/errors.js';
+
+const SEED = new TextDecoder().decode(createAccount().getSeed());
+
+function minimal(): Record<string, any> {
+  return {
+    nats: { servers: ['nats://127.0.0.1:4222'], user: 'auth', password: 'pw' },
+    callout: { issuer_seed: SEED },
+    issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
+    policy: { rules: [{ name: 'all', account: 'APP', permissions: { sub: { allow: ['>'] } } }] },
+  };
+}
+
+function configError(doc: unknown, path: string, message: RegExp, env: NodeJS.ProcessEnv = {}): void {
+  assert.throws(
+    () => buildConfig(doc, env, '/nonexistent'),
+    (e: unknown) => e instanceof ConfigError && e.path === path && message.test(e.message),
+  );
+}
+
+describe('config', () => {
+  it('fills defaults from one place and freezes the result', () => {
+    const c = buildConfig(minimal());
+    assert.equal(c.nats.queueGroup, DEFAULTS.nats.queue_group);
+    assert.deepEqual(c.token.fields, ['auth_token']);
+    assert.deepEqual(c.issuers[0]!.algorithms, ['RS256']);
+    assert.equal(c.issuers[0]!.leewaySeconds, 60);
+    assert.equal(c.issuers[0]!.allowMissingExp, false);
+    assert.equal(c.cache.ttlMs, 60_000);
+    assert.equal(c.callout.mode, 'server_config');
+    assert.ok(Object.isFrozen(c) && Object.isFrozen(c.issuers[0]));
+  });
+
+  it('refuses unknown keys and names them', () => {
+    configError({ ...minimal(), extra: 1 }, '', /Unrecognized key: "extra"/);
+    const doc = minimal();
+    doc.issuers[0].audience = 'nats';
+    configError(doc, 'issuers[0]', /Unrecognized key: "audience"/);
+  });
+
+  it('requires audiences and refuses symmetric or none algorithms', () => {
+    const doc = minimal();
+    delete doc.issuers[0].audiences;
+    configError(doc, 'issuers[0].audiences', /expected array/);
+    for (const alg of ['HS256', 'none']) {
+      const d = minimal();
+      d.issuers[0].algorithms = [alg];
+      configError(d, 'issuers[0].algorithms[0]', /Invalid option/);
+    }
+  });
+
+  it('refuses http issuers unless explicitly allowed', () => {
+    const doc = minimal();
+    doc.issuers[0].issuer = 'http://127.0.0.1:8080';
+    configError(doc, 'issuers[0].issuer', /http:\/\/ is refused/);
+    doc.issuers[0].allow_insecure_http = true;
+    assert.equal(buildConfig(doc).issuers[0]!.allowInsecureHttp, true);
+    const j = minimal();
+    j.issuers[0].jwks_uri = 'http://idp/jwks';
+    configError(j, 'issuers[0].jwks_uri', /http:\/\/ is refused/);
+  });
+
+  it('refuses duplicate issuers and rules naming an unconfigured issuer', () => {
+    const doc = minimal();
+    doc.issuers.push({ ...doc.issuers[0] });
+    configError(doc, 'issuers[1].issuer', /duplicate issuer/);
+    const r = minimal();
+    r.policy.rules[0].issuer = 'https://other';
+    configError(r, 'policy.rules[0].issuer', /not one of the configured issuers/);
+  });
+
+  it('reads secrets from files and the environment, and says which is missing', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oc-config-'));
+    writeFileSync(join(dir, 'issuer.nk'), `${SEED}\n`);
+    const doc = minimal();
+    doc.callout.issuer_seed = { file: 'issuer.nk' };
+    doc.nats.password = { env: 'NATS_PW' };
+    const c = buildConfig(doc, { NATS_PW: 'secret' }, dir);
+    assert.equal(c.callout.issuerSeed.value, SEED);
+    assert.equal(c.nats.password?.value, 'secret');
+    configError(doc, 'nats.password', /environment variable NATS_PW is not set/);
+    const missing = minimal();
+    missing.callout.issuer_seed = { file: '/nonexistent/issuer.nk' };
+    configError(missing, 'callout.issuer_seed', /cannot read secret file \/nonexistent\/issuer.nk: ENOENT/);
+  });
+
+  it('never prints secret values in the redacted view', () => {
+    const c = buildConfig({ ...minimal(), nats: { user: 'auth', password: { env: 'PW' } } }, { PW: 'hunter2' });
+    const text = JSON.stringify(redactedConfig(c));
+    assert.ok(!text.includes('hunter2') && !text.includes(SEED));
+    assert.match(text, /<secret from env:PW>/);
+    assert.match(text, /<secret from inline>/);
+  });
+
+  it('refuses two ways to authenticate to NATS and a user without password', () => {
+    configError({ ...minimal(), nats: { user: 'a', password: 'b', token: 'c' } }, 'nats', /choose one way/);
+    configError({ ...minimal(), nats: { user: 'a' } }, 'nats', /go together/);
+  });
+
+  it('checks operator-mode accounts against the rules', () => {
+    configError({ ...minimal(), accounts: { APP: { public_key: 'A', signing_seed: SEED } } }, 'accounts', /only used in callout.mode: operator/);
+    const doc = { ...minimal(), callout: { mode: 'operator', issuer_seed: SEED } };
+    configError(doc, 'policy.rules[0].account', /not listed under accounts/);
+  });
+
+  it('parses durations and names the key of a bad one', () => {
+    assert.equal(parseDuration('250ms', 'x'), 250);
+    assert.equal(parseDuration('1.5m', 'x'), 90_000);
+    assert.equal(parseDuration(2, 'x'), 2000);
+    const doc = minimal();
+    doc.issuers[0].leeway = 'soon';
+    configError(doc, 'issuers[0].leeway', /invalid duration "soon"/);
+  });
+
+  it('loads YAML files and reports duplicate keys and bad syntax', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oc-config-'));
+    const file = join(dir, 'c.yaml');
+    writeFileSync(file, `nats: {user: auth, password: pw}\ncallout: {issuer_seed: ${SEED}}\nissuers: [{issuer: "https://i", audiences: [a]}]\npolicy: {rules: [{name: r, account: APP}]}\n`);
+    assert.equal(loadConfig(file).rules[0]!.name, 'r');
+    writeFileSync(file, 'nats: {}\nnats: {}\n');
+    assert.throws(() => loadConfig(file), /not valid YAML/);
+    assert.throws(() => loadConfig(join(dir, 'missing.yaml')), /cannot read .*ENOENT/);
+  });
+});

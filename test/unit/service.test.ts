@@ -1,0 +1,196 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createAccount, createCurve } from '@nats-io/nkeys';
+import { buildConfig } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import { decodeNatsJwt } from '../../src/nats-jwt.js';
+import { isPublicKey, publicKeyObject, verifySignature } from '../../src/nkey.js';
+import { CalloutService } from '../../src/service.js';
+import { authRequestJwt, fakeServer, newUserNkey, sealRequest } from '../helpers/auth-request.js';
+import { startLocalIssuer, type LocalIssuer } from '../helpers/local-issuer.js';
+
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+const enc = (s: string) => new TextEncoder().encode(s);
+const now = () => Math.floor(Date.now() / 1000);
+
+function verifiedClaims(jwt: string, signerKey: string): Record<string, any> {
+  const d = decodeNatsJwt(jwt);
+  assert.ok(typeof d !== 'string', d as string);
+  assert.ok(verifySignature(publicKeyObject(signerKey, 'account'), d.signingInput, d.signature), 'signature');
+  return d.claims as Record<string, any>;
+}
+
+describe('callout service', () => {
+  let idp: LocalIssuer;
+  const account = createAccount();
+  const issuerPub = account.getPublicKey();
+  const server = fakeServer();
+  const lines: any[] = [];
+  let service: CalloutService;
+  let fixedNow: number | undefined;
+
+  function make(extra: Record<string, any> = {}): CalloutService {
+    const config = buildConfig({
+      nats: {},
+      callout: { issuer_seed: text(account.getSeed()), max_in_flight: 4, ...(extra.callout ?? {}) },
+      token: { fields: ['auth_token', 'pass'], max_bytes: 8192 },
+      issuers: [{ issuer: idp.issuer, audiences: ['nats'], allow_insecure_http: true }],
+      policy: {
+        rules: [
+          {
+            name: 'devs',
+            match: { groups: 'dev' },
+            account: 'APP',
+            user_name_claim: 'name',
+            max_lifetime: '10m',
+            permissions: { pub: { allow: ['app.{{claims.tenant}}.>'] }, sub: { allow: ['_INBOX.>'] }, resp: { max: 1, ttl: '2s' } },
+          },
+        ],
+      },
+      ...(extra.cache ? { cache: extra.cache } : {}),
+    });
+    return new CalloutService(config, createLogger('debug', (l) => lines.push(JSON.parse(l))), () => fixedNow ?? Date.now());
+  }
+
+  before(async () => {
+    idp = await startLocalIssuer();
+    service = make();
+  });
+  after(() => idp.stop());
+
+  const lastDecision = () => lines.filter((l) => l.msg === 'authorization').at(-1);
+
+  it('issues a user JWT bound to the user key, capped lifetime, rendered permissions, in a signed response', async () => {
+    const userNkey = newUserNkey();
+    const token = await idp.sign({ sub: 'alice', aud: 'nats', exp: now() + 3600, groups: ['dev'], tenant: 'acme', name: 'Zoë 山田' });
+    const reply = await service.handle(enc(authRequestJwt(server, { userNkey, connectOpts: { auth_token: token } })), undefined);
+    assert.ok(reply);
+    const res = verifiedClaims(text(reply), issuerPub);
+    assert.equal(res.sub, userNkey);
+    assert.equal(res.aud, server.id);
+    assert.equal(res.iss, issuerPub);
+    assert.equal(res.nats.type, 'authorization_response');
+    assert.equal(res.nats.error, undefined);
+    const user = verifiedClaims(res.nats.jwt, issuerPub);
+    assert.equal(user.sub, userNkey);
+    assert.equal(user.aud, 'APP');
+    assert.equal(user.name, 'Zoë 山田');
+    assert.ok(user.exp <= now() + 600 && user.exp >= now() + 598, `exp capped by max_lifetime: ${user.exp - now()}`);
+    assert.deepEqual(user.nats.pub, { allow: ['app.acme.>'] });
+    assert.deepEqual(user.nats.sub, { allow: ['_INBOX.>'] });
+    assert.deepEqual(user.nats.resp, { max: 1, ttl: 2_000_000_000 });
+    assert.equal(user.nats.issuer_account, undefined);
+    const d = lastDecision();
+    assert.equal(d.result, 'allow');
+    assert.equal(d.rule, 'devs');
+    assert.equal(d.cached, false);
+    assert.ok(!JSON.stringify(lines).includes(token), 'the token never reaches the log');
+  });
+
+  it("never lets the user outlive the token's exp", async () => {
+    const exp = now() + 90;
+    const token = await idp.sign({ sub: 'a', aud: 'nats', exp, groups: ['dev'], tenant: 't' });
+    const reply = await service.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: token } })), undefined);
+    const user = verifiedClaims(verifiedClaims(text(reply!), issuerPub).nats.jwt, issuerPub);
+    assert.equal(user.exp, exp);
+  });
+
+  it('serves a repeated token from the cache, still bound to the new user key', async () => {
+    const token = await idp.sign({ sub: 'bob', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' });
+    await service.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: token } })), undefined);
+    const fetches = idp.jwksFetches;
+    const userNkey = newUserNkey();
+    const reply = await service.handle(enc(authRequestJwt(server, { userNkey, connectOpts: { auth_token: token } })), undefined);
+    assert.equal(lastDecision().cached, true);
+    const user = verifiedClaims(verifiedClaims(text(reply!), issuerPub).nats.jwt, issuerPub);
+    assert.equal(user.sub, userNkey);
+    assert.equal(idp.jwksFetches, fetches);
+  });
+
+  it('does not serve a cached decision past the token expiry', async () => {
+    const svc = make({ cache: { ttl: '1h' } });
+    const token = await idp.sign({ sub: 'c', aud: 'nats', exp: now() + 2, groups: ['dev'], tenant: 't' });
+    assert.ok(await svc.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: token } })), undefined));
+    assert.equal(svc.cache.size, 1);
+    fixedNow = Date.now() + 3000;
+    try {
+      const reply = await svc.handle(enc(authRequestJwt(server, { now: now() + 3, connectOpts: { auth_token: token } })), undefined);
+      const res = verifiedClaims(text(reply!), issuerPub);
+      assert.equal(res.nats.error, 'not authorized');
+      assert.equal(lastDecision().code, 'TOKEN_EXPIRED');
+    } finally {
+      fixedNow = undefined;
+    }
+  });
+
+  it('reads the token from pass when configured', async () => {
+    const token = await idp.sign({ sub: 'p', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' });
+    assert.ok(await service.handle(enc(authRequestJwt(server, { connectOpts: { user: 'x', pass: token } })), undefined));
+    assert.equal(lastDecision().result, 'allow');
+  });
+
+  it('rejects with a signed generic error and logs the real code', async () => {
+    const userNkey = newUserNkey();
+    const reply = await service.handle(enc(authRequestJwt(server, { userNkey, connectOpts: {} })), undefined);
+    const res = verifiedClaims(text(reply!), issuerPub);
+    assert.equal(res.sub, userNkey);
+    assert.equal(res.nats.error, 'not authorized');
+    assert.equal(res.nats.jwt, undefined);
+    assert.equal(lastDecision().code, 'TOKEN_MISSING');
+    const noMatch = await idp.sign({ sub: 'q', aud: 'nats', exp: now() + 300, groups: ['qa'] });
+    await service.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: noMatch } })), undefined);
+    assert.equal(lastDecision().code, 'POLICY_NO_MATCH');
+    assert.equal(service.cache.size >= 1, true);
+  });
+
+  it('aborts (no answer) on a request it cannot trust', async () => {
+    const other = fakeServer();
+    assert.equal(await service.handle(enc(authRequestJwt(server, { signer: other.signer })), undefined), undefined);
+    assert.equal(lastDecision().result, 'abort');
+    assert.equal(lastDecision().code, 'REQUEST_SIGNATURE_INVALID');
+    assert.equal(await service.handle(enc('garbage'), undefined), undefined);
+    assert.equal(lastDecision().code, 'REQUEST_MALFORMED');
+  });
+
+  it('rejects at once when overloaded, without verifying the token', async () => {
+    const fetches = idp.jwksFetches;
+    const token = await idp.sign({ sub: 'o', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' }, { kid: 'never-seen' });
+    const reply = await service.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: token } })), undefined, true);
+    assert.equal(verifiedClaims(text(reply!), issuerPub).nats.error, 'not authorized');
+    assert.equal(lastDecision().code, 'OVERLOADED');
+    assert.equal(idp.jwksFetches, fetches);
+  });
+
+  it('aborts when the deadline passes while the token is verified', async () => {
+    const svc = make();
+    const token = await idp.sign({ sub: 'slow', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' });
+    idp.faults.discovery = { delayMs: 1500 };
+    try {
+      const data = enc(authRequestJwt(server, { now: now() - 1, connectOpts: { auth_token: token } }));
+      assert.equal(await svc.handle(data, undefined), undefined);
+      assert.equal(lastDecision().code, 'REQUEST_EXPIRED');
+    } finally {
+      idp.faults.discovery = undefined;
+    }
+  });
+
+  it('seals the response to the server xkey when the request came sealed', async () => {
+    const curve = createCurve();
+    const svc = make({ callout: { xkey_seed: text(curve.getSeed()) } });
+    assert.equal(svc.xkeyPublicKey, curve.getPublicKey());
+    const token = await idp.sign({ sub: 'x', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' });
+    const data = sealRequest(server, authRequestJwt(server, { xkey: true, connectOpts: { auth_token: token } }), curve.getPublicKey());
+    const reply = await svc.handle(data, server.curve.getPublicKey());
+    assert.ok(reply && text(reply).startsWith('xkv1'));
+    const opened = server.curve.open(reply, curve.getPublicKey());
+    assert.ok(opened);
+    const res = verifiedClaims(text(opened), issuerPub);
+    assert.ok(isPublicKey(verifiedClaims(res.nats.jwt, issuerPub).sub, 'user'));
+  });
+
+  it('explains a decision without any request', async () => {
+    const e = await service.explain(await idp.sign({ sub: 'e', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' }));
+    assert.equal(e.grant.rule, 'devs');
+    assert.deepEqual(e.grant.pub, { allow: ['app.acme.>'] });
+  });
+});

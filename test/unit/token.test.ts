@@ -1,0 +1,185 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { buildConfig, type IssuerConfig } from '../../src/config.js';
+import { AuthFailure } from '../../src/errors.js';
+import { IssuerKeys } from '../../src/issuers.js';
+import { TokenVerifier } from '../../src/token.js';
+import { fakeJwe, hs256WithSecret, startLocalIssuer, unsignedToken, type LocalIssuer } from '../helpers/local-issuer.js';
+
+const SEED = 'SAAJRVXR3MV7ES5TDCQY2FQSX6NPS5GYNKZGRDEBNY56G5ZUXHERMYVWNY';
+
+function issuerConfig(issuer: string, extra: Record<string, unknown> = {}): IssuerConfig {
+  return buildConfig({
+    nats: {},
+    callout: { issuer_seed: SEED },
+    issuers: [{ issuer, audiences: ['nats'], allow_insecure_http: true, ...extra }],
+    policy: { rules: [{ name: 'r', account: 'APP' }] },
+  }).issuers[0]!;
+}
+
+async function refused(p: Promise<unknown>, code: string): Promise<AuthFailure> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof AuthFailure, `expected AuthFailure, got ${String(err)}`);
+    assert.equal(err.code, code, err.message);
+    return err;
+  }
+  assert.fail(`expected ${code}, but the token was accepted`);
+}
+
+const now = () => Math.floor(Date.now() / 1000);
+
+describe('token verification', () => {
+  let idp: LocalIssuer;
+  let keys: IssuerKeys;
+  let verifier: TokenVerifier;
+  const claims = () => ({ sub: 'alice', aud: 'nats', exp: now() + 300 });
+
+  before(async () => {
+    idp = await startLocalIssuer();
+    keys = new IssuerKeys(issuerConfig(idp.issuer, { token_types: ['at+jwt'], jwks_cooldown: '30s' }));
+    verifier = new TokenVerifier([keys], 4096);
+  });
+  after(() => idp.stop());
+
+  it('verifies a good token, discovering the JWKS once', async () => {
+    const v = await verifier.verify(await idp.sign(claims()));
+    assert.equal(v.claims.sub, 'alice');
+    assert.equal(v.issuer.issuer, idp.issuer);
+    assert.equal(idp.discoveryFetches, 1);
+    await verifier.verify(await idp.sign(claims()));
+    assert.equal(idp.discoveryFetches, 1);
+    assert.equal(idp.jwksFetches, 1);
+  });
+
+  it('accepts application/at+jwt as at+jwt and refuses other types', async () => {
+    await verifier.verify(await idp.sign(claims(), { typ: 'application/AT+JWT' }));
+    await refused(verifier.verify(await idp.sign(claims(), { typ: 'JWT' })), 'TOKEN_TYPE_INVALID');
+    await refused(verifier.verify(await idp.sign(claims(), { typ: null })), 'TOKEN_TYPE_INVALID');
+  });
+
+  it('refuses expired, not-yet-valid and future-issued tokens beyond the leeway', async () => {
+    await refused(verifier.verify(await idp.sign({ ...claims(), exp: now() - 120 })), 'TOKEN_EXPIRED');
+    await verifier.verify(await idp.sign({ ...claims(), exp: now() - 30 }));
+    await refused(verifier.verify(await idp.sign({ ...claims(), nbf: now() + 120 })), 'TOKEN_NOT_YET_VALID');
+    await refused(verifier.verify(await idp.sign({ ...claims(), iat: now() + 120 })), 'TOKEN_NOT_YET_VALID');
+  });
+
+  it('refuses a token without exp unless the issuer allows it', async () => {
+    await refused(verifier.verify(await idp.sign({ sub: 'a', aud: 'nats', exp: undefined })), 'TOKEN_EXP_MISSING');
+    const lenient = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { allow_missing_exp: true }))], 4096);
+    const v = await lenient.verify(await idp.sign({ sub: 'a', aud: 'nats', exp: undefined }));
+    assert.equal(v.exp, undefined);
+  });
+
+  it('refuses a wrong audience and an unknown issuer', async () => {
+    await refused(verifier.verify(await idp.sign({ ...claims(), aud: ['other', 'x'] })), 'TOKEN_AUDIENCE_INVALID');
+    await refused(verifier.verify(await idp.sign({ ...claims(), iss: 'https://evil.example.com' })), 'TOKEN_ISSUER_UNKNOWN');
+    await refused(verifier.verify(await idp.sign({ ...claims(), iss: `${idp.issuer}/` })), 'TOKEN_ISSUER_UNKNOWN');
+    await refused(verifier.verify(await idp.sign({ ...claims(), iss: undefined })), 'TOKEN_ISSUER_UNKNOWN');
+  });
+
+  it('refuses alg none and HS256 signed with the public key, before fetching anything', async () => {
+    const fetches = idp.jwksFetches;
+    await refused(verifier.verify(unsignedToken({ ...claims(), iss: idp.issuer })), 'TOKEN_ALG_NOT_ALLOWED');
+    await refused(verifier.verify(hs256WithSecret({ ...claims(), iss: idp.issuer }, idp.publicKeyPem(), { kid: idp.kid })), 'TOKEN_ALG_NOT_ALLOWED');
+    await refused(verifier.verify(await idp.sign(claims(), { alg: 'PS256' })), 'TOKEN_ALG_NOT_ALLOWED');
+    assert.equal(idp.jwksFetches, fetches);
+  });
+
+  it('refuses JWE, oversized and malformed tokens before parsing claims', async () => {
+    await refused(verifier.verify(fakeJwe()), 'TOKEN_ENCRYPTED');
+    await refused(verifier.verify(await idp.sign({ ...claims(), pad: 'x'.repeat(5000) })), 'TOKEN_TOO_LARGE');
+    await refused(verifier.verify('abc'), 'TOKEN_MALFORMED');
+    await refused(verifier.verify('a.b.c'), 'TOKEN_MALFORMED');
+    await refused(verifier.verify(`${Buffer.from('{"alg":"RS256"}').toString('base64url')}.${Buffer.from('[]').toString('base64url')}.x`), 'TOKEN_MALFORMED');
+    const enc = `${Buffer.from('{"alg":"RSA-OAEP","enc":"A256GCM"}').toString('base64url')}.e30.x`;
+    await refused(verifier.verify(enc), 'TOKEN_ENCRYPTED');
+  });
+
+  it('refuses a token whose signature does not verify', async () => {
+    const t = await idp.sign(claims());
+    const [h, p] = t.split('.');
+    const other = (await idp.sign({ ...claims(), sub: 'mallory' })).split('.')[1];
+    await refused(verifier.verify(`${h}.${other}.${t.split('.')[2]}`), 'TOKEN_SIGNATURE_INVALID');
+    assert.ok(p);
+  });
+
+  it('refetches the JWKS at most once per cooldown under a flood of unknown kids', async () => {
+    const before = idp.jwksFetches;
+    const tokens = await Promise.all(Array.from({ length: 50 }, (_, i) => idp.sign(claims(), { key: 'unknown', kid: `flood-${i}` })));
+    const results = await Promise.allSettled(tokens.map((t) => verifier.verify(t)));
+    for (const r of results) {
+      assert.equal(r.status, 'rejected');
+      assert.equal((r.reason as AuthFailure).code, 'TOKEN_KEY_UNKNOWN');
+    }
+    assert.ok(idp.jwksFetches - before <= 1, `JWKS fetched ${idp.jwksFetches - before} times`);
+  });
+});
+
+describe('key rotation', () => {
+  it('follows a rotation to a new kid without a restart', async () => {
+    await using idp = await startLocalIssuer();
+    const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_cooldown: '0s' }))], 4096);
+    await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 }));
+    await idp.rotate();
+    const v = await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'after' }));
+    assert.equal(v.claims.sub, 'after');
+    assert.equal(idp.jwksFetches, 2);
+  });
+
+  it('reloads once when a key was replaced under the same kid, off cooldown only', async () => {
+    await using idp = await startLocalIssuer();
+    const keys = new IssuerKeys(issuerConfig(idp.issuer, { jwks_cooldown: '0s' }));
+    const verifier = new TokenVerifier([keys], 4096);
+    await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 }));
+    await idp.rotate({ reuseKid: true });
+    await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 }));
+    assert.equal(idp.jwksFetches, 2);
+
+    await using cooling = await startLocalIssuer();
+    const strict = new TokenVerifier([new IssuerKeys(issuerConfig(cooling.issuer, { jwks_cooldown: '1h' }))], 4096);
+    await strict.verify(await cooling.sign({ aud: 'nats', exp: now() + 60 }));
+    await cooling.rotate({ reuseKid: true });
+    await refused(strict.verify(await cooling.sign({ aud: 'nats', exp: now() + 60 })), 'TOKEN_SIGNATURE_INVALID');
+    assert.equal(cooling.jwksFetches, 1);
+  });
+
+  it('verifies ES256 and EdDSA issuers when allowed', async () => {
+    for (const alg of ['ES256', 'EdDSA'] as const) {
+      await using idp = await startLocalIssuer({ alg });
+      const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { algorithms: [alg] }))], 4096);
+      assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: alg }))).claims.sub, alg);
+    }
+  });
+});
+
+describe('issuer availability', () => {
+  it('refuses with ISSUER_UNAVAILABLE when discovery fails, and does not retry within the cooldown', async () => {
+    await using idp = await startLocalIssuer();
+    idp.faults.discovery = { status: 500 };
+    const keys = new IssuerKeys(issuerConfig(idp.issuer, { jwks_cooldown: '1h' }));
+    const verifier = new TokenVerifier([keys], 4096);
+    const token = await idp.sign({ aud: 'nats', exp: now() + 60 });
+    await refused(verifier.verify(token), 'ISSUER_UNAVAILABLE');
+    await refused(verifier.verify(token), 'ISSUER_UNAVAILABLE');
+    assert.equal(idp.discoveryFetches, 1);
+    assert.match(keys.status().lastError ?? '', /discovery/);
+  });
+
+  it('refuses with ISSUER_UNAVAILABLE when the JWKS cannot be fetched', async () => {
+    await using idp = await startLocalIssuer();
+    idp.faults.jwks = { status: 503 };
+    const keys = new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: idp.jwksUri }));
+    await refused(new TokenVerifier([keys], 4096).verify(await idp.sign({ aud: 'nats', exp: now() + 60 })), 'ISSUER_UNAVAILABLE');
+    assert.equal(keys.status().keysLoaded, false);
+    await refused(keys.load(), 'ISSUER_UNAVAILABLE');
+  });
+
+  it('refuses a discovery document that names another issuer', async () => {
+    await using idp = await startLocalIssuer();
+    idp.discoveryOverrides = { issuer: 'https://evil.example.com' };
+    await refused(new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer))], 4096).verify(await idp.sign({ aud: 'nats', exp: now() + 60 })), 'ISSUER_UNAVAILABLE');
+  });
+});
