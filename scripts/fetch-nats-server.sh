@@ -3,6 +3,12 @@
 # .cache/nats-server/<version>/nats-server, without touching the system's apt configuration.
 # Prints one "<version> <path>" line per binary. Usage: fetch-nats-server.sh [trixie|sid ...]
 set -euo pipefail
+# An explicitly chosen binary wins: no download.
+if [ -n "${NATS_SERVER_BIN:-}" ]; then
+  v=$("$NATS_SERVER_BIN" --version | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
+  echo "$v $NATS_SERVER_BIN"
+  exit 0
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="$root/.cache/nats-server"
 apt_dir="$cache/apt"

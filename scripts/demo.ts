@@ -1,0 +1,177 @@
+/**
+ * `npm run demo`: the whole flow on one machine, nothing to configure. Starts a real OpenID
+ * provider, a nats-server with auth_callout (xkey on), and `oidc-callout run` itself, then
+ * connects clients with real access tokens and says in plain words what happened.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createAccount, createCurve } from '@nats-io/nkeys';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { natsServerBinaries } from '../test/helpers/nats-server-bin.js';
+import { startNatsServer } from '../test/helpers/nats-server.js';
+import { startOidcProvider } from '../test/helpers/oidc-provider.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const say = (s: string) => process.stdout.write(`${s}\n`);
+const step = (s: string) => say(`\n== ${s}`);
+
+async function main(): Promise<void> {
+  const work = mkdtempSync(join(tmpdir(), 'oidc-callout-demo-'));
+  const cleanups: (() => Promise<unknown> | unknown)[] = [() => rmSync(work, { recursive: true, force: true })];
+  try {
+    step('Starting an OpenID provider with two machine clients (client_credentials)');
+    const idp = await startOidcProvider({
+      clients: [
+        { clientId: 'orders-service', clientSecret: 'orders-secret', claims: { groups: ['orders-writers'], tenant: 'acme', name: 'Orders service' } },
+        { clientId: 'stranger', clientSecret: 'stranger-secret', claims: { groups: ['guests'] } },
+      ],
+    });
+    cleanups.push(() => idp.stop());
+    say(`issuer ${idp.issuer}, access tokens for audience ${idp.resource}`);
+
+    step('Starting nats-server with auth_callout (encrypted with an xkey)');
+    const [bin] = (await natsServerBinaries()).slice(-1);
+    const issuerKey = createAccount();
+    const xkey = createCurve();
+    const nats = await startNatsServer({
+      bin: bin!.path,
+      config: `
+max_control_line: 65536
+accounts {
+  AUTH { users: [ { user: callout, password: demo-password } ] }
+  APP {}
+  SYS {}
+}
+system_account: SYS
+authorization {
+  timeout: 2
+  auth_callout {
+    issuer: ${issuerKey.getPublicKey()}
+    xkey: ${xkey.getPublicKey()}
+    account: AUTH
+    auth_users: [ callout ]
+  }
+}`,
+    });
+    cleanups.push(() => nats.stop());
+    say(`nats-server ${bin!.version} at ${nats.url}`);
+
+    step('Starting oidc-callout run');
+    writeFileSync(join(work, 'issuer.nk'), new TextDecoder().decode(issuerKey.getSeed()), { mode: 0o600 });
+    writeFileSync(join(work, 'xkey.nk'), new TextDecoder().decode(xkey.getSeed()), { mode: 0o600 });
+    const configFile = join(work, 'oidc-callout.yaml');
+    writeFileSync(
+      configFile,
+      `nats:
+  servers: [${nats.url}]
+  user: callout
+  password: { env: DEMO_NATS_PASSWORD }
+callout:
+  issuer_seed: { file: issuer.nk }
+  xkey_seed: { file: xkey.nk }
+issuers:
+  - issuer: ${idp.issuer}
+    audiences: [${idp.resource}]
+    token_types: [at+jwt]
+    allow_insecure_http: true   # loopback demo only
+policy:
+  rules:
+    - name: order-writers
+      match: { groups: orders-writers }
+      account: APP
+      user_name_claim: name
+      max_lifetime: 15m
+      permissions:
+        pub: { allow: ["orders.{{claims.tenant}}.>", "$SYS.REQ.USER.INFO"] }
+        sub: { allow: ["orders.{{claims.tenant}}.>", "_INBOX.>"] }
+`,
+    );
+    say(`configuration: ${configFile}`);
+    const service = spawn(process.execPath, [join(here, '..', 'src', 'main.js'), 'run', '--config', configFile], {
+      env: { ...process.env, DEMO_NATS_PASSWORD: 'demo-password' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const serviceLog: Record<string, unknown>[] = [];
+    let listening!: () => void;
+    const ready = new Promise<void>((resolve) => (listening = resolve));
+    let buffered = '';
+    service.stdout.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString();
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
+        buffered = buffered.slice(nl + 1);
+        serviceLog.push(line);
+        if (line.msg === 'listening') listening();
+      }
+    });
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          service.once('exit', () => resolve());
+          service.kill('SIGTERM');
+        }),
+    );
+    await Promise.race([ready, new Promise((_, reject) => service.once('exit', (code) => reject(new Error(`oidc-callout exited with ${code}`))))]);
+    say('oidc-callout is subscribed to $SYS.REQ.USER.AUTH');
+    const lastDecision = () => serviceLog.filter((l) => l.msg === 'authorization').at(-1) ?? {};
+
+    step('Client "orders-service" connects with its access token');
+    const token = await idp.token('orders-service');
+    const nc = await connect({ servers: nats.url, token, reconnect: false });
+    cleanups.push(() => nc.close());
+    const d = lastDecision();
+    say(`connected. oidc-callout: ${d.result} by rule "${d.rule}" into account ${d.account}, until ${new Date(Number(d.expires) * 1000).toISOString()}`);
+    const info = JSON.parse(new TextDecoder().decode((await nc.request('$SYS.REQ.USER.INFO', '')).data)) as { data: Record<string, unknown> };
+    say(`the server sees user "${info.data.user}" in account ${info.data.account} with permissions ${JSON.stringify(info.data.permissions)}`);
+
+    const sub = nc.subscribe('orders.acme.>', { max: 1 });
+    nc.publish('orders.acme.created', 'order #1');
+    for await (const m of sub) say(`publish to orders.acme.created: allowed, and received back: "${m.string()}"`);
+    say(`publish to orders.globex.created: ${await deniedPublish(nc, 'orders.globex.created')}`);
+
+    step('Client "stranger" connects with a valid token that no policy rule grants');
+    say(await refusedConnect(nats.url, await idp.token('stranger')));
+    say(`oidc-callout logged why: ${lastDecision().code} (${lastDecision().reason})`);
+
+    step('A client connects with a forged token');
+    const [h, p] = token.split('.');
+    const forged = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p!, 'base64url').toString()), tenant: 'globex' })).toString('base64url')}.${token.split('.')[2]}`;
+    say(await refusedConnect(nats.url, forged));
+    say(`oidc-callout logged why: ${lastDecision().code} (${lastDecision().reason})`);
+    step('Done: stopping everything');
+  } finally {
+    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+  }
+}
+
+async function deniedPublish(nc: NatsConnection, subject: string): Promise<string> {
+  const violation = (async () => {
+    for await (const s of nc.status()) if (s.type === 'error') return `denied by the server (${String(s.error.message)})`;
+    return 'no answer';
+  })();
+  nc.publish(subject, 'order #2');
+  await nc.flush();
+  return Promise.race([violation, new Promise<string>((r) => setTimeout(() => r('NOT denied (unexpected)'), 2000))]);
+}
+
+async function refusedConnect(url: string, token: string): Promise<string> {
+  try {
+    const nc = await connect({ servers: url, token, reconnect: false });
+    await nc.close();
+    return 'connected (unexpected!)';
+  } catch (err) {
+    return `refused: the client sees "${(err as Error).message}"`;
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`demo failed: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);
