@@ -34,7 +34,6 @@ export const FAILURES = {
   ISSUER_UNAVAILABLE: { outcome: 'reject', summary: "the issuer's discovery document or JWKS could not be fetched" },
   POLICY_NO_MATCH: { outcome: 'reject', summary: 'no policy rule matches the verified claims' },
   POLICY_CLAIM_UNSAFE: { outcome: 'reject', summary: 'a claim used in a subject template is missing or not a single plain subject token' },
-  POLICY_ACCOUNT_UNKNOWN: { outcome: 'reject', summary: 'the matching rule names an account this service cannot sign for' },
   OVERLOADED: { outcome: 'reject', summary: 'too many requests in flight; answered at once rather than queued past the timeout' },
   INTERNAL: { outcome: 'reject', summary: 'an unexpected error inside the service' },
 } as const satisfies Record<string, { outcome: 'reject' | 'abort'; summary: string }>;
