@@ -1,0 +1,253 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { createAccount, fromSeed } from '@nats-io/nkeys';
+import { connect } from '@nats-io/transport-node';
+import { natsServerBinaries } from '../helpers/nats-server-bin.js';
+import { startNatsServer, type RunningNats } from '../helpers/nats-server.js';
+import { startLocalIssuer, type LocalIssuer } from '../helpers/local-issuer.js';
+
+const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'main.js');
+const now = () => Math.floor(Date.now() / 1000);
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.stdin.end(opts.input ?? '');
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+function configYaml(o: { url: string; issuer: string; seedFile: string; rules: string }): string {
+  return `nats:
+  servers: [${o.url}]
+  user: auth
+  password: { env: TEST_NATS_PASSWORD }
+callout:
+  issuer_seed: { file: ${o.seedFile} }
+issuers:
+  - issuer: ${o.issuer}
+    audiences: [nats]
+    allow_insecure_http: true
+    jwks_cooldown: 0s
+policy:
+  rules:
+${o.rules}
+`;
+}
+
+const RULE_APP = `    - name: app
+      match: { groups: dev }
+      account: APP
+      permissions:
+        pub: { allow: ["app.{{claims.tenant}}.>", "$SYS.REQ.USER.INFO"] }
+        sub: { allow: ["_INBOX.>"] }`;
+const RULE_OTHER = `    - name: other
+      match: { groups: dev }
+      account: OTHER
+      permissions:
+        pub: { allow: ["$SYS.REQ.USER.INFO"] }
+        sub: { allow: ["_INBOX.>"] }`;
+
+describe('command line', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oc-cli-'));
+  const issuerKey = createAccount();
+  let idp: LocalIssuer;
+  let nats: RunningNats;
+  let configFile: string;
+
+  before(async () => {
+    idp = await startLocalIssuer();
+    const [bin] = (await natsServerBinaries()).slice(-1);
+    nats = await startNatsServer({
+      bin: bin!.path,
+      config: `max_control_line: 65536
+accounts {
+  AUTH { users: [ { user: auth, password: pw } ] }
+  APP {}
+  OTHER {}
+  SYS {}
+}
+system_account: SYS
+authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, auth_users: [ auth ], account: AUTH } }`,
+    });
+    writeFileSync(join(dir, 'issuer.nk'), new TextDecoder().decode(issuerKey.getSeed()));
+    configFile = join(dir, 'config.yaml');
+    writeFileSync(configFile, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
+  });
+  after(async () => {
+    await nats?.stop();
+    await idp?.stop();
+  });
+
+  describe('keys', () => {
+    it('writes 0600 seed files and prints a block nats-server accepts', async () => {
+      const out = join(dir, 'keys');
+      const r = await cli(['keys', '--dir', out]);
+      assert.equal(r.code, 0, r.stderr);
+      const issuerSeed = readFileSync(join(out, 'issuer.nk'), 'utf8').trim();
+      const xkeySeed = readFileSync(join(out, 'xkey.nk'), 'utf8').trim();
+      assert.match(issuerSeed, /^SA/);
+      assert.match(xkeySeed, /^SX/);
+      assert.equal(statSync(join(out, 'issuer.nk')).mode & 0o777, 0o600);
+      assert.equal(statSync(join(out, 'xkey.nk')).mode & 0o777, 0o600);
+      assert.ok(r.stdout.includes(`issuer: ${fromSeed(new TextEncoder().encode(issuerSeed)).getPublicKey()}`));
+      assert.ok(r.stdout.includes(`xkey: ${fromSeed(new TextEncoder().encode(xkeySeed)).getPublicKey()}`));
+      assert.ok(!r.stdout.includes(issuerSeed) && !r.stdout.includes(xkeySeed), 'seeds are never printed');
+      const block = `accounts {\n  AUTH { users: [ { user: auth, password: pw } ] }\n}\n${r.stdout}`;
+      await using srv = await startNatsServer({ bin: (await natsServerBinaries()).at(-1)!.path, config: block });
+      assert.ok(srv.port > 0);
+    });
+
+    it('refuses to overwrite existing seeds without --force', async () => {
+      const out = join(dir, 'keys-twice');
+      assert.equal((await cli(['keys', '--dir', out])).code, 0);
+      const before = readFileSync(join(out, 'issuer.nk'), 'utf8');
+      const again = await cli(['keys', '--dir', out]);
+      assert.equal(again.code, 2);
+      assert.match(again.stderr, /issuer.nk exists; pass --force/);
+      assert.equal(readFileSync(join(out, 'issuer.nk'), 'utf8'), before);
+      assert.equal((await cli(['keys', '--dir', out, '--force'])).code, 0);
+      assert.notEqual(readFileSync(join(out, 'issuer.nk'), 'utf8'), before);
+    });
+  });
+
+  describe('check', () => {
+    it('passes and prints the effective configuration with secrets redacted', async () => {
+      const r = await cli(['check', '--config', configFile], { env: { TEST_NATS_PASSWORD: 'pw' } });
+      assert.equal(r.code, 0, r.stderr);
+      const out = JSON.parse(r.stdout);
+      assert.equal(out.issuer_public_key, issuerKey.getPublicKey());
+      assert.equal(out.issuers[0].keysLoaded, true);
+      assert.equal(out.config.nats.password, '<secret from env:TEST_NATS_PASSWORD>');
+      assert.ok(!r.stdout.includes(new TextDecoder().decode(issuerKey.getSeed())));
+      assert.ok(!r.stdout.includes('"pw"'));
+    });
+
+    it('fails naming the issuer whose keys cannot be loaded, and NATS when it is unreachable', async () => {
+      const down = join(dir, 'down.yaml');
+      writeFileSync(down, configYaml({ url: 'nats://127.0.0.1:1', issuer: 'http://127.0.0.1:1/idp', seedFile: 'issuer.nk', rules: RULE_APP }));
+      const r = await cli(['check', '--config', down], { env: { TEST_NATS_PASSWORD: 'pw' } });
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /issuers: http:\/\/127\.0\.0\.1:1\/idp: discovery/);
+      assert.match(r.stderr, /nats: cannot connect to nats:\/\/127\.0\.0\.1:1/);
+    });
+
+    it('exits 2 with the offending key on a bad configuration', async () => {
+      const bad = join(dir, 'bad.yaml');
+      writeFileSync(bad, readFileSync(configFile, 'utf8').replace('audiences: [nats]', 'audiences: [nats]\n    audience: nats'));
+      const r = await cli(['check', '--config', bad], { env: { TEST_NATS_PASSWORD: 'pw' } });
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /configuration error: issuers\[0\]: Unrecognized key: "audience"/);
+      const noEnv = await cli(['check', '--config', configFile], { env: { TEST_NATS_PASSWORD: '' } });
+      assert.equal(noEnv.code, 2);
+      assert.match(noEnv.stderr, /nats.password: environment variable TEST_NATS_PASSWORD is not set/);
+    });
+  });
+
+  describe('explain', () => {
+    it('prints the decision for a token given inline, from a file and on stdin', async () => {
+      const token = await idp.sign({ sub: 'alice', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
+      writeFileSync(join(dir, 'token'), `${token}\n`);
+      for (const [arg, input] of [[token, ''], [`@${join(dir, 'token')}`, ''], ['-', token]] as const) {
+        const r = await cli(['explain', '--config', configFile, '--token', arg], { input, env: { TEST_NATS_PASSWORD: 'pw' } });
+        assert.equal(r.code, 0, r.stderr + r.stdout);
+        const out = JSON.parse(r.stdout);
+        assert.equal(out.decision, 'allow');
+        assert.equal(out.rule, 'app');
+        assert.equal(out.account, 'APP');
+        assert.deepEqual(out.permissions.pub, { allow: ['app.acme.>', '$SYS.REQ.USER.INFO'] });
+        assert.equal(out.claims.sub, 'alice');
+      }
+    });
+
+    it('prints the code and reason of a refusal', async () => {
+      const expired = await idp.sign({ sub: 'a', aud: 'nats', exp: now() - 600, groups: ['dev'], tenant: 'acme' });
+      const r = await cli(['explain', '--config', configFile, '--token', expired], { env: { TEST_NATS_PASSWORD: 'pw' } });
+      assert.equal(r.code, 1);
+      assert.equal(JSON.parse(r.stdout).code, 'TOKEN_EXPIRED');
+      const unsafe = await idp.sign({ sub: 'a', aud: 'nats', exp: now() + 600, groups: ['dev'], tenant: 'a.>' });
+      const u = await cli(['explain', '--config', configFile, '--token', unsafe], { env: { TEST_NATS_PASSWORD: 'pw' } });
+      assert.equal(JSON.parse(u.stdout).code, 'POLICY_CLAIM_UNSAFE');
+    });
+  });
+
+  describe('run', () => {
+    let service: ChildProcess | undefined;
+    let log = '';
+    after(() => service?.kill('SIGKILL'));
+
+    const waitForLog = (re: RegExp, from: number) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${re} in:\n${log}`)), 10_000);
+        const check = () => {
+          if (re.test(log.slice(from))) {
+            clearTimeout(timer);
+            service!.stdout!.off('data', check);
+            resolve();
+          }
+        };
+        service!.stdout!.on('data', check);
+        check();
+      });
+
+    async function account(): Promise<string> {
+      const token = await idp.sign({ sub: 'bob', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
+      const nc = await connect({ servers: nats.url, token, reconnect: false });
+      try {
+        return JSON.parse(new TextDecoder().decode((await nc.request('$SYS.REQ.USER.INFO', '')).data)).data.account;
+      } finally {
+        await nc.close();
+      }
+    }
+
+    it('serves, reloads on SIGHUP, keeps the running config on a bad reload, drains on SIGTERM', async () => {
+      const file = join(dir, 'run.yaml');
+      writeFileSync(file, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
+      service = spawn(process.execPath, [MAIN, 'run', '--config', file], { env: { ...process.env, TEST_NATS_PASSWORD: 'pw' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      service.stdout!.on('data', (d) => (log += d));
+      await waitForLog(/"msg":"listening"/, 0);
+      assert.equal(await account(), 'APP');
+
+      writeFileSync(file, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_OTHER }));
+      let mark = log.length;
+      service.kill('SIGHUP');
+      await waitForLog(/"msg":"configuration reloaded"/, mark);
+      assert.equal(await account(), 'OTHER');
+
+      writeFileSync(file, 'nats: {}\nbogus: true\n');
+      mark = log.length;
+      service.kill('SIGHUP');
+      await waitForLog(/"msg":"reload failed; keeping the running configuration"/, mark);
+      assert.equal(await account(), 'OTHER');
+
+      const exited = new Promise<number | null>((resolve) => service!.once('exit', resolve));
+      service.kill('SIGTERM');
+      assert.equal(await exited, 0);
+      assert.match(log, /"msg":"stopping","signal":"SIGTERM"/);
+      assert.ok(!log.includes(new TextDecoder().decode(issuerKey.getSeed())), 'no seed in the log');
+      service = undefined;
+    });
+  });
+
+  it('explains usage errors', async () => {
+    const r = await cli(['explain', '--config', configFile]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /explain needs --token/);
+    assert.equal((await cli(['frobnicate'])).code, 2);
+  });
+});
