@@ -190,22 +190,8 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
   const d = DEFAULTS.issuer;
   const path = `issuers[${i}]`;
   const allowInsecureHttp = raw.allow_insecure_http ?? d.allow_insecure_http;
-  let url: URL;
-  try {
-    url = new URL(raw.issuer);
-  } catch {
-    throw new ConfigError(`${path}.issuer`, `not a URL: ${JSON.stringify(raw.issuer)}`);
-  }
-  checkScheme(url, allowInsecureHttp, `${path}.issuer`);
-  if (raw.jwks_uri !== undefined) {
-    let jwks: URL;
-    try {
-      jwks = new URL(raw.jwks_uri);
-    } catch {
-      throw new ConfigError(`${path}.jwks_uri`, `not a URL: ${JSON.stringify(raw.jwks_uri)}`);
-    }
-    checkScheme(jwks, allowInsecureHttp, `${path}.jwks_uri`);
-  }
+  checkUrl(raw.issuer, allowInsecureHttp, `${path}.issuer`);
+  if (raw.jwks_uri !== undefined) checkUrl(raw.jwks_uri, allowInsecureHttp, `${path}.jwks_uri`);
   return {
     issuer: raw.issuer,
     audiences: raw.audiences,
@@ -221,7 +207,13 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
   };
 }
 
-function checkScheme(url: URL, allowInsecureHttp: boolean, path: string): void {
+function checkUrl(value: string, allowInsecureHttp: boolean, path: string): void {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(path, `not a URL: ${JSON.stringify(value)}`);
+  }
   if (url.protocol === 'https:') return;
   if (url.protocol === 'http:' && allowInsecureHttp) return;
   if (url.protocol === 'http:') throw new ConfigError(path, 'http:// is refused; use https:// or set allow_insecure_http: true (loopback tests only)');
