@@ -1,0 +1,137 @@
+/**
+ * `npm run bench`: micro benchmarks, then the end-to-end connect storm; prints tables and
+ * appends one JSON record per run to bench/results.jsonl.
+ *
+ *   --only micro|e2e         run one part
+ *   --duration SECONDS       measured time per e2e scenario (default 10)
+ *   --concurrency N          e2e connects in flight (default 64); a comma list sweeps
+ *   --server LIST            nats-server versions: newest (default), 2.10, 2.15, all; comma list
+ *   --scenarios LIST         e2e scenarios (default plain,hit,miss,hit-info;
+ *                            also hit-noxkey, miss-noxkey)
+ *   --tokens N               distinct tokens for the cache-miss scenarios (default 20000)
+ *   --warmup SECONDS         e2e warm-up per scenario (default 1)
+ *   --micro-ms MS            minimum measured time per micro benchmark (default 1000)
+ *   --filter TEXT            only micro benchmarks whose name contains TEXT
+ *   --profile DIR            write a V8 CPU profile of each service process to DIR
+ *   --no-save                do not append to bench/results.jsonl
+ */
+import { appendFileSync, existsSync } from 'node:fs';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { DEFAULT_SCENARIOS, runConnectStorm } from './connect-storm.js';
+import { e2eTable, machineBusyOver, microTable, type BenchResult } from './lib.js';
+import { runMicro } from './micro.js';
+
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('cannot find package.json');
+    dir = parent;
+  }
+  return dir;
+}
+
+function positive(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      only: { type: 'string' },
+      duration: { type: 'string' },
+      concurrency: { type: 'string' },
+      server: { type: 'string' },
+      scenarios: { type: 'string' },
+      tokens: { type: 'string' },
+      warmup: { type: 'string' },
+      'micro-ms': { type: 'string' },
+      filter: { type: 'string' },
+      profile: { type: 'string' },
+      'no-save': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    const src = fileURLToPath(import.meta.url);
+    process.stdout.write(`usage: npm run bench -- [options]   (see ${src.replace(/\/dist\//, '/').replace(/\.js$/, '.ts')})\n`);
+    return;
+  }
+  if (values.only !== undefined && values.only !== 'micro' && values.only !== 'e2e') throw new Error('--only is micro or e2e');
+  const list = (v: string | undefined, d: readonly string[]) => (v === undefined ? [...d] : v.split(',').map((s) => s.trim()).filter(Boolean));
+  const options = {
+    only: values.only ?? 'all',
+    durationS: positive('duration', values.duration, 10),
+    concurrency: list(values.concurrency, ['64']).map((c) => Math.round(positive('concurrency', c, 64))),
+    warmupS: positive('warmup', values.warmup, 1),
+    servers: list(values.server, ['newest']),
+    scenarios: list(values.scenarios, DEFAULT_SCENARIOS),
+    missTokens: Math.round(positive('tokens', values.tokens, 20_000)),
+    microMs: positive('micro-ms', values['micro-ms'], 1000),
+    filter: values.filter,
+    profileDir: values.profile === undefined ? undefined : resolve(values.profile),
+  };
+
+  const cpu = cpus();
+  const busy = await machineBusyOver(1000);
+  const say = (s: string) => process.stdout.write(`${s}\n`);
+  say(`node ${process.version}, ${cpu.length} x ${cpu[0]?.model ?? 'unknown cpu'}, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  if (busy > 0.1) say(`WARNING: the machine was ${Math.round(busy * 100)} % busy before the run: numbers will be noisy`);
+
+  const results: BenchResult[] = [];
+  if (options.only !== 'e2e') {
+    say('\n== micro benchmarks (each >= ' + options.microMs + ' ms after warm-up)');
+    const micro = await runMicro({ minMs: options.microMs, filter: options.filter, onResult: (r) => say(`  ${r.name}: ${Math.round(r.opsPerSec)} ops/s`) });
+    results.push(...micro);
+    say('\n' + microTable(micro));
+  }
+  if (options.only !== 'micro') {
+    say(`\n== connect storm: ${options.concurrency.join(', ')} in flight, ${options.durationS} s per scenario (+${options.warmupS} s warm-up)`);
+    const e2e = await runConnectStorm({
+      durationS: options.durationS,
+      concurrency: options.concurrency,
+      warmupS: options.warmupS,
+      servers: options.servers,
+      scenarios: options.scenarios,
+      missTokens: options.missTokens,
+      profileDir: options.profileDir,
+      log: say,
+      onResult: (r) => say(`  ${r.extra?.['server']} ${r.name}, ${r.extra?.['concurrency']} in flight: ${Math.round(r.opsPerSec)} connects/s, ${r.extra?.['success']} ok, ${r.extra?.['failure']} failed`),
+    });
+    results.push(...e2e);
+    say('\n' + e2eTable(e2e));
+    say('svc/nats/gen µs/c: CPU µs per connect of the service process, nats-server, the load generator;');
+    say('box busy: whole machine; other: busy CPU not charged to those three (loopback softirq, other jobs)');
+  }
+
+  if (!values['no-save']) {
+    const record = {
+      date: new Date().toISOString(),
+      node: process.version,
+      cpu: cpu[0]?.model ?? 'unknown',
+      cores: cpu.length,
+      memoryGiB: Math.round(totalmem() / 2 ** 30),
+      machineBusyBefore: Math.round(busy * 1000) / 1000,
+      options: { ...options, profileDir: options.profileDir ?? null, filter: options.filter ?? null },
+      results,
+    };
+    const file = join(repoRoot(), 'bench', 'results.jsonl');
+    appendFileSync(file, `${JSON.stringify(record)}\n`);
+    say(`\nappended to ${file}`);
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);
