@@ -1,6 +1,7 @@
-import { errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
+import type { CompactJWSHeaderParameters, CryptoKey, JWTPayload } from 'jose';
 import type { IssuerConfig } from './config.js';
-import { AuthFailure, type FailureCode } from './errors.js';
+import { AuthFailure } from './errors.js';
+import { keyProblem, verifyJws } from './jws.js';
 import type { IssuerKeys } from './issuers.js';
 
 /** A token whose signature, issuer, audience and times have been verified. */
@@ -34,7 +35,8 @@ function normalizeType(typ: string): string {
 /**
  * Verifies OIDC tokens. The issuer is chosen by the exact `iss` before any key is touched, so
  * a token can only ever be checked against the one issuer it names; shape, size, `alg` and
- * `typ` are refused before any cryptography.
+ * `typ` are refused before any cryptography. jose's remote JWKS resolves the key; the signature
+ * is verified natively (src/jws.ts) and the registered claims are checked here, after it.
  */
 export class TokenVerifier {
   readonly #issuers: ReadonlyMap<string, IssuerKeys>;
@@ -66,85 +68,89 @@ export class TokenVerifier {
         throw new AuthFailure('TOKEN_TYPE_INVALID', `typ ${JSON.stringify(header.typ)} is not one of ${cfg.tokenTypes.join(', ')}`);
       }
     }
-    const claims = await this.#verifySignatureAndClaims(token, keys, nowMs);
-    // jose checks iat only against a max age; a token issued in the future is not valid yet.
-    if (typeof claims.iat === 'number' && claims.iat > nowMs / 1000 + cfg.leewaySeconds) {
-      throw new AuthFailure('TOKEN_NOT_YET_VALID', `iat is ${Math.round(claims.iat - nowMs / 1000)}s in the future`);
-    }
-    return { issuer: cfg, claims, exp: claims.exp };
+    if ('crit' in header) throw new AuthFailure('TOKEN_MALFORMED', 'token header has crit: no critical extensions are supported');
+    if (!segments[2] || !B64URL.test(segments[2])) throw new AuthFailure('TOKEN_MALFORMED', 'token signature is not base64url');
+    await this.#verifySignature(segments as [string, string, string], header, keys);
+    return { issuer: cfg, claims: payload as JWTPayload, exp: checkClaims(payload, cfg, nowMs) };
   }
 
-  async #verifySignatureAndClaims(token: string, keys: IssuerKeys, nowMs: number): Promise<JWTPayload> {
-    const cfg = keys.config;
-    const options = {
-      issuer: cfg.issuer,
-      audience: [...cfg.audiences],
-      algorithms: [...cfg.algorithms],
-      clockTolerance: cfg.leewaySeconds,
-      requiredClaims: cfg.allowMissingExp ? [] : ['exp'],
-      currentDate: new Date(nowMs),
-    };
-    try {
-      return (await jwtVerify(token, keys.getKey, options)).payload;
-    } catch (err) {
-      // A key rotated under the same kid verifies only after a reload: allow one, off cooldown.
-      if (err instanceof joseErrors.JWSSignatureVerificationFailed) {
-        const jwks = await keys.jwks();
-        if (!jwks.coolingDown) {
-          try {
-            await jwks.reload();
-            return (await jwtVerify(token, keys.getKey, options)).payload;
-          } catch (retryErr) {
-            throw translate(retryErr, cfg);
-          }
-        }
-      }
-      throw translate(err, cfg);
+  async #verifySignature(segments: [string, string, string], header: Record<string, unknown>, keys: IssuerKeys): Promise<void> {
+    const signingInput = Buffer.from(`${segments[0]}.${segments[1]}`);
+    const signature = Buffer.from(segments[2], 'base64url');
+    if (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature)) return;
+    // A key rotated under the same kid verifies only after a reload: allow one, off cooldown.
+    const jwks = await keys.jwks();
+    if (!jwks.coolingDown) {
+      await reload(jwks, keys);
+      if (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature)) return;
     }
+    throw new AuthFailure('TOKEN_SIGNATURE_INVALID', 'signature verification failed');
+  }
+
+  /** Resolves the token's key through the JWKS (several when kids repeat) and verifies natively. */
+  async #anyKeyVerifies(segments: [string, string, string], header: Record<string, unknown>, keys: IssuerKeys, input: Buffer, signature: Buffer): Promise<boolean> {
+    const alg = header.alg as string;
+    let candidates: AsyncIterable<CryptoKey> | CryptoKey[];
+    try {
+      candidates = [(await keys.getKey(header as CompactJWSHeaderParameters, { protected: segments[0], payload: segments[1], signature: segments[2] })) as CryptoKey];
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw keyFailure(err, keys.config);
+      candidates = err as AsyncIterable<CryptoKey>;
+    }
+    for await (const key of candidates) {
+      const problem = keyProblem(alg, key);
+      if (problem) throw new AuthFailure('TOKEN_KEY_UNKNOWN', `the JWKS key for kid ${JSON.stringify(header.kid)} is unusable: ${problem}`);
+      if (verifyJws(alg, key, input, signature)) return true;
+    }
+    return false;
   }
 }
 
-/** Maps jose's errors onto our stable codes, keeping jose's message as the logged reason. */
-function translate(err: unknown, cfg: IssuerConfig): AuthFailure {
+async function reload(jwks: { reload(): Promise<void> }, keys: IssuerKeys): Promise<void> {
+  try {
+    await jwks.reload();
+  } catch (err) {
+    throw keyFailure(err, keys.config);
+  }
+}
+
+const isNumericDate = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+
+/**
+ * Checks the registered claims after the signature: audience (any of the configured ones),
+ * exp / nbf / iat with the issuer's leeway. Returns `exp`.
+ */
+function checkClaims(claims: Record<string, unknown>, cfg: IssuerConfig, nowMs: number): number | undefined {
+  const now = Math.floor(nowMs / 1000);
+  const leeway = cfg.leewaySeconds;
+  const { aud, exp, nbf, iat, sub } = claims;
+  const auds = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : undefined;
+  if (!auds || !auds.some((a) => typeof a === 'string' && cfg.audiences.includes(a))) {
+    throw new AuthFailure('TOKEN_AUDIENCE_INVALID', `aud ${JSON.stringify(aud)?.slice(0, 200)} contains none of ${cfg.audiences.join(', ')}`);
+  }
+  if (sub !== undefined && typeof sub !== 'string') throw new AuthFailure('TOKEN_CLAIMS_INVALID', 'sub is not a string');
+  for (const [name, value] of [['exp', exp], ['nbf', nbf], ['iat', iat]] as const) {
+    if (value !== undefined && !isNumericDate(value)) throw new AuthFailure('TOKEN_CLAIMS_INVALID', `${name} is not a number`);
+  }
+  if (exp === undefined) {
+    if (!cfg.allowMissingExp) throw new AuthFailure('TOKEN_EXP_MISSING', 'token has no exp');
+  } else if ((exp as number) <= now - leeway) {
+    throw new AuthFailure('TOKEN_EXPIRED', `token expired ${now - (exp as number)}s ago (leeway ${leeway}s)`);
+  }
+  if (nbf !== undefined && (nbf as number) > now + leeway) throw new AuthFailure('TOKEN_NOT_YET_VALID', `nbf is ${(nbf as number) - now}s in the future`);
+  if (iat !== undefined && (iat as number) > now + leeway) throw new AuthFailure('TOKEN_NOT_YET_VALID', `iat is ${(iat as number) - now}s in the future`);
+  return exp as number | undefined;
+}
+
+/** Maps jose's key-resolution errors onto our stable codes, keeping jose's message as the reason. */
+function keyFailure(err: unknown, cfg: IssuerConfig): AuthFailure {
   if (err instanceof AuthFailure) return err;
   const code = (err as { code?: unknown })?.code;
   const message = err instanceof Error ? err.message : String(err);
-  let ours: FailureCode = 'INTERNAL';
-  switch (code) {
-    case 'ERR_JWT_EXPIRED':
-      ours = 'TOKEN_EXPIRED';
-      break;
-    case 'ERR_JWT_CLAIM_VALIDATION_FAILED': {
-      const { claim, reason } = err as joseErrors.JWTClaimValidationFailed;
-      if (claim === 'exp' && reason === 'missing') ours = 'TOKEN_EXP_MISSING';
-      else if (claim === 'aud') ours = 'TOKEN_AUDIENCE_INVALID';
-      else if (claim === 'nbf') ours = 'TOKEN_NOT_YET_VALID';
-      else if (claim === 'iss') ours = 'TOKEN_ISSUER_UNKNOWN';
-      else ours = 'TOKEN_CLAIMS_INVALID';
-      break;
-    }
-    case 'ERR_JOSE_ALG_NOT_ALLOWED':
-      ours = 'TOKEN_ALG_NOT_ALLOWED';
-      break;
-    case 'ERR_JWKS_NO_MATCHING_KEY':
-      ours = 'TOKEN_KEY_UNKNOWN';
-      break;
-    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
-      ours = 'TOKEN_SIGNATURE_INVALID';
-      break;
-    case 'ERR_JWS_INVALID':
-    case 'ERR_JWT_INVALID':
-    case 'ERR_JOSE_NOT_SUPPORTED':
-      ours = 'TOKEN_MALFORMED';
-      break;
-    case 'ERR_JWKS_TIMEOUT':
-    case 'ERR_JWKS_INVALID':
-      ours = 'ISSUER_UNAVAILABLE';
-      break;
-    default:
-      // Fetch failures surface as plain errors (TypeError "fetch failed") or jose's generic one.
-      if (err instanceof TypeError || code === 'ERR_JOSE_GENERIC') ours = 'ISSUER_UNAVAILABLE';
+  if (code === 'ERR_JWKS_NO_MATCHING_KEY') return new AuthFailure('TOKEN_KEY_UNKNOWN', message, { cause: err });
+  if (code === 'ERR_JOSE_NOT_SUPPORTED') return new AuthFailure('TOKEN_ALG_NOT_ALLOWED', message, { cause: err });
+  if (code === 'ERR_JWKS_TIMEOUT' || code === 'ERR_JWKS_INVALID' || code === 'ERR_JOSE_GENERIC' || err instanceof TypeError) {
+    return new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${cfg.issuer} unavailable: ${message}`, { cause: err });
   }
-  const reason = ours === 'ISSUER_UNAVAILABLE' ? `keys of ${cfg.issuer} unavailable: ${message}` : message;
-  return new AuthFailure(ours, reason, { cause: err });
+  return new AuthFailure('INTERNAL', message, { cause: err });
 }

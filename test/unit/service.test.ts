@@ -164,7 +164,8 @@ describe('callout service', () => {
   it('aborts when the deadline passes while the token is verified', async () => {
     const svc = make();
     const token = await idp.sign({ sub: 'slow', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' });
-    idp.faults.discovery = { delayMs: 1500 };
+    // The deadline (exp = now + 1, whole seconds) has surely passed once 2.5 s went by.
+    idp.faults.discovery = { delayMs: 2500 };
     try {
       const data = enc(authRequestJwt(server, { now: now() - 1, connectOpts: { auth_token: token } }));
       assert.equal(await svc.handle(data, undefined), undefined);

@@ -106,6 +106,19 @@ describe('token verification', () => {
     assert.ok(p);
   });
 
+  it('refuses critical header extensions, a non-base64url signature and mistyped claims', async () => {
+    await refused(verifier.verify(await idp.sign(claims(), { header: { crit: ['exp'] } })), 'TOKEN_MALFORMED');
+    const t = await idp.sign(claims());
+    await refused(verifier.verify(`${t.slice(0, t.lastIndexOf('.'))}.%%%`), 'TOKEN_MALFORMED');
+    await refused(verifier.verify(`${t.slice(0, t.lastIndexOf('.'))}.`), 'TOKEN_MALFORMED');
+    await refused(verifier.verify(await idp.sign({ ...claims(), exp: String(now() + 300) })), 'TOKEN_CLAIMS_INVALID');
+    await refused(verifier.verify(await idp.sign({ ...claims(), nbf: 'soon' })), 'TOKEN_CLAIMS_INVALID');
+    await refused(verifier.verify(await idp.sign({ ...claims(), sub: 42 })), 'TOKEN_CLAIMS_INVALID');
+    await refused(verifier.verify(await idp.sign({ ...claims(), aud: undefined })), 'TOKEN_AUDIENCE_INVALID');
+    await refused(verifier.verify(await idp.sign({ ...claims(), aud: [1, 2] })), 'TOKEN_AUDIENCE_INVALID');
+    assert.equal((await verifier.verify(await idp.sign({ ...claims(), aud: ['x', 'nats'] }))).claims.sub, 'alice');
+  });
+
   it('refetches the JWKS at most once per cooldown under a flood of unknown kids', async () => {
     const before = idp.jwksFetches;
     const tokens = await Promise.all(Array.from({ length: 50 }, (_, i) => idp.sign(claims(), { key: 'unknown', kid: `flood-${i}` })));
@@ -144,6 +157,16 @@ describe('key rotation', () => {
     await cooling.rotate({ reuseKid: true });
     await refused(strict.verify(await cooling.sign({ aud: 'nats', exp: now() + 60 })), 'TOKEN_SIGNATURE_INVALID');
     assert.equal(cooling.jwksFetches, 1);
+  });
+
+  it('tries every key published under one kid (a graceful rotation that kept the kid)', async () => {
+    await using idp = await startLocalIssuer();
+    const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_cooldown: '1h' }))], 4096);
+    await idp.rotate({ keepOld: true, reuseKid: true });
+    assert.equal(idp.jwks().keys.length, 2);
+    await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'new' }));
+    await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'old' }, { key: 'previous' }));
+    assert.equal(idp.jwksFetches, 1);
   });
 
   it('verifies ES256 and EdDSA issuers when allowed', async () => {
