@@ -77,10 +77,7 @@ export class IssuerKeys {
   async #discover(): Promise<RemoteJWKSet> {
     const c = this.config;
     try {
-      const configuration = await oidc.discovery(new URL(c.issuer), 'oidc-callout', undefined, undefined, {
-        timeout: Math.ceil(c.httpTimeoutMs / 1000),
-        ...(c.allowInsecureHttp ? { execute: [oidc.allowInsecureRequests] } : {}),
-      });
+      const configuration = await this.#fetchDiscovery();
       const uri = configuration.serverMetadata().jwks_uri;
       if (!uri) throw new Error('discovery document has no jwks_uri');
       const url = new URL(uri);
@@ -93,6 +90,25 @@ export class IssuerKeys {
       this.#lastDiscoveryFailure = Date.now();
       this.#lastError = `discovery: ${describe(err)}`;
       throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${c.issuer} failed: ${describe(err)}`, { cause: err });
+    }
+  }
+
+  /**
+   * One immediate retry on a network-level failure: a pooled keep-alive connection the IdP has
+   * just closed fails with ECONNRESET, and without the retry discovery would sit out a cooldown.
+   */
+  async #fetchDiscovery(): Promise<oidc.Configuration> {
+    const c = this.config;
+    const attempt = () =>
+      oidc.discovery(new URL(c.issuer), 'oidc-callout', undefined, undefined, {
+        timeout: Math.ceil(c.httpTimeoutMs / 1000),
+        ...(c.allowInsecureHttp ? { execute: [oidc.allowInsecureRequests] } : {}),
+      });
+    try {
+      return await attempt();
+    } catch (err) {
+      if (!(err instanceof TypeError)) throw err;
+      return attempt();
     }
   }
 

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { buildConfig, type IssuerConfig } from '../../src/config.js';
 import { AuthFailure } from '../../src/errors.js';
@@ -198,6 +200,27 @@ describe('issuer availability', () => {
     await refused(new TokenVerifier([keys], 4096).verify(await idp.sign({ aud: 'nats', exp: now() + 60 })), 'ISSUER_UNAVAILABLE');
     assert.equal(keys.status().keysLoaded, false);
     await refused(keys.load(), 'ISSUER_UNAVAILABLE');
+  });
+
+  it('retries discovery once at once when the connection is reset', async () => {
+    await using idp = await startLocalIssuer();
+    let requests = 0;
+    const flaky = createServer((req, res) => {
+      // The first connection dies like a keep-alive socket the IdP has just closed.
+      if (++requests === 1) return void req.socket.destroy();
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ issuer: `http://127.0.0.1:${(flaky.address() as AddressInfo).port}`, jwks_uri: idp.jwksUri }));
+    });
+    await new Promise<void>((r) => flaky.listen(0, '127.0.0.1', r));
+    try {
+      const issuer = `http://127.0.0.1:${(flaky.address() as AddressInfo).port}`;
+      const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(issuer))], 4096);
+      assert.equal((await verifier.verify(await idp.sign({ iss: issuer, aud: 'nats', exp: now() + 60, sub: 'ok' }))).claims.sub, 'ok');
+      assert.equal(requests, 2);
+    } finally {
+      flaky.closeAllConnections();
+      flaky.close();
+    }
   });
 
   it('refuses a discovery document that names another issuer', async () => {
