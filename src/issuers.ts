@@ -121,7 +121,11 @@ export class IssuerKeys {
       [customFetch]: async (url, options) => {
         this.#fetches++;
         try {
-          const res = await fetch(url, options);
+          // As for discovery: one immediate retry when a pooled connection was reset.
+          const res = await fetch(url, options).catch((err: unknown) => {
+            if (err instanceof TypeError && !options.signal?.aborted) return fetch(url, options);
+            throw err;
+          });
           if (res.ok) {
             this.#lastFetchAt = Date.now();
             this.#lastError = undefined;

@@ -223,6 +223,26 @@ describe('issuer availability', () => {
     }
   });
 
+  it('retries a JWKS fetch once at once when the connection is reset', async () => {
+    await using idp = await startLocalIssuer();
+    let requests = 0;
+    const flaky = createServer((req, res) => {
+      if (++requests === 1) return void req.socket.destroy();
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(idp.jwks()));
+    });
+    await new Promise<void>((r) => flaky.listen(0, '127.0.0.1', r));
+    try {
+      const jwksUri = `http://127.0.0.1:${(flaky.address() as AddressInfo).port}/jwks`;
+      const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: jwksUri }))], 4096);
+      assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'ok' }))).claims.sub, 'ok');
+      assert.equal(requests, 2);
+    } finally {
+      flaky.closeAllConnections();
+      flaky.close();
+    }
+  });
+
   it('refuses a discovery document that names another issuer', async () => {
     await using idp = await startLocalIssuer();
     idp.discoveryOverrides = { issuer: 'https://evil.example.com' };
