@@ -230,7 +230,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
         const counter = new DecisionCounter();
         // A fixed clock: pre-built requests keep their 2 s deadline valid for the whole run.
         const fixedNowMs = now * 1000 + 500;
-        const service = new CalloutService(config(rs, 'RS256', xkey), counter, () => fixedNowMs);
+        const service = new CalloutService(config(rs, 'RS256', xkey), counter, { now: () => fixedNowMs });
         await service.issuers[0]!.load();
         const sealTo = xkey ? service.xkeyPublicKey! : undefined;
         const hdr = xkey ? serverXkey : undefined;

@@ -20,8 +20,6 @@ export interface CachedDecision {
 export class DecisionCache {
   readonly #lru: LRUCache<string, CachedDecision> | undefined;
   readonly #ttlMs: number;
-  hits = 0;
-  misses = 0;
 
   constructor(maxEntries: number, ttlMs: number) {
     this.#ttlMs = ttlMs;
@@ -33,10 +31,7 @@ export class DecisionCache {
   }
 
   get(key: string): CachedDecision | undefined {
-    const hit = this.#lru?.get(key);
-    if (hit) this.hits++;
-    else this.misses++;
-    return hit;
+    return this.#lru?.get(key);
   }
 
   set(key: string, decision: CachedDecision, nowMs: number): void {

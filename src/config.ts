@@ -102,6 +102,7 @@ const schema = z.strictObject({
   policy: z.strictObject({ rules: z.array(ruleSchema).min(1) }),
   cache: z.strictObject({ max_entries: z.number().int().nonnegative().optional(), ttl: duration.optional() }).optional(),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).optional() }).optional(),
+  http: z.strictObject({ listen: z.string().min(1) }).optional(),
 });
 
 type RawConfig = z.infer<typeof schema>;
@@ -157,6 +158,8 @@ export interface Config {
   readonly rules: readonly RawRule[];
   readonly cache: { readonly maxEntries: number; readonly ttlMs: number };
   readonly log: { readonly level: LogLevel };
+  /** The monitoring endpoints (/healthz, /readyz, /metrics); off when not configured. */
+  readonly http: { readonly host: string; readonly port: number } | undefined;
 }
 
 /** Parses `90s`, `5m`, `1h`, `250ms`, `2d` or a number of seconds into milliseconds. */
@@ -218,6 +221,14 @@ function checkUrl(value: string, allowInsecureHttp: boolean, path: string): void
   if (url.protocol === 'http:' && allowInsecureHttp) return;
   if (url.protocol === 'http:') throw new ConfigError(path, 'http:// is refused; use https:// or set allow_insecure_http: true (loopback tests only)');
   throw new ConfigError(path, `unsupported URL scheme ${url.protocol}`);
+}
+
+/** `host:port` or `[v6]:port` (port 0: any free port); the host is required so the bind address is deliberate. */
+function parseListen(value: string, path: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(value.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new ConfigError(path, `expected host:port (e.g. 127.0.0.1:9464), got ${JSON.stringify(value)}`);
+  return { host: (m[1] ?? m[2])!, port };
 }
 
 function zodPath(path: readonly PropertyKey[]): string {
@@ -292,6 +303,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       ttlMs: parseDuration(raw.cache?.ttl ?? DEFAULTS.cache.ttl, 'cache.ttl'),
     },
     log: { level: raw.log?.level ?? DEFAULTS.log.level },
+    http: raw.http && parseListen(raw.http.listen, 'http.listen'),
   };
   return deepFreeze(config);
 }

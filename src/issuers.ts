@@ -2,6 +2,7 @@ import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey, type RemoteJWKSe
 import * as oidc from 'openid-client';
 import type { IssuerConfig } from './config.js';
 import { AuthFailure } from './errors.js';
+import type { DecisionObserver } from './metrics.js';
 
 /** What health checks, metrics and `check` report about one issuer. */
 export interface IssuerStatus {
@@ -31,8 +32,11 @@ export class IssuerKeys {
   #lastFetchAt: number | undefined;
   #lastError: string | undefined;
 
-  constructor(config: IssuerConfig) {
+  readonly #observer: Pick<DecisionObserver, 'jwksFetched'> | undefined;
+
+  constructor(config: IssuerConfig, observer?: Pick<DecisionObserver, 'jwksFetched'>) {
     this.config = config;
+    this.#observer = observer;
     if (config.jwksUri) this.#jwks = this.#remote(config.jwksUri);
   }
 
@@ -126,6 +130,7 @@ export class IssuerKeys {
             if (err instanceof TypeError && !options.signal?.aborted) return fetch(url, options);
             throw err;
           });
+          this.#observer?.jwksFetched(this.config.issuer, res.ok);
           if (res.ok) {
             this.#lastFetchAt = Date.now();
             this.#lastError = undefined;
@@ -135,6 +140,7 @@ export class IssuerKeys {
           }
           return res;
         } catch (err) {
+          this.#observer?.jwksFetched(this.config.issuer, false);
           this.#failures++;
           this.#lastError = `JWKS fetch: ${describe(err)}`;
           throw err;

@@ -6,9 +6,13 @@ import { createAccount, createCurve } from '@nats-io/nkeys';
 import { loadConfig, redactedConfig, type Config } from './config.js';
 import { AuthFailure, ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
+import { Metrics, type DecisionObserver } from './metrics.js';
+import { startMonitoring } from './monitoring.js';
 import { connectNats } from './nats-connection.js';
 import { CalloutRunner } from './runner.js';
 import { CalloutService } from './service.js';
+
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const USAGE = `usage:
   oidc-callout run --config FILE       serve $SYS.REQ.USER.AUTH until SIGTERM (SIGHUP reloads)
@@ -60,9 +64,9 @@ function requireConfig(file: string | undefined): string {
   return file;
 }
 
-function buildService(config: Config, log: Logger): CalloutService {
+function buildService(config: Config, log: Logger, observer?: DecisionObserver): CalloutService {
   try {
-    return new CalloutService(config, log);
+    return new CalloutService(config, log, { observer });
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     throw new ConfigError('', (err as Error).message);
@@ -72,22 +76,37 @@ function buildService(config: Config, log: Logger): CalloutService {
 async function run(file: string): Promise<number> {
   let config = loadConfig(file);
   const log = createLogger(config.log.level);
-  let service = buildService(config, log);
+  const metrics = new Metrics(VERSION);
+  let service = buildService(config, log, metrics);
   // Warm the issuers' keys; a failure is logged, and retried when the first token arrives.
   await Promise.all(service.issuers.map((i) => i.load().catch((e: Error) => log.warn('issuer keys not loaded', { issuer: i.config.issuer, error: e.message }))));
   const nc = await connectNats(config);
   const runner = new CalloutRunner(nc, service, log);
   await runner.start();
+  metrics.attach({
+    inFlight: () => runner.inFlight,
+    cacheEntries: () => runner.service.cache.size,
+    issuersKeysLoaded: () => runner.service.issuerStatus().map((s) => ({ issuer: s.issuer, loaded: s.keysLoaded })),
+  });
+  const readiness = () => [
+    ...runner.problems(),
+    ...runner.service.issuerStatus().filter((s) => !s.keysLoaded).map((s) => `keys of ${s.issuer} not loaded${s.lastError ? `: ${s.lastError}` : ''}`),
+  ];
+  const monitoring = config.http ? await startMonitoring(config.http, metrics, readiness, log) : undefined;
+  const bound = monitoring?.address();
+  if (bound && typeof bound === 'object') log.info('monitoring', { host: bound.address, port: bound.port, paths: ['/healthz', '/readyz', '/metrics'] });
 
   process.on('SIGHUP', () => {
     try {
       config = loadConfig(file);
-      service = buildService(config, log);
+      service = buildService(config, log, metrics);
       runner.swap(service);
+      metrics.reloaded(true);
       log.info('configuration reloaded', { issuers: config.issuers.length, rules: config.rules.length });
       void Promise.all(service.issuers.map((i) => i.load().catch(() => undefined)));
     } catch (err) {
       // A bad new configuration keeps the running one.
+      metrics.reloaded(false);
       log.error('reload failed; keeping the running configuration', { error: (err as Error).message });
     }
   });
@@ -101,6 +120,7 @@ async function run(file: string): Promise<number> {
     void nc.closed().then(() => stop('connection closed'));
   });
   await runner.stop();
+  monitoring?.close();
   return 0;
 }
 

@@ -18,6 +18,8 @@ export class CalloutRunner {
   #sub: Subscription | undefined;
   #inFlight = 0;
   #idle: (() => void) | undefined;
+  #connected = true;
+  #stopping = false;
 
   constructor(nc: NatsConnection, service: CalloutService, log: Logger) {
     this.#nc = nc;
@@ -60,7 +62,28 @@ export class CalloutRunner {
       },
     });
     await this.#nc.flush();
+    void this.#watchConnection();
     this.#log.info('listening', { subject: AUTH_SUBJECT, queue, servers: this.#nc.getServer(), issuer: this.#service.issuerPublicKey });
+  }
+
+  /** Why this runner cannot answer requests now (readiness); empty when it can. */
+  problems(): string[] {
+    if (this.#stopping) return ['stopping'];
+    if (!this.#sub || this.#sub.isClosed()) return ['not subscribed to $SYS.REQ.USER.AUTH'];
+    if (this.#nc.isClosed()) return ['NATS connection closed'];
+    return this.#connected ? [] : ['NATS disconnected, reconnecting'];
+  }
+
+  async #watchConnection(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type === 'disconnect') {
+        this.#connected = false;
+        this.#log.warn('NATS disconnected', { server: s.server });
+      } else if (s.type === 'reconnect') {
+        this.#connected = true;
+        this.#log.info('NATS reconnected', { server: s.server });
+      }
+    }
   }
 
   /** Replaces the service (a reloaded configuration); in-flight requests finish on the old one. */
@@ -70,6 +93,7 @@ export class CalloutRunner {
 
   /** Drains: no new requests, answers the ones received, then closes the connection. */
   async stop(): Promise<void> {
+    this.#stopping = true;
     await this.#sub?.drain().catch(() => undefined);
     if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
     await this.#nc.drain().catch(() => undefined);

@@ -4,6 +4,7 @@ import type { Config } from './config.js';
 import { AuthFailure, asAuthFailure, GENERIC_REJECTION, type FailureCode } from './errors.js';
 import { IssuerKeys, type IssuerStatus } from './issuers.js';
 import type { Logger } from './log.js';
+import type { DecisionObserver } from './metrics.js';
 import { Policy, type Grant } from './policy.js';
 import { RequestVerifier, type AuthRequest } from './request.js';
 import { signResponse } from './response.js';
@@ -49,17 +50,22 @@ export class CalloutService {
   readonly #accounts: Accounts;
   readonly #xkey: XkeyBox | undefined;
   readonly #now: () => number;
+  readonly #observer: DecisionObserver | undefined;
 
-  /** Throws Error/ConfigError when keys or policy templates are invalid. */
-  constructor(config: Config, log: Logger, now: () => number = Date.now) {
+  /**
+   * Throws Error/ConfigError when keys or policy templates are invalid. `observer` receives
+   * every decision and JWKS fetch (metrics); `now` is the clock (tests, benchmarks).
+   */
+  constructor(config: Config, log: Logger, options: { readonly now?: () => number; readonly observer?: DecisionObserver } = {}) {
     this.config = config;
     this.#log = log;
-    this.#now = now;
+    this.#now = options.now ?? Date.now;
+    this.#observer = options.observer;
     this.#policy = new Policy(config.rules);
     this.#accounts = new Accounts(config);
     this.#xkey = config.callout.xkeySeed ? newXkey(config.callout.xkeySeed.value) : undefined;
     this.#requests = new RequestVerifier(this.#xkey);
-    this.issuers = config.issuers.map((c) => new IssuerKeys(c));
+    this.issuers = config.issuers.map((c) => new IssuerKeys(c, options.observer));
     this.#tokens = new TokenVerifier(this.issuers, config.token.maxBytes);
     this.cache = new DecisionCache(config.cache.maxEntries, config.cache.ttlMs);
   }
@@ -107,6 +113,8 @@ export class CalloutService {
         decision = { ...decision, result: 'abort' };
       }
     }
+    const seconds = (performance.now() - started) / 1000;
+    this.#observer?.decided(decision.result, decision.code, decision.cached, seconds);
     this.#log[decision.result === 'allow' ? 'info' : 'warn']('authorization', {
       ...decision,
       user_nkey: request?.userNkey,
@@ -114,7 +122,7 @@ export class CalloutService {
       client_type: request?.clientType,
       server: request?.serverName,
       server_id: request?.serverId,
-      latency_ms: Math.round((performance.now() - started) * 1000) / 1000,
+      latency_ms: Math.round(seconds * 1_000_000) / 1000,
     });
     return reply;
   }

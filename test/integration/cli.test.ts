@@ -244,6 +244,85 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
     });
   });
 
+  describe('monitoring endpoints', () => {
+    let service: ChildProcess | undefined;
+    after(() => service?.kill('SIGKILL'));
+
+    /** Starts `run` and resolves with the monitoring port it logged. */
+    function startRun(file: string): Promise<number> {
+      service = spawn(process.execPath, [MAIN, 'run', '--config', file], { env: { ...process.env, TEST_NATS_PASSWORD: 'pw' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no monitoring line in:\n${out}`)), 10_000);
+        service!.stdout!.on('data', (d) => {
+          out += d;
+          const m = /"msg":"monitoring","host":"127\.0\.0\.1","port":(\d+)/.exec(out);
+          if (m && /"msg":"listening"/.test(out)) {
+            clearTimeout(timer);
+            resolve(Number(m[1]));
+          }
+        });
+      });
+    }
+
+    async function stopRun(): Promise<void> {
+      const exited = new Promise((resolve) => service!.once('exit', resolve));
+      service!.kill('SIGTERM');
+      await exited;
+      service = undefined;
+    }
+
+    it('answers /healthz, /readyz and /metrics with decisions, fetches and reloads counted', async () => {
+      const file = join(dir, 'monitored.yaml');
+      writeFileSync(file, `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}http:\n  listen: 127.0.0.1:0\n`);
+      const port = await startRun(file);
+      const base = `http://127.0.0.1:${port}`;
+      assert.equal((await fetch(`${base}/healthz`)).status, 200);
+      const ready = await fetch(`${base}/readyz`);
+      assert.equal(ready.status, 200);
+      assert.deepEqual(await ready.json(), { ready: true, problems: [] });
+
+      const token = await idp.sign({ sub: 'm', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
+      await (await connect({ servers: nats.url, token, reconnect: false })).close();
+      await (await connect({ servers: nats.url, token, reconnect: false })).close();
+      await assert.rejects(connect({ servers: nats.url, token: 'nope', reconnect: false }));
+      service!.kill('SIGHUP');
+      let text = '';
+      for (let i = 0; i < 50 && !/oidc_callout_config_reloads_total\{result="ok"\} 1/.test(text); i++) {
+        text = await (await fetch(`${base}/metrics`)).text();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.match(text, /oidc_callout_requests_total\{result="allow",code=""\} 2/);
+      assert.match(text, /oidc_callout_requests_total\{result="reject",code="TOKEN_MALFORMED"\} 1/);
+      assert.match(text, /oidc_callout_allowed_from_cache_total\{result="hit"\} 1/);
+      assert.match(text, /oidc_callout_allowed_from_cache_total\{result="miss"\} 1/);
+      assert.match(text, new RegExp(`oidc_callout_jwks_fetches_total\\{issuer="${idp.issuer}",result="ok"\\} [1-9]`));
+      assert.match(text, /oidc_callout_request_duration_seconds_count\{result="allow"\} 2/);
+      assert.match(text, /oidc_callout_config_reloads_total\{result="ok"\} 1/);
+      assert.match(text, /oidc_callout_build_info\{version="\d+\.\d+\.\d+",node="v\d+/);
+      assert.equal((await fetch(`${base}/nothing`)).status, 404);
+      assert.equal((await fetch(`${base}/healthz`, { method: 'POST' })).status, 405);
+      await stopRun();
+    });
+
+    it("reports not ready, with the reason, while an issuer's keys are missing", async () => {
+      const file = join(dir, 'unready.yaml');
+      const yaml = configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }).replace(
+        'policy:',
+        '  - issuer: http://127.0.0.1:1/gone\n    audiences: [nats]\n    allow_insecure_http: true\npolicy:',
+      );
+      writeFileSync(file, `${yaml}http:\n  listen: 127.0.0.1:0\n`);
+      const port = await startRun(file);
+      const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+      assert.equal(res.status, 503);
+      const body = (await res.json()) as { ready: boolean; problems: string[] };
+      assert.equal(body.ready, false);
+      assert.equal(body.problems.length, 1);
+      assert.match(body.problems[0]!, /keys of http:\/\/127\.0\.0\.1:1\/gone not loaded: discovery/);
+      await stopRun();
+    });
+  });
+
   it('explains usage errors', async () => {
     const r = await cli(['explain', '--config', configFile]);
     assert.equal(r.code, 2);

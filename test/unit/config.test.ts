@@ -110,6 +110,14 @@ describe('config', () => {
     configError(doc, 'policy.rules[0].account', /not listed under accounts/);
   });
 
+  it('parses the monitoring listen address, IPv6 included, and refuses a bare port', () => {
+    assert.equal(buildConfig(minimal()).http, undefined);
+    assert.deepEqual(buildConfig({ ...minimal(), http: { listen: '127.0.0.1:9464' } }).http, { host: '127.0.0.1', port: 9464 });
+    assert.deepEqual(buildConfig({ ...minimal(), http: { listen: '[::1]:0' } }).http, { host: '::1', port: 0 });
+    configError({ ...minimal(), http: { listen: '9464' } }, 'http.listen', /expected host:port/);
+    configError({ ...minimal(), http: { listen: 'localhost:70000' } }, 'http.listen', /expected host:port/);
+  });
+
   it('parses durations and names the key of a bad one', () => {
     assert.equal(parseDuration('250ms', 'x'), 250);
     assert.equal(parseDuration('1.5m', 'x'), 90_000);

@@ -49,7 +49,7 @@ describe('callout service', () => {
       },
       ...(extra.cache ? { cache: extra.cache } : {}),
     });
-    return new CalloutService(config, createLogger('debug', (l) => lines.push(JSON.parse(l))), () => fixedNow ?? Date.now());
+    return new CalloutService(config, createLogger('debug', (l) => lines.push(JSON.parse(l))), { now: () => fixedNow ?? Date.now() });
   }
 
   before(async () => {

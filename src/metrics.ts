@@ -1,0 +1,113 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** Where a service reports what it decided; the process keeps one across reloads. */
+export interface DecisionObserver {
+  decided(result: 'allow' | 'reject' | 'abort', code: string | undefined, cached: boolean | undefined, seconds: number): void;
+  jwksFetched(issuer: string, ok: boolean): void;
+}
+
+/** Read at scrape time: state owned elsewhere (the running service, the runner). */
+export interface MetricsSources {
+  inFlight(): number;
+  cacheEntries(): number;
+  issuersKeysLoaded(): readonly { issuer: string; loaded: boolean }[];
+}
+
+/**
+ * The service's Prometheus metrics. Counters live as long as the process, so a reload does not
+ * reset them; gauges are read from the current service when scraped.
+ */
+export class Metrics implements DecisionObserver {
+  readonly registry = new Registry();
+  readonly #requests: Counter<'result' | 'code'>;
+  readonly #duration: Histogram<'result'>;
+  readonly #cache: Counter<'result'>;
+  readonly #jwks: Counter<'issuer' | 'result'>;
+  readonly #reloads: Counter<'result'>;
+  #sources: MetricsSources | undefined;
+
+  constructor(version: string) {
+    const registers = [this.registry];
+    this.#requests = new Counter({
+      name: 'oidc_callout_requests_total',
+      help: 'Authorization requests by result (allow, reject, abort) and failure code',
+      labelNames: ['result', 'code'],
+      registers,
+    });
+    this.#duration = new Histogram({
+      name: 'oidc_callout_request_duration_seconds',
+      help: 'Time from receiving a request to having its answer, by result',
+      labelNames: ['result'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2],
+      registers,
+    });
+    this.#cache = new Counter({
+      name: 'oidc_callout_allowed_from_cache_total',
+      help: 'Allowed requests answered from the verified-decision cache (hit) or after verifying the token (miss)',
+      labelNames: ['result'],
+      registers,
+    });
+    this.#jwks = new Counter({
+      name: 'oidc_callout_jwks_fetches_total',
+      help: 'JWKS fetches by issuer and result (ok, error)',
+      labelNames: ['issuer', 'result'],
+      registers,
+    });
+    this.#reloads = new Counter({
+      name: 'oidc_callout_config_reloads_total',
+      help: 'Configuration reloads by result (ok, error)',
+      labelNames: ['result'],
+      registers,
+    });
+    const sources = () => this.#sources;
+    new Gauge({
+      name: 'oidc_callout_in_flight_requests',
+      help: 'Requests being processed now',
+      registers,
+      collect() {
+        this.set(sources()?.inFlight() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'oidc_callout_cache_entries',
+      help: 'Entries in the verified-decision cache',
+      registers,
+      collect() {
+        this.set(sources()?.cacheEntries() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'oidc_callout_issuer_keys_loaded',
+      help: "1 when the issuer's signing keys are loaded",
+      labelNames: ['issuer'],
+      registers,
+      collect() {
+        this.reset();
+        for (const { issuer, loaded } of sources()?.issuersKeysLoaded() ?? []) this.set({ issuer }, loaded ? 1 : 0);
+      },
+    });
+    new Gauge({ name: 'oidc_callout_build_info', help: 'Version of the running service', labelNames: ['version', 'node'], registers }).set(
+      { version, node: process.version },
+      1,
+    );
+  }
+
+  /** Connects the gauges to the running state. */
+  attach(sources: MetricsSources): void {
+    this.#sources = sources;
+  }
+
+  decided(result: 'allow' | 'reject' | 'abort', code: string | undefined, cached: boolean | undefined, seconds: number): void {
+    this.#requests.inc({ result, code: code ?? '' });
+    this.#duration.observe({ result }, seconds);
+    if (cached !== undefined) this.#cache.inc({ result: cached ? 'hit' : 'miss' });
+  }
+
+  jwksFetched(issuer: string, ok: boolean): void {
+    this.#jwks.inc({ issuer, result: ok ? 'ok' : 'error' });
+  }
+
+  reloaded(ok: boolean): void {
+    this.#reloads.inc({ result: ok ? 'ok' : 'error' });
+  }
+}
