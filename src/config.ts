@@ -45,7 +45,7 @@ const claimValue = z.union([z.string(), z.number(), z.boolean()]);
 
 const ruleSchema = z.strictObject({
   name: z.string().min(1),
-  issuer: z.string().optional(),
+  issuer: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
   match: z.record(z.string().min(1), z.union([claimValue, z.array(claimValue).min(1)])).optional(),
   account: z.string().min(1),
   user_name_claim: z.string().min(1).optional(),
@@ -268,10 +268,15 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     seen.add(iss.issuer);
   });
   raw.policy.rules.forEach((rule, i) => {
-    if (rule.issuer !== undefined && !seen.has(rule.issuer)) {
-      throw new ConfigError(`policy.rules[${i}].issuer`, `${rule.issuer} is not one of the configured issuers`);
+    // Claims of different issuers are different namespaces: with several issuers, a rule that
+    // does not say whose tokens it is for would let one issuer mint another's groups.
+    if (rule.issuer === undefined && issuers.length > 1) {
+      throw new ConfigError(`policy.rules[${i}].issuer`, 'required when several issuers are configured (a name or a list)');
     }
-    if (mode === 'operator' && !accounts[rule.account]) {
+    for (const iss of typeof rule.issuer === 'string' ? [rule.issuer] : (rule.issuer ?? [])) {
+      if (!seen.has(iss)) throw new ConfigError(`policy.rules[${i}].issuer`, `${iss} is not one of the configured issuers`);
+    }
+    if (mode === 'operator' && !Object.hasOwn(accounts, rule.account)) {
       throw new ConfigError(`policy.rules[${i}].account`, `account ${rule.account} is not listed under accounts (operator mode signs per account)`);
     }
   });

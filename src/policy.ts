@@ -26,15 +26,18 @@ export interface Grant {
 export const MAX_SUBJECT_VALUE = 128;
 const MAX_NAME = 256;
 // One plain subject token: no separators, wildcards, whitespace, controls or invisible formatting.
-const PLAIN_TOKEN = /^[^.*>\p{White_Space}\p{Cc}\p{Cf}\p{Zl}\p{Zp}]+$/u;
+// Lone surrogates (\p{Cs}) are refused too: nats-server would read each as U+FFFD.
+const PLAIN_TOKEN = /^[^.*>\p{White_Space}\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]+$/u;
+/** Values that would reach reserved namespaces: `$JS`, `$KV`, `$SYS`..., and other users' inboxes. */
+const RESERVED_VALUE = /^(?:\$|_INBOX$)/;
 const PLACEHOLDER = /\{\{\s*([^{}\s]+)\s*\}\}/g;
 
-type Part = string | { readonly path: readonly string[]; readonly raw: string };
+type Part = string | { readonly claim: string; readonly raw: string };
 type Template = readonly Part[];
 
 interface CompiledRule {
   readonly name: string;
-  readonly issuer: string | undefined;
+  readonly issuers: readonly string[] | undefined;
   readonly match: readonly { readonly path: string; readonly values: readonly (string | number | boolean)[] }[];
   readonly account: string;
   readonly nameClaim: string;
@@ -64,7 +67,7 @@ function compileTemplate(subject: string, path: string): Template {
     if (ref !== 'sub' && !ref.startsWith('claims.')) {
       throw new ConfigError(path, `unknown placeholder {{${ref}}}: use {{sub}} or {{claims.NAME}}`);
     }
-    parts.push({ path: ref === 'sub' ? ['sub'] : [ref.slice('claims.'.length)], raw: ref });
+    parts.push({ claim: ref === 'sub' ? 'sub' : ref.slice('claims.'.length), raw: ref });
     last = m.index + m[0].length;
   }
   if (last < subject.length) parts.push(subject.slice(last));
@@ -103,7 +106,7 @@ function compileRule(rule: RawRule, i: number): CompiledRule {
   const perms = rule.permissions;
   return {
     name: rule.name,
-    issuer: rule.issuer,
+    issuers: typeof rule.issuer === 'string' ? [rule.issuer] : rule.issuer,
     match: Object.entries(rule.match ?? {}).map(([claim, v]) => ({ path: claim, values: Array.isArray(v) ? v : [v] })),
     account: rule.account,
     nameClaim: rule.user_name_claim ?? DEFAULTS.rule.user_name_claim,
@@ -119,7 +122,7 @@ function compileRule(rule: RawRule, i: number): CompiledRule {
 }
 
 function matches(rule: CompiledRule, issuer: string, claims: Readonly<Record<string, unknown>>): boolean {
-  if (rule.issuer !== undefined && rule.issuer !== issuer) return false;
+  if (rule.issuers !== undefined && !rule.issuers.includes(issuer)) return false;
   return rule.match.every(({ path, values }) => {
     const actual = claimAt(claims, path);
     if (Array.isArray(actual)) return actual.some((a) => values.includes(a as never));
@@ -134,11 +137,18 @@ function render(template: Template, claims: Readonly<Record<string, unknown>>, r
       out += part;
       continue;
     }
-    const value = claimAt(claims, part.path[0]!);
+    const value = claimAt(claims, part.claim);
     const text = typeof value === 'string' ? value : typeof value === 'number' && Number.isSafeInteger(value) ? String(value) : undefined;
     // A value that is not one plain token would widen or reshape the grant: refuse instead.
-    if (text === undefined || text.length > MAX_SUBJECT_VALUE || !PLAIN_TOKEN.test(text)) {
-      const why = value === undefined ? 'is missing' : typeof value !== 'string' && typeof value !== 'number' ? `is a ${Array.isArray(value) ? 'list' : typeof value}` : 'is not a single plain subject token';
+    if (text === undefined || text.length > MAX_SUBJECT_VALUE || !PLAIN_TOKEN.test(text) || RESERVED_VALUE.test(text)) {
+      const why =
+        value === undefined
+          ? 'is missing'
+          : typeof value !== 'string' && typeof value !== 'number'
+            ? `is a ${Array.isArray(value) ? 'list' : typeof value}`
+            : text !== undefined && RESERVED_VALUE.test(text)
+              ? 'would reach a reserved namespace ($... or _INBOX)'
+              : 'is not a single plain subject token';
       throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${part.raw} ${why}`);
     }
     out += text;
@@ -151,12 +161,12 @@ function renderPermission(
   claims: Readonly<Record<string, unknown>>,
   rule: string,
 ): SubjectPermission {
-  // Deny by default: a rule that says nothing about a direction grants nothing in it.
-  if (!p) return { deny: ['>'] };
-  const allow = [...new Set(p.allow.map((t) => render(t, claims, rule)))];
-  const deny = [...new Set(p.deny.map((t) => render(t, claims, rule)))];
-  if (allow.length === 0 && deny.length === 0) return { deny: ['>'] };
-  return { ...(allow.length ? { allow } : {}), ...(deny.length ? { deny } : {}) };
+  // Deny by default: only allow entries grant. nats-server reads a missing allow list as "allow
+  // everything", so a direction without allow entries is closed entirely; deny only subtracts.
+  const allow = [...new Set((p?.allow ?? []).map((t) => render(t, claims, rule)))];
+  const deny = [...new Set((p?.deny ?? []).map((t) => render(t, claims, rule)))];
+  if (allow.length === 0) return { deny: ['>'] };
+  return { allow, ...(deny.length ? { deny } : {}) };
 }
 
 function userName(claims: Readonly<Record<string, unknown>>, claim: string): string {

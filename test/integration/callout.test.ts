@@ -55,6 +55,7 @@ for (const { version, path } of binaries) {
 
       before(async () => {
         [main, flood, rotating, sameKid] = await Promise.all([startLocalIssuer(), startLocalIssuer(), startLocalIssuer(), startLocalIssuer()]);
+        const everyIssuer = () => [main.issuer, flood.issuer, rotating.issuer, sameKid.issuer];
         const issuer = (iss: string, extra: Record<string, unknown> = {}) => ({ issuer: iss, audiences: [AUDIENCE], allow_insecure_http: true, ...extra });
         fx = await startCalloutFixture({
           bin: path,
@@ -69,6 +70,7 @@ for (const { version, path } of binaries) {
           rules: [
             {
               name: 'short-lived',
+              issuer: everyIssuer(),
               match: { purpose: 'short' },
               account: 'APP',
               max_lifetime: '3s',
@@ -76,6 +78,7 @@ for (const { version, path } of binaries) {
             },
             {
               name: 'developers',
+              issuer: everyIssuer(),
               match: { groups: 'dev' },
               account: 'APP',
               user_name_claim: 'name',

@@ -307,7 +307,7 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
 
     it("reports not ready, with the reason, while an issuer's keys are missing", async () => {
       const file = join(dir, 'unready.yaml');
-      const yaml = configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }).replace(
+      const yaml = configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP.replace('match:', `issuer: ${idp.issuer}\n      match:`) }).replace(
         'policy:',
         '  - issuer: http://127.0.0.1:1/gone\n    audiences: [nats]\n    allow_insecure_http: true\npolicy:',
       );

@@ -67,6 +67,16 @@ describe('config', () => {
     configError(j, 'issuers[0].jwks_uri', /http:\/\/ is refused/);
   });
 
+  it('requires every rule to name its issuers when several are configured', () => {
+    const doc = minimal();
+    doc.issuers.push({ issuer: 'https://ci.example.com', audiences: ['nats'] });
+    configError(doc, 'policy.rules[0].issuer', /required when several issuers are configured/);
+    doc.policy.rules[0].issuer = ['https://idp.example.com', 'https://ci.example.com'];
+    assert.equal(buildConfig(doc).rules.length, 1);
+    doc.policy.rules[0].issuer = ['https://idp.example.com', 'https://nope.example.com'];
+    configError(doc, 'policy.rules[0].issuer', /https:\/\/nope.example.com is not one of the configured issuers/);
+  });
+
   it('refuses duplicate issuers and rules naming an unconfigured issuer', () => {
     const doc = minimal();
     doc.issuers.push({ ...doc.issuers[0] });
@@ -108,6 +118,8 @@ describe('config', () => {
     configError({ ...minimal(), accounts: { APP: { public_key: 'A', signing_seed: SEED } } }, 'accounts', /only used in callout.mode: operator/);
     const doc = { ...minimal(), callout: { mode: 'operator', issuer_seed: SEED } };
     configError(doc, 'policy.rules[0].account', /not listed under accounts/);
+    const proto = { ...doc, policy: { rules: [{ name: 'r', account: 'toString' }] } };
+    configError(proto, 'policy.rules[0].account', /not listed under accounts/);
   });
 
   it('parses the monitoring listen address, IPv6 included, and refuses a bare port', () => {

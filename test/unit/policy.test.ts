@@ -74,6 +74,22 @@ describe('policy', () => {
     refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true }), 'POLICY_CLAIM_UNSAFE', /is missing/);
   });
 
+  it('refuses claim values that would reach reserved namespaces or are not well-formed text', () => {
+    for (const tenant of ['$JS', '$KV', '$SYS', '$', '_INBOX', '\ud800', 'a\udfffb']) {
+      refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant }), 'POLICY_CLAIM_UNSAFE', /claim claims.tenant/);
+    }
+    assert.deepEqual(policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant: '_INBOXES' }).pub.allow, ['app._INBOXES.>', 'user.bob.out']);
+  });
+
+  it('closes a direction that has deny entries but nothing allowed (nats-server would open it)', () => {
+    const p = new Policy([
+      { name: 'deny-only', account: 'A', permissions: { pub: { deny: ['secret.>'] }, sub: { allow: [], deny: ['x'] } } },
+    ]);
+    const g = p.decide(ISS, { sub: 's' });
+    assert.deepEqual(g.pub, { deny: ['>'] });
+    assert.deepEqual(g.sub, { deny: ['>'] });
+  });
+
   it('accepts unicode and integer claim values as single tokens', () => {
     const g = policy.decide(ISS, { sub: 'ü-1', groups: ['dev'], active: true, tenant: 42 });
     assert.deepEqual(g.pub.allow, ['app.42.>', 'user.ü-1.out']);
