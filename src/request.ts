@@ -14,8 +14,11 @@ export interface AuthRequest {
   readonly serverXkey: string | undefined;
   /** The per-connection user key the user JWT must be issued to. */
   readonly userNkey: string;
-  /** Request deadline, seconds since the epoch (`exp`); the server gives up after it. */
-  readonly deadline: number | undefined;
+  /**
+   * When the server gives up on this request, in milliseconds on OUR clock: the time we received
+   * it plus the server's own budget (`exp - iat`), so clock skew between hosts does not matter.
+   */
+  readonly deadlineMs: number | undefined;
   readonly clientHost: string;
   readonly clientKind: string;
   readonly clientType: string;
@@ -23,6 +26,8 @@ export interface AuthRequest {
 }
 
 const AUDIENCE = 'nats-authorization-request';
+/** Clock difference tolerated between nats-server and this service when reading `exp`. */
+export const SERVER_CLOCK_SKEW_SECONDS = 10;
 const MAX_SERVER_KEYS = 1024;
 
 /**
@@ -41,9 +46,9 @@ export class RequestVerifier {
   /**
    * @param data the raw message payload
    * @param headerXkey the `Nats-Server-Xkey` header, if present
-   * @param nowSeconds the current time, for the deadline check
+   * @param receivedMs when the request arrived (ms since the epoch), for the deadline
    */
-  verify(data: Uint8Array, headerXkey: string | undefined, nowSeconds: number): AuthRequest {
+  verify(data: Uint8Array, headerXkey: string | undefined, receivedMs: number): AuthRequest {
     const jwt = this.#open(data, headerXkey);
     const decoded = decodeNatsJwt(jwt);
     if (typeof decoded === 'string') throw new AuthFailure('REQUEST_MALFORMED', decoded);
@@ -66,10 +71,15 @@ export class RequestVerifier {
     if (typeof userNkey !== 'string' || !isPublicKey(userNkey, 'user')) {
       throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request user_nkey is not a user public key');
     }
-    const deadline = typeof c.exp === 'number' ? c.exp : undefined;
-    if (deadline !== undefined && deadline < nowSeconds) {
-      throw new AuthFailure('REQUEST_EXPIRED', `request expired ${nowSeconds - deadline}s ago`);
+    const exp = typeof c.exp === 'number' && Number.isFinite(c.exp) ? c.exp : undefined;
+    const iat = typeof c.iat === 'number' && Number.isFinite(c.iat) ? c.iat : undefined;
+    const nowSeconds = receivedMs / 1000;
+    // Only a request stale by the server's clock beyond any plausible skew is refused here.
+    if (exp !== undefined && exp + SERVER_CLOCK_SKEW_SECONDS < nowSeconds) {
+      throw new AuthFailure('REQUEST_EXPIRED', `request expired ${Math.round(nowSeconds - exp)}s ago`);
     }
+    // The server's budget is its auth timeout, exp - iat; it started just before we received it.
+    const deadlineMs = exp !== undefined && iat !== undefined && exp > iat ? receivedMs + (exp - iat) * 1000 : undefined;
     let serverXkey: string | undefined;
     if (this.#xkey) {
       if (server.xkey !== headerXkey) throw new AuthFailure('REQUEST_XKEY_MISMATCH', 'server_id.xkey differs from the Nats-Server-Xkey header');
@@ -83,7 +93,7 @@ export class RequestVerifier {
       serverVersion: str(server.version),
       serverXkey,
       userNkey,
-      deadline,
+      deadlineMs,
       clientHost: str(client.host),
       clientKind: str(client.kind),
       clientType: str(client.type),

@@ -1,4 +1,4 @@
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Logger } from './log.js';
 import type { CalloutService } from './service.js';
 
@@ -45,25 +45,40 @@ export class CalloutRunner {
           this.#log.error('subscription error', { error: err.message });
           return;
         }
-        // Reading the service once per message: a reload mid-request keeps one consistent config.
-        const service = this.#service;
-        this.#inFlight++;
-        const overloaded = this.#inFlight > service.config.callout.maxInFlight;
-        service
-          .handle(msg.data, msg.headers?.get('Nats-Server-Xkey') || undefined, overloaded)
-          .then((reply) => {
-            if (reply) msg.respond(reply);
-          })
-          .catch((e: unknown) => this.#log.error('reply failed', { error: (e as Error).message }))
-          .finally(() => {
-            this.#inFlight--;
-            if (this.#inFlight === 0) this.#idle?.();
-          });
+        // Nothing may throw into the client's read loop: it would stop reading for good.
+        try {
+          this.#serve(msg);
+        } catch (e) {
+          this.#log.error('request dropped', { error: (e as Error).message });
+        }
       },
     });
     await this.#nc.flush();
     void this.#watchConnection();
     this.#log.info('listening', { subject: AUTH_SUBJECT, queue, servers: this.#nc.getServer(), issuer: this.#service.issuerPublicKey });
+  }
+
+  #serve(msg: Msg): void {
+    let xkey: string | undefined;
+    try {
+      xkey = msg.headers?.get('Nats-Server-Xkey') || undefined;
+    } catch {
+      // Malformed headers (nats-core throws on invalid names): decided as if there were none.
+      xkey = undefined;
+    }
+    // Reading the service once per message: a reload mid-request keeps one consistent config.
+    const service = this.#service;
+    this.#inFlight++;
+    service
+      .handle(msg.data, xkey)
+      .then((reply) => {
+        if (reply) msg.respond(reply);
+      })
+      .catch((e: unknown) => this.#log.error('reply failed', { error: (e as Error).message }))
+      .finally(() => {
+        this.#inFlight--;
+        if (this.#inFlight === 0) this.#idle?.();
+      });
   }
 
   /** Why this runner cannot answer requests now (readiness); empty when it can. */

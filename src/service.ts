@@ -51,6 +51,7 @@ export class CalloutService {
   readonly #xkey: XkeyBox | undefined;
   readonly #now: () => number;
   readonly #observer: DecisionObserver | undefined;
+  #verifying = 0;
 
   /**
    * Throws Error/ConfigError when keys or policy templates are invalid. `observer` receives
@@ -85,17 +86,15 @@ export class CalloutService {
 
   /**
    * Answers one request. Returns the reply payload, or undefined to abort (send nothing).
-   * `overloaded` answers a verified request with an immediate rejection instead of working.
    * Never throws: every failure becomes a logged decision.
    */
-  async handle(data: Uint8Array, headerXkey: string | undefined, overloaded = false): Promise<Uint8Array | undefined> {
+  async handle(data: Uint8Array, headerXkey: string | undefined): Promise<Uint8Array | undefined> {
     const started = performance.now();
     let request: AuthRequest | undefined;
     let decision: Decision;
     let reply: Uint8Array | undefined;
     try {
-      request = this.#requests.verify(data, headerXkey, Math.floor(this.#now() / 1000));
-      if (overloaded) throw new AuthFailure('OVERLOADED', `more than ${this.config.callout.maxInFlight} requests in flight`);
+      request = this.#requests.verify(data, headerXkey, this.#now());
       const result = await this.#authorize(request);
       decision = result.decision;
       reply = result.reply;
@@ -138,22 +137,45 @@ export class CalloutService {
   async #authorize(request: AuthRequest): Promise<{ decision: Decision; reply: Uint8Array }> {
     const token = this.#pickToken(request);
     const key = DecisionCache.key(token);
-    let cached = true;
-    let entry = this.cache.get(key);
-    if (!entry) {
-      cached = false;
-      const verified = await this.#tokens.verify(token, this.#now());
-      const grant = this.#policy.decide(verified.issuer.issuer, verified.claims);
-      const sub = verified.claims.sub;
-      entry = { issuer: verified.issuer.issuer, subject: typeof sub === 'string' ? sub : '', grant, tokenExp: verified.exp };
-      this.cache.set(key, entry, this.#now());
+    const hit = this.cache.get(key);
+    if (hit) return this.#issue(request, hit, true, this.#now());
+    const entry = await this.#verifyWithinBudget(token, key, request.deadlineMs);
+    return this.#issue(request, entry, false, this.#now());
+  }
+
+  /**
+   * The slow path (may wait on the IdP). Bounded twice: at most `max_in_flight` verifications at
+   * once, so a slow IdP or a flood of unknown tokens cannot queue every login behind it (cache
+   * hits never wait for a slot); and never past the request's deadline, when the server has
+   * already given up (the verification itself runs on and fills the cache).
+   */
+  async #verifyWithinBudget(token: string, key: string, deadlineMs: number | undefined): Promise<CachedDecision> {
+    if (this.#verifying >= this.config.callout.maxInFlight) {
+      throw new AuthFailure('OVERLOADED', `${this.#verifying} token verifications in flight (max_in_flight ${this.config.callout.maxInFlight})`);
     }
-    const nowMs = this.#now();
-    // Verification may have waited on the IdP: the server drops answers past its deadline.
-    if (request.deadline !== undefined && request.deadline < Math.floor(nowMs / 1000)) {
-      throw new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified');
+    this.#verifying++;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const verification = this.#verifyAndDecide(token, key);
+      if (deadlineMs === undefined) return await verification;
+      verification.catch(() => undefined);
+      const expired = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')), Math.max(0, deadlineMs - this.#now()));
+      });
+      return await Promise.race([verification, expired]);
+    } finally {
+      clearTimeout(timer);
+      this.#verifying--;
     }
-    return this.#issue(request, entry, cached, nowMs);
+  }
+
+  async #verifyAndDecide(token: string, key: string): Promise<CachedDecision> {
+    const verified = await this.#tokens.verify(token, this.#now());
+    const grant = this.#policy.decide(verified.issuer.issuer, verified.claims);
+    const sub = verified.claims.sub;
+    const entry = { issuer: verified.issuer.issuer, subject: typeof sub === 'string' ? sub : '', grant, tokenExp: verified.exp };
+    this.cache.set(key, entry, this.#now());
+    return entry;
   }
 
   #issue(request: AuthRequest, entry: CachedDecision, cached: boolean, nowMs: number): { decision: Decision; reply: Uint8Array } {

@@ -9,6 +9,7 @@
  * out); a trusted request with a bad token gets a signed error response.
  */
 import assert from 'node:assert/strict';
+import { createConnection, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { createAccount, createCurve, createServer as createServerKey, fromPublic, type KeyPair } from '@nats-io/nkeys';
 import { headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
@@ -250,6 +251,11 @@ for (const { version, path } of binaries) {
   });
 }
 
+/** A bare TCP connection to a NATS port: for bytes no client library would send. */
+function connectRaw(port: number): Socket {
+  return createConnection({ host: '127.0.0.1', port });
+}
+
 /** A service listening only on a relay (no callout server needed for requests from a fake server). */
 async function startRelayedService(xkey: KeyPair | undefined, issuer: LocalIssuer) {
   const log = new LogCapture();
@@ -316,6 +322,20 @@ describe('requests from a fake server, through a server without callout (xkey)',
     assert.equal(user.name, 'Worker 7');
     assert.deepEqual(user.nats.pub, { allow: ['app.acme.>'] });
     assert.ok(typeof user.exp === 'number' && user.exp > Date.now() / 1000);
+  });
+
+  it('keeps answering after a message with malformed headers (it never stops the client reader)', async () => {
+    const { port } = setup.relay.server;
+    const raw = connectRaw(port);
+    const headers = 'NATS/1.0\r\nBad Name: x\r\n\r\n';
+    const payload = 'eyJhbGciOiJub25lIn0';
+    raw.write(`CONNECT {"user":"auth","pass":"relay-password","verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n`);
+    raw.write(`HPUB ${AUTH_SUBJECT} _INBOX.raw ${headers.length} ${headers.length + payload.length}\r\n${headers}${payload}\r\nPING\r\n`);
+    await new Promise<void>((resolve) => raw.on('data', (d: Buffer) => d.toString().includes('PONG') && resolve()));
+    raw.destroy();
+    const userNkey = newUserNkey();
+    const answer = await send(authRequestJwt(server, { xkey: true, userNkey, connectOpts: { auth_token: await issuer.sign(devClaims) } }));
+    assert.ok(openResponse(answer, userNkey).nats.jwt, 'the next request is still answered');
   });
 
   it('answers a well-formed request carrying a bad token with a signed error and no user JWT', async () => {

@@ -8,6 +8,7 @@ import { authRequestJwt, fakeServer, sealRequest } from '../helpers/auth-request
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const now = () => Math.floor(Date.now() / 1000);
+const nowMs = () => Date.now();
 
 function refusal(fn: () => unknown, code: string): void {
   assert.throws(fn, (err: unknown) => err instanceof AuthFailure && err.code === code && err.outcome === 'abort');
@@ -18,7 +19,7 @@ describe('request verification', () => {
   const plain = new RequestVerifier(undefined);
 
   it('accepts a well-formed signed request and extracts what the pipeline needs', () => {
-    const req = plain.verify(enc(authRequestJwt(server, { connectOpts: { auth_token: 'tok' } })), undefined, now());
+    const req = plain.verify(enc(authRequestJwt(server, { connectOpts: { auth_token: 'tok' } })), undefined, nowMs());
     assert.equal(req.serverId, server.id);
     assert.match(req.userNkey, /^U/);
     assert.equal(req.connectOpts.auth_token, 'tok');
@@ -30,12 +31,12 @@ describe('request verification', () => {
     const [h, p, s] = jwt.split('.') as [string, string, string];
     const sig = Buffer.from(s, 'base64url');
     sig[0]! ^= 1;
-    refusal(() => plain.verify(enc(`${h}.${p}.${sig.toString('base64url')}`), undefined, now()), 'REQUEST_SIGNATURE_INVALID');
+    refusal(() => plain.verify(enc(`${h}.${p}.${sig.toString('base64url')}`), undefined, nowMs()), 'REQUEST_SIGNATURE_INVALID');
   });
 
   it('refuses a request signed by another key than the server it names', () => {
     const other = fakeServer();
-    refusal(() => plain.verify(enc(authRequestJwt(server, { signer: other.signer })), undefined, now()), 'REQUEST_SIGNATURE_INVALID');
+    refusal(() => plain.verify(enc(authRequestJwt(server, { signer: other.signer })), undefined, nowMs()), 'REQUEST_SIGNATURE_INVALID');
   });
 
   it('refuses wrong audience, mismatched server id, type, version and user key', () => {
@@ -46,17 +47,21 @@ describe('request verification', () => {
       ['version', (c) => (c.nats.version = 1)],
       ['user nkey', (c) => (c.nats.user_nkey = server.id)],
     ];
-    for (const [, edit] of cases) refusal(() => plain.verify(enc(authRequestJwt(server, { edit })), undefined, now()), 'REQUEST_CLAIMS_INVALID');
-    refusal(() => plain.verify(enc(authRequestJwt(server, { edit: (c) => (c.iss = 'not-a-key') })), undefined, now()), 'REQUEST_CLAIMS_INVALID');
+    for (const [, edit] of cases) refusal(() => plain.verify(enc(authRequestJwt(server, { edit })), undefined, nowMs()), 'REQUEST_CLAIMS_INVALID');
+    refusal(() => plain.verify(enc(authRequestJwt(server, { edit: (c) => (c.iss = 'not-a-key') })), undefined, nowMs()), 'REQUEST_CLAIMS_INVALID');
   });
 
-  it('refuses a request whose deadline has passed', () => {
-    refusal(() => plain.verify(enc(authRequestJwt(server, { now: now() - 10 })), undefined, now()), 'REQUEST_EXPIRED');
+  it('refuses a request expired beyond the tolerated clock skew, and measures the deadline on our clock', () => {
+    refusal(() => plain.verify(enc(authRequestJwt(server, { now: now() - 30 })), undefined, Date.now()), 'REQUEST_EXPIRED');
+    // 5 s behind (a skewed server clock) is still answered: the budget is exp - iat from receipt.
+    const received = Date.now();
+    const req = plain.verify(enc(authRequestJwt(server, { now: now() - 5 })), undefined, received);
+    assert.equal(req.deadlineMs, received + 2000);
   });
 
   it('refuses garbage', () => {
-    refusal(() => plain.verify(enc('not a jwt'), undefined, now()), 'REQUEST_MALFORMED');
-    refusal(() => plain.verify(new Uint8Array(0), undefined, now()), 'REQUEST_MALFORMED');
+    refusal(() => plain.verify(enc('not a jwt'), undefined, nowMs()), 'REQUEST_MALFORMED');
+    refusal(() => plain.verify(new Uint8Array(0), undefined, nowMs()), 'REQUEST_MALFORMED');
   });
 
   describe('with an xkey', () => {
@@ -66,29 +71,29 @@ describe('request verification', () => {
 
     it('opens a sealed request and remembers the server xkey', () => {
       const data = sealRequest(server, authRequestJwt(server, { xkey: true }), ours.getPublicKey());
-      const req = sealed.verify(data, server.curve.getPublicKey(), now());
+      const req = sealed.verify(data, server.curve.getPublicKey(), nowMs());
       assert.equal(req.serverXkey, server.curve.getPublicKey());
     });
 
     it('refuses a plaintext request (downgrade)', () => {
-      refusal(() => sealed.verify(enc(authRequestJwt(server, { xkey: true })), server.curve.getPublicKey(), now()), 'REQUEST_PLAINTEXT');
+      refusal(() => sealed.verify(enc(authRequestJwt(server, { xkey: true })), server.curve.getPublicKey(), nowMs()), 'REQUEST_PLAINTEXT');
     });
 
     it('refuses a box sealed to another key or under another header key', () => {
       const toOther = sealRequest(server, authRequestJwt(server, { xkey: true }), createCurve().getPublicKey());
-      refusal(() => sealed.verify(toOther, server.curve.getPublicKey(), now()), 'REQUEST_DECRYPT_FAILED');
+      refusal(() => sealed.verify(toOther, server.curve.getPublicKey(), nowMs()), 'REQUEST_DECRYPT_FAILED');
       const data = sealRequest(server, authRequestJwt(server, { xkey: true }), ours.getPublicKey());
-      refusal(() => sealed.verify(data, undefined, now()), 'REQUEST_DECRYPT_FAILED');
+      refusal(() => sealed.verify(data, undefined, nowMs()), 'REQUEST_DECRYPT_FAILED');
     });
 
     it('refuses when server_id.xkey differs from the header', () => {
       const data = sealRequest(server, authRequestJwt(server, { xkey: true, edit: (c) => (c.nats.server_id.xkey = createCurve().getPublicKey()) }), ours.getPublicKey());
-      refusal(() => sealed.verify(data, server.curve.getPublicKey(), now()), 'REQUEST_XKEY_MISMATCH');
+      refusal(() => sealed.verify(data, server.curve.getPublicKey(), nowMs()), 'REQUEST_XKEY_MISMATCH');
     });
 
     it('refuses a sealed request when no xkey is configured', () => {
       const data = sealRequest(server, authRequestJwt(server, { xkey: true }), ours.getPublicKey());
-      refusal(() => plain.verify(data, server.curve.getPublicKey(), now()), 'REQUEST_DECRYPT_FAILED');
+      refusal(() => plain.verify(data, server.curve.getPublicKey(), nowMs()), 'REQUEST_DECRYPT_FAILED');
     });
   });
 });

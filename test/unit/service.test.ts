@@ -34,7 +34,7 @@ describe('callout service', () => {
       nats: {},
       callout: { issuer_seed: text(account.getSeed()), max_in_flight: 4, ...(extra.callout ?? {}) },
       token: { fields: ['auth_token', 'pass'], max_bytes: 8192 },
-      issuers: [{ issuer: idp.issuer, audiences: ['nats'], allow_insecure_http: true }],
+      issuers: [{ issuer: idp.issuer, audiences: ['nats'], allow_insecure_http: true, ...(extra.issuer ?? {}) }],
       policy: {
         rules: [
           {
@@ -152,13 +152,29 @@ describe('callout service', () => {
     assert.equal(lastDecision().code, 'REQUEST_MALFORMED');
   });
 
-  it('rejects at once when overloaded, without verifying the token', async () => {
-    const fetches = idp.jwksFetches;
-    const token = await idp.sign({ sub: 'o', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' }, { kid: 'never-seen' });
-    const reply = await service.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: token } })), undefined, true);
-    assert.equal(verifiedClaims(text(reply!), issuerPub).nats.error, 'not authorized');
-    assert.equal(lastDecision().code, 'OVERLOADED');
-    assert.equal(idp.jwksFetches, fetches);
+  it('sheds new verifications beyond max_in_flight at once, while cached tokens still get in', async () => {
+    const svc = make({ callout: { max_in_flight: 1 }, issuer: { jwks_cooldown: '0s' } });
+    const request = (token: string) => svc.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: token } })), undefined);
+    const known = await idp.sign({ sub: 'known', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' });
+    assert.ok(await request(known));
+    idp.faults.jwks = { delayMs: 1000 };
+    try {
+      // An unknown kid makes the verification wait on a (slow) JWKS refetch: it holds the slot.
+      const slow = request(await idp.sign({ sub: 'slow', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' }, { key: 'unknown' }));
+      await new Promise((r) => setImmediate(r));
+      const fetches = idp.jwksFetches;
+      const shed = await request(await idp.sign({ sub: 'new', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' }));
+      assert.equal(verifiedClaims(text(shed!), issuerPub).nats.error, 'not authorized');
+      assert.equal(lastDecision().code, 'OVERLOADED');
+      assert.equal(idp.jwksFetches, fetches, 'a shed request does no work');
+      const hit = await request(known);
+      assert.ok(verifiedClaims(text(hit!), issuerPub).nats.jwt);
+      assert.equal(lastDecision().cached, true);
+      await slow;
+      assert.equal(lastDecision().code, 'TOKEN_KEY_UNKNOWN');
+    } finally {
+      idp.faults.jwks = undefined;
+    }
   });
 
   it('aborts when the deadline passes while the token is verified', async () => {
