@@ -57,15 +57,15 @@ export class TokenVerifier {
     const payload = parseSegment(segments[1]!, 'token claims');
     if (typeof payload.iss !== 'string') throw new AuthFailure('TOKEN_ISSUER_UNKNOWN', 'token has no iss');
     const keys = this.#issuers.get(payload.iss);
-    if (!keys) throw new AuthFailure('TOKEN_ISSUER_UNKNOWN', `issuer ${JSON.stringify(payload.iss.slice(0, 200))} is not configured`);
+    if (!keys) throw new AuthFailure('TOKEN_ISSUER_UNKNOWN', `issuer ${quote(payload.iss)} is not configured`);
     const cfg = keys.config;
     if (typeof header.alg !== 'string' || !cfg.algorithms.includes(header.alg)) {
-      throw new AuthFailure('TOKEN_ALG_NOT_ALLOWED', `alg ${JSON.stringify(header.alg)} is not allowed for ${cfg.issuer} (allowed: ${cfg.algorithms.join(', ')})`);
+      throw new AuthFailure('TOKEN_ALG_NOT_ALLOWED', `alg ${quote(header.alg)} is not allowed for ${cfg.issuer} (allowed: ${cfg.algorithms.join(', ')})`);
     }
     if (cfg.tokenTypes) {
       const typ = typeof header.typ === 'string' ? normalizeType(header.typ) : undefined;
       if (!typ || !cfg.tokenTypes.some((t) => normalizeType(t) === typ)) {
-        throw new AuthFailure('TOKEN_TYPE_INVALID', `typ ${JSON.stringify(header.typ)} is not one of ${cfg.tokenTypes.join(', ')}`);
+        throw new AuthFailure('TOKEN_TYPE_INVALID', `typ ${quote(header.typ)} is not one of ${cfg.tokenTypes.join(', ')}`);
       }
     }
     if ('crit' in header) throw new AuthFailure('TOKEN_MALFORMED', 'token header has crit: no critical extensions are supported');
@@ -97,11 +97,19 @@ export class TokenVerifier {
       if ((err as { code?: unknown }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw keyFailure(err, keys.config);
       candidates = err as AsyncIterable<CryptoKey>;
     }
+    let problem: string | undefined;
+    let usable = 0;
     for await (const key of candidates) {
-      const problem = keyProblem(alg, key);
-      if (problem) throw new AuthFailure('TOKEN_KEY_UNKNOWN', `the JWKS key for kid ${JSON.stringify(header.kid)} is unusable: ${problem}`);
+      // An unusable key (e.g. a short RSA key) is skipped, not fatal: another may share the kid.
+      const p = keyProblem(alg, key);
+      if (p) {
+        problem = p;
+        continue;
+      }
+      usable++;
       if (verifyJws(alg, key, input, signature)) return true;
     }
+    if (usable === 0 && problem) throw new AuthFailure('TOKEN_KEY_UNKNOWN', `the JWKS key for kid ${quote(header.kid)} is unusable: ${problem}`);
     return false;
   }
 }
@@ -126,7 +134,7 @@ function checkClaims(claims: Record<string, unknown>, cfg: IssuerConfig, nowMs: 
   const { aud, exp, nbf, iat, sub } = claims;
   const auds = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : undefined;
   if (!auds || !auds.some((a) => typeof a === 'string' && cfg.audiences.includes(a))) {
-    throw new AuthFailure('TOKEN_AUDIENCE_INVALID', `aud ${JSON.stringify(aud)?.slice(0, 200)} contains none of ${cfg.audiences.join(', ')}`);
+    throw new AuthFailure('TOKEN_AUDIENCE_INVALID', `aud ${quote(aud)} contains none of ${cfg.audiences.join(', ')}`);
   }
   if (sub !== undefined && typeof sub !== 'string') throw new AuthFailure('TOKEN_CLAIMS_INVALID', 'sub is not a string');
   for (const [name, value] of [['exp', exp], ['nbf', nbf], ['iat', iat]] as const) {
@@ -135,11 +143,18 @@ function checkClaims(claims: Record<string, unknown>, cfg: IssuerConfig, nowMs: 
   if (exp === undefined) {
     if (!cfg.allowMissingExp) throw new AuthFailure('TOKEN_EXP_MISSING', 'token has no exp');
   } else if ((exp as number) <= now - leeway) {
-    throw new AuthFailure('TOKEN_EXPIRED', `token expired ${now - (exp as number)}s ago (leeway ${leeway}s)`);
+    throw new AuthFailure('TOKEN_EXPIRED', `token expired ${Math.round(now - (exp as number))}s ago (leeway ${leeway}s)`);
   }
   if (nbf !== undefined && (nbf as number) > now + leeway) throw new AuthFailure('TOKEN_NOT_YET_VALID', `nbf is ${(nbf as number) - now}s in the future`);
   if (iat !== undefined && (iat as number) > now + leeway) throw new AuthFailure('TOKEN_NOT_YET_VALID', `iat is ${(iat as number) - now}s in the future`);
-  return exp as number | undefined;
+  // nats-server reads a user JWT's exp as an integer: a fractional one would void the user.
+  return exp === undefined ? undefined : Math.floor(exp as number);
+}
+
+/** Token-controlled values in log reasons: JSON-quoted (no log injection) and bounded. */
+function quote(value: unknown): string {
+  const s = JSON.stringify(value) ?? String(value);
+  return s.length > 120 ? `${s.slice(0, 120)}...` : s;
 }
 
 /** Maps jose's key-resolution errors onto our stable codes, keeping jose's message as the reason. */

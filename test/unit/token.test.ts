@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
@@ -66,6 +67,11 @@ describe('token verification', () => {
     await verifier.verify(await idp.sign({ ...claims(), exp: now() - 30 }));
     await refused(verifier.verify(await idp.sign({ ...claims(), nbf: now() + 120 })), 'TOKEN_NOT_YET_VALID');
     await refused(verifier.verify(await idp.sign({ ...claims(), iat: now() + 120 })), 'TOKEN_NOT_YET_VALID');
+  });
+
+  it('reports a fractional exp as whole seconds (nats-server reads user JWT exp as an integer)', async () => {
+    const exp = now() + 100.75;
+    assert.equal((await verifier.verify(await idp.sign({ ...claims(), exp }))).exp, Math.floor(exp));
   });
 
   it('refuses a token without exp unless the issuer allows it', async () => {
@@ -240,6 +246,24 @@ describe('issuer availability', () => {
     } finally {
       flaky.closeAllConnections();
       flaky.close();
+    }
+  });
+
+  it('skips an unusable key that shares the kid of a good one', async () => {
+    await using idp = await startLocalIssuer();
+    const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' });
+    const jwksServer = createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ keys: [{ ...weak, kid: idp.kid, alg: 'RS256', use: 'sig' }, ...idp.jwks().keys] }));
+    });
+    await new Promise<void>((r) => jwksServer.listen(0, '127.0.0.1', r));
+    try {
+      const jwksUri = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks`;
+      const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: jwksUri }))], 4096);
+      assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'good' }))).claims.sub, 'good');
+    } finally {
+      jwksServer.closeAllConnections();
+      jwksServer.close();
     }
   });
 
