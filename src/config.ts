@@ -9,7 +9,7 @@ import { ConfigError } from './errors.js';
  */
 
 /** Every default in one place; README and conf/ document these values. */
-export const DEFAULTS = Object.freeze({
+export const DEFAULTS = deepFreeze({
   nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout' },
   callout: { mode: 'server_config' as const, max_in_flight: 256 },
   token: { fields: ['auth_token'] as TokenField[], max_bytes: 16384 },
@@ -162,6 +162,14 @@ export interface Config {
   readonly http: { readonly host: string; readonly port: number } | undefined;
 }
 
+/** Refuses durations outside [min, max] milliseconds, naming the key. */
+export function bounded(ms: number, min: number, max: number, path: string): number {
+  const show = (v: number) => (v >= 1000 ? `${v / 1000}s` : `${v}ms`);
+  if (ms < min) throw new ConfigError(path, `must be at least ${show(min)}`);
+  if (ms > max) throw new ConfigError(path, `must be at most ${show(max)}`);
+  return ms;
+}
+
 /** Parses `90s`, `5m`, `1h`, `250ms`, `2d` or a number of seconds into milliseconds. */
 export function parseDuration(value: string | number, path: string): number {
   if (typeof value === 'number') return Math.round(value * 1000);
@@ -201,12 +209,12 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
     algorithms: raw.algorithms ?? d.algorithms,
     jwksUri: raw.jwks_uri,
     tokenTypes: raw.token_types,
-    leewaySeconds: parseDuration(raw.leeway ?? d.leeway, `${path}.leeway`) / 1000,
+    leewaySeconds: bounded(parseDuration(raw.leeway ?? d.leeway, `${path}.leeway`), 0, 600_000, `${path}.leeway`) / 1000,
     allowMissingExp: raw.allow_missing_exp ?? d.allow_missing_exp,
     allowInsecureHttp,
-    jwksCacheMaxAgeMs: parseDuration(raw.jwks_cache_max_age ?? d.jwks_cache_max_age, `${path}.jwks_cache_max_age`),
+    jwksCacheMaxAgeMs: bounded(parseDuration(raw.jwks_cache_max_age ?? d.jwks_cache_max_age, `${path}.jwks_cache_max_age`), 1000, Infinity, `${path}.jwks_cache_max_age`),
     jwksCooldownMs: parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`),
-    httpTimeoutMs: parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`),
+    httpTimeoutMs: bounded(parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`), 100, 60_000, `${path}.http_timeout`),
   };
 }
 
@@ -290,7 +298,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       password: n.password === undefined ? undefined : resolveSecret(n.password, 'nats.password', env, baseDir),
       token: n.token === undefined ? undefined : resolveSecret(n.token, 'nats.token', env, baseDir),
       nkeySeed: n.nkey_seed === undefined ? undefined : resolveSecret(n.nkey_seed, 'nats.nkey_seed', env, baseDir),
-      credsFile: n.creds_file,
+      credsFile: n.creds_file === undefined ? undefined : n.creds_file.startsWith('/') ? n.creds_file : `${baseDir}/${n.creds_file}`,
     },
     callout: {
       mode,
@@ -325,7 +333,12 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   try {
     doc = parseYaml(text, { uniqueKeys: true });
   } catch (err) {
-    throw new ConfigError('', `${file} is not valid YAML: ${(err as Error).message}`);
+    // The parser's message quotes the offending line, which may hold an inline secret: keep
+    // only its first sentence and the position.
+    const e = err as Error & { linePos?: { line: number; col: number }[] };
+    const what = e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+    const where = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
+    throw new ConfigError('', `${file} is not valid YAML: ${what}${where}`);
   }
   const dir = file.includes('/') ? file.slice(0, file.lastIndexOf('/')) || '/' : process.cwd();
   return buildConfig(doc, env, dir);

@@ -1,4 +1,4 @@
-import { DEFAULTS, parseDuration, type RawRule } from './config.js';
+import { bounded, DEFAULTS, parseDuration, type RawRule } from './config.js';
 import { AuthFailure, ConfigError } from './errors.js';
 
 /**
@@ -110,7 +110,7 @@ function compileRule(rule: RawRule, i: number): CompiledRule {
     match: Object.entries(rule.match ?? {}).map(([claim, v]) => ({ path: claim, values: Array.isArray(v) ? v : [v] })),
     account: rule.account,
     nameClaim: rule.user_name_claim ?? DEFAULTS.rule.user_name_claim,
-    maxLifetimeSeconds: Math.floor(parseDuration(rule.max_lifetime ?? DEFAULTS.rule.max_lifetime, `${path}.max_lifetime`) / 1000),
+    maxLifetimeSeconds: Math.floor(bounded(parseDuration(rule.max_lifetime ?? DEFAULTS.rule.max_lifetime, `${path}.max_lifetime`), 1000, Infinity, `${path}.max_lifetime`) / 1000),
     pub: compilePermission(perms?.pub, `${path}.permissions.pub`),
     sub: compilePermission(perms?.sub, `${path}.permissions.sub`),
     resp: perms?.resp && {

@@ -6,6 +6,7 @@ import { describe, it } from 'node:test';
 import { createAccount } from '@nats-io/nkeys';
 import { buildConfig, DEFAULTS, loadConfig, parseDuration, redactedConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
+import { Policy } from '../../src/policy.js';
 
 const SEED = new TextDecoder().decode(createAccount().getSeed());
 
@@ -130,6 +131,24 @@ describe('config', () => {
     configError({ ...minimal(), http: { listen: 'localhost:70000' } }, 'http.listen', /expected host:port/);
   });
 
+  it('refuses durations that could never work', () => {
+    const rule = minimal();
+    rule.policy.rules[0].max_lifetime = '500ms';
+    assert.throws(() => new Policy(buildConfig(rule).rules), /policy.rules\[0\].max_lifetime: must be at least 1s/);
+    const t = minimal();
+    t.issuers[0].http_timeout = 0;
+    configError(t, 'issuers[0].http_timeout', /must be at least 100ms/);
+    const l = minimal();
+    l.issuers[0].leeway = '1h';
+    configError(l, 'issuers[0].leeway', /must be at most 600s/);
+  });
+
+  it('reads creds_file relative to the configuration file', () => {
+    const c = buildConfig({ ...minimal(), nats: { creds_file: 'svc.creds' } }, {}, '/etc/oidc-callout');
+    assert.equal(c.nats.credsFile, '/etc/oidc-callout/svc.creds');
+    assert.ok(Object.isFrozen(DEFAULTS.issuer) && Object.isFrozen(DEFAULTS.token.fields));
+  });
+
   it('parses durations and names the key of a bad one', () => {
     assert.equal(parseDuration('250ms', 'x'), 250);
     assert.equal(parseDuration('1.5m', 'x'), 90_000);
@@ -145,7 +164,10 @@ describe('config', () => {
     writeFileSync(file, `nats: {user: auth, password: pw}\ncallout: {issuer_seed: ${SEED}}\nissuers: [{issuer: "https://i", audiences: [a]}]\npolicy: {rules: [{name: r, account: APP}]}\n`);
     assert.equal(loadConfig(file).rules[0]!.name, 'r');
     writeFileSync(file, 'nats: {}\nnats: {}\n');
-    assert.throws(() => loadConfig(file), /not valid YAML/);
+    assert.throws(() => loadConfig(file), /not valid YAML: Map keys must be unique \(line 2, column 1\)/);
+    // The parser quotes the bad line; an inline secret on it must not reach the message.
+    writeFileSync(file, 'nats:\n  password: hunter2-Secret: x\n');
+    assert.throws(() => loadConfig(file), (e: Error) => /not valid YAML.*\(line 2, column \d+\)$/.test(e.message) && !e.message.includes('hunter2'));
     assert.throws(() => loadConfig(join(dir, 'missing.yaml')), /cannot read .*ENOENT/);
   });
 });
