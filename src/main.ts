@@ -6,6 +6,7 @@ import { createAccount, createCurve } from '@nats-io/nkeys';
 import { loadConfig, redactedConfig, type Config } from './config.js';
 import { AuthFailure, ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
+import type { IssuerKeys } from './issuers.js';
 import { Metrics, type DecisionObserver } from './metrics.js';
 import { startMonitoring } from './monitoring.js';
 import { connectNats } from './nats-connection.js';
@@ -64,22 +65,38 @@ function requireConfig(file: string | undefined): string {
   return file;
 }
 
-function buildService(config: Config, log: Logger, observer?: DecisionObserver): CalloutService {
+function buildService(config: Config, log: Logger, observer?: DecisionObserver, previous?: CalloutService): CalloutService {
   try {
-    return new CalloutService(config, log, { observer });
+    return new CalloutService(config, log, { observer, previous });
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     throw new ConfigError('', (err as Error).message);
   }
 }
 
+/** Loads issuers' keys, bounded by their HTTP timeouts; failures are logged, not fatal. */
+async function warmIssuers(issuers: readonly IssuerKeys[], log: Logger): Promise<void> {
+  await Promise.all(
+    issuers.map((i) =>
+      i.load().catch((e: Error) => log.warn('issuer keys not loaded; retried when a token needs them', { issuer: i.config.issuer, error: e.message })),
+    ),
+  );
+}
+
+/** Top-level keys a reload cannot apply to a running process. */
+const RESTART_ONLY = ['nats', 'http', 'log'] as const;
+
 async function run(file: string): Promise<number> {
+  // Until the service is up, a SIGHUP (systemctl reload) must not kill it: remember it instead.
+  let reloadPending = false;
+  const early = () => (reloadPending = true);
+  process.on('SIGHUP', early);
+
   let config = loadConfig(file);
   const log = createLogger(config.log.level);
   const metrics = new Metrics(VERSION);
   let service = buildService(config, log, metrics);
-  // Warm the issuers' keys; a failure is logged, and retried when the first token arrives.
-  await Promise.all(service.issuers.map((i) => i.load().catch((e: Error) => log.warn('issuer keys not loaded', { issuer: i.config.issuer, error: e.message }))));
+  await warmIssuers(service.issuers, log);
   const nc = await connectNats(config);
   const runner = new CalloutRunner(nc, service, log);
   await runner.start();
@@ -96,32 +113,47 @@ async function run(file: string): Promise<number> {
   const bound = monitoring?.address();
   if (bound && typeof bound === 'object') log.info('monitoring', { host: bound.address, port: bound.port, paths: ['/healthz', '/readyz', '/metrics'] });
 
-  process.on('SIGHUP', () => {
+  // Reloads run one at a time; the new service takes over only once its new issuers' keys are
+  // loaded (or failed to load), so a policy edit during an IdP incident cannot lock users out.
+  let reloading: Promise<void> = Promise.resolve();
+  const reload = async () => {
     try {
-      config = loadConfig(file);
-      service = buildService(config, log, metrics);
+      const next = loadConfig(file);
+      const nextService = buildService(next, log, metrics, service);
+      const fresh = nextService.issuers.filter((i) => !service.issuers.includes(i));
+      await warmIssuers(fresh, log);
+      const before = redactedConfig(config) as Record<string, unknown>;
+      const after = redactedConfig(next) as Record<string, unknown>;
+      const ignored = RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+      if (ignored.length) log.warn('these settings changed but need a restart to apply', { keys: ignored });
+      config = next;
+      service = nextService;
       runner.swap(service);
       metrics.reloaded(true);
-      log.info('configuration reloaded', { issuers: config.issuers.length, rules: config.rules.length });
-      void Promise.all(service.issuers.map((i) => i.load().catch(() => undefined)));
+      log.info('configuration reloaded', { issuers: config.issuers.length, rules: config.rules.length, issuers_kept: config.issuers.length - fresh.length });
     } catch (err) {
       // A bad new configuration keeps the running one.
       metrics.reloaded(false);
       log.error('reload failed; keeping the running configuration', { error: (err as Error).message });
     }
+  };
+  const requestReload = () => {
+    reloading = reloading.then(reload);
+  };
+  process.off('SIGHUP', early);
+  process.on('SIGHUP', requestReload);
+  if (reloadPending) requestReload();
+
+  const reason = await new Promise<string>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+    void nc.closed().then(() => resolve('connection closed'));
   });
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info('stopping', { signal, in_flight: runner.inFlight });
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-    void nc.closed().then(() => stop('connection closed'));
-  });
+  log.info('stopping', { signal: reason, in_flight: runner.inFlight });
   await runner.stop();
   monitoring?.close();
-  return 0;
+  // Losing NATS for good is a failure: let the supervisor (Restart=on-failure) bring us back.
+  return reason === 'connection closed' ? 1 : 0;
 }
 
 async function check(file: string): Promise<number> {

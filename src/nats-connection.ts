@@ -16,6 +16,8 @@ export async function connectNats(config: Config, overrides: Partial<NodeConnect
     // The callout is what lets everyone else in: never give up reconnecting.
     maxReconnectAttempts: -1,
     reconnectTimeWait: 1000,
+    // Rejected credentials (a rotation in progress) must not end the service for good either.
+    ignoreAuthErrorAbort: true,
     ...auth,
     ...overrides,
   });

@@ -55,9 +55,14 @@ export class CalloutService {
 
   /**
    * Throws Error/ConfigError when keys or policy templates are invalid. `observer` receives
-   * every decision and JWKS fetch (metrics); `now` is the clock (tests, benchmarks).
+   * every decision and JWKS fetch (metrics); `now` is the clock (tests, benchmarks); `previous`
+   * is the service a reload replaces.
    */
-  constructor(config: Config, log: Logger, options: { readonly now?: () => number; readonly observer?: DecisionObserver } = {}) {
+  constructor(
+    config: Config,
+    log: Logger,
+    options: { readonly now?: () => number; readonly observer?: DecisionObserver; readonly previous?: CalloutService } = {},
+  ) {
     this.config = config;
     this.#log = log;
     this.#now = options.now ?? Date.now;
@@ -66,7 +71,9 @@ export class CalloutService {
     this.#accounts = new Accounts(config);
     this.#xkey = config.callout.xkeySeed ? newXkey(config.callout.xkeySeed.value) : undefined;
     this.#requests = new RequestVerifier(this.#xkey);
-    this.issuers = config.issuers.map((c) => new IssuerKeys(c, options.observer));
+    // A reload keeps the loaded keys of every issuer whose settings did not change.
+    const kept = new Map((options.previous?.issuers ?? []).map((k) => [JSON.stringify(k.config), k]));
+    this.issuers = config.issuers.map((c) => kept.get(JSON.stringify(c)) ?? new IssuerKeys(c, options.observer));
     this.#tokens = new TokenVerifier(this.issuers, config.token.maxBytes);
     this.cache = new DecisionCache(config.cache.maxEntries, config.cache.ttlMs);
   }

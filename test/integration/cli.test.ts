@@ -215,6 +215,25 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       }
     }
 
+    it('survives a SIGHUP while it is still starting, and applies it once up', async () => {
+      await using slow = await startLocalIssuer();
+      slow.faults.discovery = { delayMs: 1500 };
+      const file = join(dir, 'early.yaml');
+      writeFileSync(file, configYaml({ url: nats.url, issuer: slow.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
+      const early = spawn(process.execPath, [MAIN, 'run', '--config', file], { env: { ...process.env, TEST_NATS_PASSWORD: 'pw' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      early.stdout.on('data', (d) => (out += d));
+      try {
+        await new Promise((r) => setTimeout(r, 500));
+        early.kill('SIGHUP');
+        for (let i = 0; i < 100 && !/"msg":"configuration reloaded"/.test(out); i++) await new Promise((r) => setTimeout(r, 100));
+        assert.match(out, /"msg":"listening"[\s\S]*"msg":"configuration reloaded"/);
+        assert.equal(early.exitCode, null, 'still running');
+      } finally {
+        early.kill('SIGKILL');
+      }
+    });
+
     it('serves, reloads on SIGHUP, keeps the running config on a bad reload, drains on SIGTERM', async () => {
       const file = join(dir, 'run.yaml');
       writeFileSync(file, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
@@ -223,10 +242,11 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       await waitForLog(/"msg":"listening"/, 0);
       assert.equal(await account(), 'APP');
 
-      writeFileSync(file, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_OTHER }));
+      writeFileSync(file, `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_OTHER })}log:\n  level: debug\n`);
       let mark = log.length;
       service.kill('SIGHUP');
-      await waitForLog(/"msg":"configuration reloaded"/, mark);
+      await waitForLog(/"msg":"configuration reloaded".*"issuers_kept":1/, mark);
+      assert.match(log.slice(mark), /"msg":"these settings changed but need a restart to apply","keys":\["log"\]/);
       assert.equal(await account(), 'OTHER');
 
       writeFileSync(file, 'nats: {}\nbogus: true\n');

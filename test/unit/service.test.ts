@@ -205,6 +205,13 @@ describe('callout service', () => {
     assert.ok(isPublicKey(verifiedClaims(res.nats.jwt, issuerPub).sub, 'user'));
   });
 
+  it('keeps the loaded keys of unchanged issuers across a reload', () => {
+    const next = new CalloutService(service.config, createLogger('error'), { previous: service });
+    assert.equal(next.issuers[0], service.issuers[0]);
+    const changed = make({ issuer: { leeway: '5s' } });
+    assert.notEqual(new CalloutService(changed.config, createLogger('error'), { previous: service }).issuers[0], service.issuers[0]);
+  });
+
   it('explains a decision without any request', async () => {
     const e = await service.explain(await idp.sign({ sub: 'e', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' }));
     assert.equal(e.grant.rule, 'devs');
