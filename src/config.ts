@@ -20,6 +20,7 @@ export const DEFAULTS = deepFreeze({
     allow_insecure_http: false,
     jwks_cache_max_age: '10m',
     jwks_cooldown: '30s',
+    jwks_max_stale: '1h',
     http_timeout: '5s',
   },
   rule: { max_lifetime: '1h', user_name_claim: 'sub' },
@@ -70,6 +71,7 @@ const issuerSchema = z.strictObject({
   allow_insecure_http: z.boolean().optional(),
   jwks_cache_max_age: duration.optional(),
   jwks_cooldown: duration.optional(),
+  jwks_max_stale: duration.optional(),
   http_timeout: duration.optional(),
 });
 
@@ -125,6 +127,8 @@ export interface IssuerConfig {
   readonly allowInsecureHttp: boolean;
   readonly jwksCacheMaxAgeMs: number;
   readonly jwksCooldownMs: number;
+  /** How long the last good key set is still used while the IdP fails to serve a new one. */
+  readonly jwksMaxStaleMs: number;
   readonly httpTimeoutMs: number;
 }
 
@@ -214,6 +218,7 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
     allowInsecureHttp,
     jwksCacheMaxAgeMs: bounded(parseDuration(raw.jwks_cache_max_age ?? d.jwks_cache_max_age, `${path}.jwks_cache_max_age`), 1000, Infinity, `${path}.jwks_cache_max_age`),
     jwksCooldownMs: parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`),
+    jwksMaxStaleMs: parseDuration(raw.jwks_max_stale ?? d.jwks_max_stale, `${path}.jwks_max_stale`),
     httpTimeoutMs: bounded(parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`), 100, 60_000, `${path}.http_timeout`),
   };
 }

@@ -1,4 +1,6 @@
-import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey, type RemoteJWKSet } from 'jose';
+import { createRemoteJWKSet, customFetch, type FetchImplementation, type JWTVerifyGetKey, type RemoteJWKSet } from 'jose';
+
+type FetchOptions = Parameters<FetchImplementation>[1];
 import * as oidc from 'openid-client';
 import type { IssuerConfig } from './config.js';
 import { AuthFailure } from './errors.js';
@@ -29,8 +31,10 @@ export class IssuerKeys {
   #lastDiscoveryFailure = 0;
   #fetches = 0;
   #failures = 0;
-  #lastFetchAt: number | undefined;
   #lastError: string | undefined;
+  #lastFailureAt: number | undefined;
+  /** The last key set the IdP served successfully, and when. */
+  #lastGood: { readonly body: string; readonly at: number } | undefined;
 
   readonly #observer: Pick<DecisionObserver, 'jwksFetched'> | undefined;
 
@@ -62,6 +66,7 @@ export class IssuerKeys {
     try {
       await jwks.reload();
     } catch (err) {
+      if (err instanceof AuthFailure) throw err;
       throw new AuthFailure('ISSUER_UNAVAILABLE', `cannot load JWKS of ${this.config.issuer} from ${this.#jwksUri}: ${describe(err)}`, { cause: err });
     }
   }
@@ -70,10 +75,10 @@ export class IssuerKeys {
     return {
       issuer: this.config.issuer,
       jwksUri: this.#jwksUri,
-      keysLoaded: this.#jwks?.fresh === true || (this.#lastFetchAt !== undefined && this.#lastError === undefined),
+      keysLoaded: this.#lastGood !== undefined && Date.now() - this.#lastGood.at <= this.config.jwksMaxStaleMs,
       jwksFetches: this.#fetches,
       jwksFetchFailures: this.#failures,
-      lastFetchAt: this.#lastFetchAt,
+      lastFetchAt: this.#lastGood?.at,
       lastError: this.#lastError,
     };
   }
@@ -116,39 +121,65 @@ export class IssuerKeys {
     }
   }
 
+  /**
+   * jose's fetch, with what it does not do itself: after a failed fetch the network is asked
+   * again only once `jwks_cooldown` has passed (jose's cooldown counts from the last success),
+   * and while the IdP is failing the last good key set keeps being served for up to
+   * `jwks_max_stale` after it was fetched; then the issuer fails closed.
+   */
+  async #fetchJwks(url: string, options: FetchOptions): Promise<Response> {
+    const c = this.config;
+    if (this.#lastFailureAt !== undefined && Date.now() - this.#lastFailureAt < c.jwksCooldownMs) return this.#lastGoodOr(this.#lastError);
+    this.#fetches++;
+    try {
+      // As for discovery: one immediate retry when a pooled connection was reset.
+      const res = await fetch(url, options).catch((err: unknown) => {
+        if (err instanceof TypeError && !options.signal?.aborted) return fetch(url, options);
+        throw err;
+      });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const body = await res.text();
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(body);
+      } catch {
+        throw new Error('the response is not JSON');
+      }
+      if (!isJwks(parsed)) throw new Error('the response is not a JSON Web Key Set');
+      this.#lastGood = { body, at: Date.now() };
+      this.#lastFailureAt = undefined;
+      this.#lastError = undefined;
+      this.#observer?.jwksFetched(c.issuer, true);
+      return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
+    } catch (err) {
+      this.#failures++;
+      this.#lastFailureAt = Date.now();
+      this.#lastError = `JWKS fetch from ${url}: ${describe(err)}`;
+      this.#observer?.jwksFetched(c.issuer, false);
+      return this.#lastGoodOr(this.#lastError);
+    }
+  }
+
+  #lastGoodOr(reason: string | undefined): Response {
+    if (this.#lastGood && Date.now() - this.#lastGood.at <= this.config.jwksMaxStaleMs) {
+      return new Response(this.#lastGood.body, { status: 200, headers: { 'content-type': 'application/json' } });
+    }
+    throw new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${this.config.issuer} unavailable: ${reason ?? 'no key set fetched yet'}`);
+  }
+
   #remote(uri: string): RemoteJWKSet {
     this.#jwksUri = uri;
     return createRemoteJWKSet(new URL(uri), {
       cacheMaxAge: this.config.jwksCacheMaxAgeMs,
       cooldownDuration: this.config.jwksCooldownMs,
       timeoutDuration: this.config.httpTimeoutMs,
-      [customFetch]: async (url, options) => {
-        this.#fetches++;
-        try {
-          // As for discovery: one immediate retry when a pooled connection was reset.
-          const res = await fetch(url, options).catch((err: unknown) => {
-            if (err instanceof TypeError && !options.signal?.aborted) return fetch(url, options);
-            throw err;
-          });
-          this.#observer?.jwksFetched(this.config.issuer, res.ok);
-          if (res.ok) {
-            this.#lastFetchAt = Date.now();
-            this.#lastError = undefined;
-          } else {
-            this.#failures++;
-            this.#lastError = `JWKS fetch: HTTP ${res.status}`;
-          }
-          return res;
-        } catch (err) {
-          this.#observer?.jwksFetched(this.config.issuer, false);
-          this.#failures++;
-          this.#lastError = `JWKS fetch: ${describe(err)}`;
-          throw err;
-        }
-      },
+      [customFetch]: (url, options) => this.#fetchJwks(url, options),
     });
   }
 }
+
+const isJwks = (v: unknown): boolean =>
+  typeof v === 'object' && v !== null && Array.isArray((v as { keys?: unknown }).keys) && (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null);
 
 function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);

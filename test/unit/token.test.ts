@@ -267,6 +267,42 @@ describe('issuer availability', () => {
     }
   });
 
+  it('asks a failing IdP again only once per cooldown, even under a flood of unknown kids', async () => {
+    await using idp = await startLocalIssuer();
+    idp.faults.jwks = { status: 500 };
+    const keys = new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: idp.jwksUri, jwks_cooldown: '1h' }));
+    const verifier = new TokenVerifier([keys], 4096);
+    for (let i = 0; i < 20; i++) {
+      await refused(verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 }, { key: 'unknown', kid: `k${i}` })), 'ISSUER_UNAVAILABLE');
+    }
+    assert.equal(idp.jwksFetches, 1);
+  });
+
+  it('keeps serving the last good keys while the IdP fails, up to jwks_max_stale, then fails closed', async () => {
+    await using idp = await startLocalIssuer();
+    const keys = new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: idp.jwksUri, jwks_cache_max_age: '1s', jwks_cooldown: '0s', jwks_max_stale: '2s' }));
+    const verifier = new TokenVerifier([keys], 4096);
+    await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 }));
+    idp.faults.jwks = { status: 503 };
+    await new Promise((r) => setTimeout(r, 1100));
+    // Keys are stale for jose; the refetch fails; the last good set still verifies.
+    assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'stale-ok' }))).claims.sub, 'stale-ok');
+    assert.match(keys.status().lastError ?? '', /HTTP 503/);
+    assert.equal(keys.status().keysLoaded, true);
+    await new Promise((r) => setTimeout(r, 2100));
+    await refused(verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 })), 'ISSUER_UNAVAILABLE');
+    assert.equal(keys.status().keysLoaded, false);
+  });
+
+  it('does not count a 200 response that is not a key set as loaded keys', async () => {
+    await using idp = await startLocalIssuer();
+    idp.faults.jwks = { status: 200, body: '{"keys":"nope"}' };
+    const keys = new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: idp.jwksUri }));
+    await refused(keys.load(), 'ISSUER_UNAVAILABLE');
+    assert.equal(keys.status().keysLoaded, false);
+    assert.match(keys.status().lastError ?? '', /not a JSON Web Key Set/);
+  });
+
   it('refuses a discovery document that names another issuer', async () => {
     await using idp = await startLocalIssuer();
     idp.discoveryOverrides = { issuer: 'https://evil.example.com' };
