@@ -40,7 +40,9 @@ const MIN_RSA_BITS = 2048;
 const keyObjects = new WeakMap<CryptoKey, KeyObject>();
 
 /**
- * Why `key` must not be used for `alg`, or undefined when it fits (algorithm, curve, RSA size).
+ * Why `key` must not be used for `alg`, or undefined when it fits. jose already selects and
+ * imports keys for the header's alg (kty, crv, JWK alg); this re-checks that binding and adds
+ * what WebCrypto would check at verify time and we bypass: the minimum RSA size.
  */
 export function keyProblem(alg: string, key: CryptoKey): string | undefined {
   const spec = SPECS[alg];
