@@ -28,6 +28,7 @@ import { startLocalIssuer, type LocalIssuer } from '../test/helpers/local-issuer
 import { configDoc, signTokens } from './fixtures.js';
 import { machineJiffies, processCpuMicros, type BenchResult } from './lib.js';
 import { connectOnceAsync, connectPayload, storm, type StormResult } from './loadgen.js';
+import { calloutServerConfig } from '../test/helpers/callout-fixture.js';
 
 export interface ScenarioSpec {
   readonly id: string;
@@ -159,23 +160,7 @@ function natsConfig(spec: ScenarioSpec, plainToken: string, issuerPub: string, x
   if (spec.kind === 'plain') {
     return `max_control_line: 65536\nauthorization {\n  timeout: 2\n  token: "${plainToken}"\n}\n`;
   }
-  return `max_control_line: 65536
-accounts {
-  AUTH { users: [ { user: callout, password: bench-password } ] }
-  APP {}
-  SYS {}
-}
-system_account: SYS
-authorization {
-  timeout: 2
-  auth_callout {
-    issuer: ${issuerPub}
-    ${spec.xkey ? `xkey: ${xkeyPub}` : ''}
-    account: AUTH
-    auth_users: [ callout ]
-  }
-}
-`;
+  return calloutServerConfig({ issuer: issuerPub, xkey: spec.xkey ? xkeyPub : undefined, password: 'bench-password', authTimeoutSeconds: 2 });
 }
 
 interface Window {

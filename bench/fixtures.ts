@@ -87,7 +87,7 @@ export interface ConfigDocOptions {
 /** A service configuration document (buildConfig input; as JSON it is also valid YAML). */
 export function configDoc(o: ConfigDocOptions): Record<string, unknown> {
   return {
-    nats: { servers: [o.natsUrl], user: 'callout', password: 'bench-password' },
+    nats: { servers: [o.natsUrl], user: 'auth', password: 'bench-password' },
     callout: { issuer_seed: o.issuerSeed, ...(o.xkeySeed ? { xkey_seed: o.xkeySeed } : {}) },
     issuers: [
       {

@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAccount, createCurve } from '@nats-io/nkeys';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { calloutServerConfig } from '../test/helpers/callout-fixture.js';
 import { natsServerBinaries } from '../test/helpers/nats-server-bin.js';
 import { startNatsServer } from '../test/helpers/nats-server.js';
 import { startOidcProvider } from '../test/helpers/oidc-provider.js';
@@ -38,23 +39,7 @@ async function main(): Promise<void> {
     const xkey = createCurve();
     const nats = await startNatsServer({
       bin: bin!.path,
-      config: `
-max_control_line: 65536
-accounts {
-  AUTH { users: [ { user: callout, password: demo-password } ] }
-  APP {}
-  SYS {}
-}
-system_account: SYS
-authorization {
-  timeout: 2
-  auth_callout {
-    issuer: ${issuerKey.getPublicKey()}
-    xkey: ${xkey.getPublicKey()}
-    account: AUTH
-    auth_users: [ callout ]
-  }
-}`,
+      config: calloutServerConfig({ issuer: issuerKey.getPublicKey(), xkey: xkey.getPublicKey(), password: 'demo-password', authTimeoutSeconds: 2 }),
     });
     cleanups.push(() => nats.stop());
     say(`nats-server ${bin!.version} at ${nats.url}`);
@@ -67,7 +52,7 @@ authorization {
       configFile,
       `nats:
   servers: [${nats.url}]
-  user: callout
+  user: auth
   password: { env: DEMO_NATS_PASSWORD }
 callout:
   issuer_seed: { file: issuer.nk }
@@ -117,13 +102,19 @@ policy:
     );
     await Promise.race([ready, new Promise((_, reject) => service.once('exit', (code) => reject(new Error(`oidc-callout exited with ${code}`))))]);
     say('oidc-callout is subscribed to $SYS.REQ.USER.AUTH');
-    const lastDecision = () => serviceLog.filter((l) => l.msg === 'authorization').at(-1) ?? {};
+    const decisions = () => serviceLog.filter((l) => l.msg === 'authorization');
+    /** The service's log arrives through a pipe, possibly after the client saw the outcome. */
+    const nextDecision = async (seen: number): Promise<Record<string, unknown>> => {
+      for (let i = 0; i < 100 && decisions().length <= seen; i++) await new Promise((r) => setTimeout(r, 20));
+      return decisions()[seen] ?? {};
+    };
 
     step('Client "orders-service" connects with its access token');
     const token = await idp.token('orders-service');
+    let seen = decisions().length;
     const nc = await connect({ servers: nats.url, token, reconnect: false });
     cleanups.push(() => nc.close());
-    const d = lastDecision();
+    const d = await nextDecision(seen);
     say(`connected. oidc-callout: ${d.result} by rule "${d.rule}" into account ${d.account}, until ${new Date(Number(d.expires) * 1000).toISOString()}`);
     const info = JSON.parse(new TextDecoder().decode((await nc.request('$SYS.REQ.USER.INFO', '')).data)) as { data: Record<string, unknown> };
     say(`the server sees user "${info.data.user}" in account ${info.data.account} with permissions ${JSON.stringify(info.data.permissions)}`);
@@ -134,14 +125,19 @@ policy:
     say(`publish to orders.globex.created: ${await deniedPublish(nc, 'orders.globex.created')}`);
 
     step('Client "stranger" connects with a valid token that no policy rule grants');
-    say(await refusedConnect(nats.url, await idp.token('stranger')));
-    say(`oidc-callout logged why: ${lastDecision().code} (${lastDecision().reason})`);
+    const strangerToken = await idp.token('stranger');
+    seen = decisions().length;
+    say(await refusedConnect(nats.url, strangerToken));
+    const refusal = await nextDecision(seen);
+    say(`oidc-callout logged why: ${refusal.code} (${refusal.reason})`);
 
     step('A client connects with a forged token');
     const [h, p] = token.split('.');
     const forged = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p!, 'base64url').toString()), tenant: 'globex' })).toString('base64url')}.${token.split('.')[2]}`;
+    seen = decisions().length;
     say(await refusedConnect(nats.url, forged));
-    say(`oidc-callout logged why: ${lastDecision().code} (${lastDecision().reason})`);
+    const forgery = await nextDecision(seen);
+    say(`oidc-callout logged why: ${forgery.code} (${forgery.reason})`);
     step('Done: stopping everything');
   } finally {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);

@@ -33,6 +33,33 @@ async function refused(p: Promise<unknown>, code: string): Promise<AuthFailure> 
 
 const now = () => Math.floor(Date.now() / 1000);
 
+/**
+ * A loopback HTTP server answering every request with `body(n, url)` as JSON, where n counts
+ * requests; `undefined` destroys the connection instead (a reset keep-alive socket).
+ */
+async function jsonServer(body: (n: number, url: string) => unknown): Promise<{ url: string; readonly requests: number } & AsyncDisposable> {
+  let requests = 0;
+  let url = '';
+  const server = createServer((req, res) => {
+    const value = body(++requests, url);
+    if (value === undefined) return void req.socket.destroy();
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(value));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    url,
+    get requests() {
+      return requests;
+    },
+    async [Symbol.asyncDispose]() {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
 describe('token verification', () => {
   let idp: LocalIssuer;
   let keys: IssuerKeys;
@@ -210,61 +237,27 @@ describe('issuer availability', () => {
 
   it('retries discovery once at once when the connection is reset', async () => {
     await using idp = await startLocalIssuer();
-    let requests = 0;
-    const flaky = createServer((req, res) => {
-      // The first connection dies like a keep-alive socket the IdP has just closed.
-      if (++requests === 1) return void req.socket.destroy();
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ issuer: `http://127.0.0.1:${(flaky.address() as AddressInfo).port}`, jwks_uri: idp.jwksUri }));
-    });
-    await new Promise<void>((r) => flaky.listen(0, '127.0.0.1', r));
-    try {
-      const issuer = `http://127.0.0.1:${(flaky.address() as AddressInfo).port}`;
-      const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(issuer))], 4096);
-      assert.equal((await verifier.verify(await idp.sign({ iss: issuer, aud: 'nats', exp: now() + 60, sub: 'ok' }))).claims.sub, 'ok');
-      assert.equal(requests, 2);
-    } finally {
-      flaky.closeAllConnections();
-      flaky.close();
-    }
+    // The first connection dies like a keep-alive socket the IdP has just closed.
+    await using flaky = await jsonServer((n, url) => (n === 1 ? undefined : { issuer: url, jwks_uri: idp.jwksUri }));
+    const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(flaky.url))], 4096);
+    assert.equal((await verifier.verify(await idp.sign({ iss: flaky.url, aud: 'nats', exp: now() + 60, sub: 'ok' }))).claims.sub, 'ok');
+    assert.equal(flaky.requests, 2);
   });
 
   it('retries a JWKS fetch once at once when the connection is reset', async () => {
     await using idp = await startLocalIssuer();
-    let requests = 0;
-    const flaky = createServer((req, res) => {
-      if (++requests === 1) return void req.socket.destroy();
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify(idp.jwks()));
-    });
-    await new Promise<void>((r) => flaky.listen(0, '127.0.0.1', r));
-    try {
-      const jwksUri = `http://127.0.0.1:${(flaky.address() as AddressInfo).port}/jwks`;
-      const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: jwksUri }))], 4096);
-      assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'ok' }))).claims.sub, 'ok');
-      assert.equal(requests, 2);
-    } finally {
-      flaky.closeAllConnections();
-      flaky.close();
-    }
+    await using flaky = await jsonServer((n) => (n === 1 ? undefined : idp.jwks()));
+    const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: `${flaky.url}/jwks` }))], 4096);
+    assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'ok' }))).claims.sub, 'ok');
+    assert.equal(flaky.requests, 2);
   });
 
   it('skips an unusable key that shares the kid of a good one', async () => {
     await using idp = await startLocalIssuer();
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' });
-    const jwksServer = createServer((_req, res) => {
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ keys: [{ ...weak, kid: idp.kid, alg: 'RS256', use: 'sig' }, ...idp.jwks().keys] }));
-    });
-    await new Promise<void>((r) => jwksServer.listen(0, '127.0.0.1', r));
-    try {
-      const jwksUri = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks`;
-      const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: jwksUri }))], 4096);
-      assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'good' }))).claims.sub, 'good');
-    } finally {
-      jwksServer.closeAllConnections();
-      jwksServer.close();
-    }
+    await using jwks = await jsonServer(() => ({ keys: [{ ...weak, kid: idp.kid, alg: 'RS256', use: 'sig' }, ...idp.jwks().keys] }));
+    const verifier = new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: `${jwks.url}/jwks` }))], 4096);
+    assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'good' }))).claims.sub, 'good');
   });
 
   it('asks a failing IdP again only once per cooldown, even under a flood of unknown kids', async () => {
