@@ -94,6 +94,7 @@ async function run(file: string): Promise<number> {
 
   let config = loadConfig(file);
   const log = createLogger(config.log.level);
+  log.info('starting', { version: VERSION, node: process.version, config: file, mode: config.callout.mode });
   const metrics = new Metrics(VERSION);
   let service = buildService(config, log, metrics);
   await warmIssuers(service.issuers, log);

@@ -224,7 +224,9 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       let out = '';
       early.stdout.on('data', (d) => (out += d));
       try {
-        await new Promise((r) => setTimeout(r, 500));
+        // "starting" comes once the handlers are in place, while discovery keeps it from being up.
+        for (let i = 0; i < 200 && !/"msg":"starting"/.test(out); i++) await new Promise((r) => setTimeout(r, 25));
+        assert.doesNotMatch(out, /"msg":"listening"/);
         early.kill('SIGHUP');
         for (let i = 0; i < 100 && !/"msg":"configuration reloaded"/.test(out); i++) await new Promise((r) => setTimeout(r, 100));
         assert.match(out, /"msg":"listening"[\s\S]*"msg":"configuration reloaded"/);
