@@ -47,15 +47,27 @@ interface CompiledRule {
   readonly resp: { readonly max: number; readonly ttl: number } | undefined;
 }
 
-/** Looks a claim up by exact top-level name first (URIs like `https://x/roles`), then by dotted path. */
+/**
+ * Looks a claim up by dotted path, where a key may itself contain dots: at each level the
+ * longest key that exists wins. So `realm_access.roles`, a URI-named claim
+ * (`https://example.com/roles`) and Kubernetes' `kubernetes.io.namespace` (key `kubernetes.io`,
+ * then `namespace`) all resolve. Only own properties are read, never the prototype chain.
+ */
 export function claimAt(claims: Readonly<Record<string, unknown>>, path: string): unknown {
-  if (Object.hasOwn(claims, path)) return claims[path];
-  let cur: unknown = claims;
-  for (const key of path.split('.')) {
-    if (typeof cur !== 'object' || cur === null || Array.isArray(cur) || !Object.hasOwn(cur, key)) return undefined;
-    cur = (cur as Record<string, unknown>)[key];
+  return lookup(claims, path.split('.'));
+}
+
+function lookup(node: unknown, segments: readonly string[]): unknown {
+  if (segments.length === 0) return node;
+  if (typeof node !== 'object' || node === null || Array.isArray(node)) return undefined;
+  for (let take = segments.length; take >= 1; take--) {
+    const key = segments.slice(0, take).join('.');
+    if (Object.hasOwn(node, key)) {
+      const found = lookup((node as Record<string, unknown>)[key], segments.slice(take));
+      if (found !== undefined) return found;
+    }
   }
-  return cur;
+  return undefined;
 }
 
 function compileTemplate(subject: string, path: string): Template {

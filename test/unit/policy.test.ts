@@ -118,6 +118,16 @@ describe('policy', () => {
     assert.match(subjectProblem('.a')!, /empty token/);
   });
 
+  it('reads claims whose keys contain dots, as Kubernetes service-account tokens have', () => {
+    const k8s = { sub: 'system:serviceaccount:shop:orders', 'kubernetes.io': { namespace: 'shop', serviceaccount: { name: 'orders' } } };
+    assert.equal(claimAt(k8s, 'kubernetes.io.namespace'), 'shop');
+    assert.equal(claimAt(k8s, 'kubernetes.io.serviceaccount.name'), 'orders');
+    assert.equal(claimAt({ 'a.b': 1, a: { b: 2 } }, 'a.b'), 1, 'the longest existing key wins');
+    assert.equal(claimAt({ 'a.b': {}, a: { b: { c: 3 } } }, 'a.b.c'), 3, 'falls back when the longer key leads nowhere');
+    const p = new Policy([{ name: 'ns', match: { 'kubernetes.io.namespace': 'shop' }, account: 'A', permissions: { pub: { allow: ['ns.{{claims.kubernetes.io.namespace}}.>'] } } }]);
+    assert.deepEqual(p.decide(ISS, k8s).pub, { allow: ['ns.shop.>'] });
+  });
+
   it('reads claims by path without walking prototypes', () => {
     assert.equal(claimAt({ a: { b: 1 } }, 'a.b'), 1);
     assert.equal(claimAt({ a: 1 }, 'constructor'), undefined);
