@@ -51,7 +51,8 @@ export class CalloutService {
   readonly #xkey: XkeyBox | undefined;
   readonly #now: () => number;
   readonly #observer: DecisionObserver | undefined;
-  #verifying = 0;
+  /** Verifications in flight, by token digest: one per token, at most max_in_flight. */
+  readonly #pending = new Map<string, Promise<CachedDecision>>();
 
   /**
    * Throws Error/ConfigError when keys or policy templates are invalid. `observer` receives
@@ -151,28 +152,31 @@ export class CalloutService {
   }
 
   /**
-   * The slow path (may wait on the IdP). Bounded twice: at most `max_in_flight` verifications at
+   * The slow path (may wait on the IdP). Bounded: at most `max_in_flight` verifications run at
    * once, so a slow IdP or a flood of unknown tokens cannot queue every login behind it (cache
-   * hits never wait for a slot); and never past the request's deadline, when the server has
-   * already given up (the verification itself runs on and fills the cache).
+   * hits never wait for a slot); connects presenting a token already being verified join that
+   * verification; and no request waits past its deadline, when the server has given up (the
+   * verification itself runs on and fills the cache).
    */
   async #verifyWithinBudget(token: string, key: string, deadlineMs: number | undefined): Promise<CachedDecision> {
-    if (this.#verifying >= this.config.callout.maxInFlight) {
-      throw new AuthFailure('OVERLOADED', `${this.#verifying} token verifications in flight (max_in_flight ${this.config.callout.maxInFlight})`);
-    }
-    this.#verifying++;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      const verification = this.#verifyAndDecide(token, key);
-      if (deadlineMs === undefined) return await verification;
+    let verification = this.#pending.get(key);
+    if (!verification) {
+      if (this.#pending.size >= this.config.callout.maxInFlight) {
+        throw new AuthFailure('OVERLOADED', `${this.#pending.size} token verifications in flight (max_in_flight ${this.config.callout.maxInFlight})`);
+      }
+      verification = this.#verifyAndDecide(token, key).finally(() => this.#pending.delete(key));
       verification.catch(() => undefined);
-      const expired = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')), Math.max(0, deadlineMs - this.#now()));
-      });
+      this.#pending.set(key, verification);
+    }
+    if (deadlineMs === undefined) return verification;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')), Math.max(0, deadlineMs - this.#now()));
+    });
+    try {
       return await Promise.race([verification, expired]);
     } finally {
       clearTimeout(timer);
-      this.#verifying--;
     }
   }
 

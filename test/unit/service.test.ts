@@ -172,6 +172,11 @@ describe('callout service', () => {
       assert.equal(lastDecision().cached, true);
       await slow;
       assert.equal(lastDecision().code, 'TOKEN_KEY_UNKNOWN');
+      // Connects presenting a token already being verified join it instead of taking a slot.
+      const same = await idp.sign({ sub: 'same', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' }, { key: 'unknown', kid: 'another-unknown' });
+      const both = await Promise.all([request(same), request(same)]);
+      assert.deepEqual(both.map((r) => verifiedClaims(text(r!), issuerPub).nats.error), ['not authorized', 'not authorized']);
+      assert.deepEqual(lines.filter((l) => l.msg === 'authorization').slice(-2).map((l) => l.code), ['TOKEN_KEY_UNKNOWN', 'TOKEN_KEY_UNKNOWN']);
     } finally {
       idp.faults.jwks = undefined;
     }
