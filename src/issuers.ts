@@ -1,10 +1,10 @@
 import { createRemoteJWKSet, customFetch, type FetchImplementation, type JWTVerifyGetKey, type RemoteJWKSet } from 'jose';
-
-type FetchOptions = Parameters<FetchImplementation>[1];
 import * as oidc from 'openid-client';
 import type { IssuerConfig } from './config.js';
 import { AuthFailure } from './errors.js';
 import type { DecisionObserver } from './metrics.js';
+
+type FetchOptions = Parameters<FetchImplementation>[1];
 
 /** What health checks, metrics and `check` report about one issuer. */
 export interface IssuerStatus {
@@ -21,7 +21,9 @@ export interface IssuerStatus {
  * The signing keys of one configured issuer. The JWKS location comes from configuration or
  * OpenID discovery (openid-client, which also pins the discovered `issuer` to the configured
  * one). jose's remote JWKS does the caching: stale reload after `jwks_cache_max_age`, one
- * shared in-flight fetch, and an unknown `kid` refetches at most once per `jwks_cooldown`.
+ * shared in-flight fetch, and an unknown `kid` refetches at most once per `jwks_cooldown`; our
+ * fetch adds the same cooldown after failures and serves the last good key set while the IdP
+ * fails, up to `jwks_max_stale`.
  */
 export class IssuerKeys {
   readonly config: IssuerConfig;
@@ -75,7 +77,7 @@ export class IssuerKeys {
     return {
       issuer: this.config.issuer,
       jwksUri: this.#jwksUri,
-      keysLoaded: this.#lastGood !== undefined && Date.now() - this.#lastGood.at <= this.config.jwksMaxStaleMs,
+      keysLoaded: this.#usableLastGood() !== undefined,
       jwksFetches: this.#fetches,
       jwksFetchFailures: this.#failures,
       lastFetchAt: this.#lastGood?.at,
@@ -160,10 +162,13 @@ export class IssuerKeys {
     }
   }
 
+  #usableLastGood(): string | undefined {
+    return this.#lastGood && Date.now() - this.#lastGood.at <= this.config.jwksMaxStaleMs ? this.#lastGood.body : undefined;
+  }
+
   #lastGoodOr(reason: string | undefined): Response {
-    if (this.#lastGood && Date.now() - this.#lastGood.at <= this.config.jwksMaxStaleMs) {
-      return new Response(this.#lastGood.body, { status: 200, headers: { 'content-type': 'application/json' } });
-    }
+    const body = this.#usableLastGood();
+    if (body !== undefined) return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
     throw new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${this.config.issuer} unavailable: ${reason ?? 'no key set fetched yet'}`);
   }
 

@@ -27,7 +27,7 @@ export interface AuthRequest {
 
 const AUDIENCE = 'nats-authorization-request';
 /** Clock difference tolerated between nats-server and this service when reading `exp`. */
-export const SERVER_CLOCK_SKEW_SECONDS = 10;
+const SERVER_CLOCK_SKEW_SECONDS = 10;
 const MAX_SERVER_KEYS = 1024;
 
 /**
