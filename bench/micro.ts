@@ -102,13 +102,13 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
     {
       const plain = Buffer.from(authRequestJwt(server, { now, connectOpts: { auth_token: token } }));
       const verifier = new RequestVerifier(undefined);
-      assert.equal(verifier.verify(plain, undefined, now * 1000).connectOpts['auth_token'], token);
-      if (want('request.verify')) add(measureSync('request.verify (plain)', () => verifier.verify(plain, undefined, now * 1000), m));
+      assert.equal(verifier.verifyMessage(plain, undefined).connectOpts['auth_token'], token);
+      if (want('request.verify')) add(measureSync('request.verify (plain)', () => verifier.verifyMessage(plain, undefined), m));
 
       const sealed = sealRequest(server, authRequestJwt(server, { now, xkey: true, connectOpts: { auth_token: token } }), box.publicKey);
       const xverifier = new RequestVerifier(box);
-      assert.equal(xverifier.verify(sealed, serverXkey, now * 1000).serverXkey, serverXkey);
-      if (want('request.verify')) add(measureSync('request.verify (xkey sealed)', () => xverifier.verify(sealed, serverXkey, now * 1000), m));
+      assert.equal(xverifier.verifyMessage(sealed, serverXkey).serverXkey, serverXkey);
+      if (want('request.verify')) add(measureSync('request.verify (xkey sealed)', () => xverifier.verifyMessage(sealed, serverXkey), m));
     }
 
     // ---- OIDC token verification (no decision cache) ----------------------------------------
@@ -155,8 +155,8 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
       const accounts = new Accounts(cfg);
       const target = accounts.forAccount(TARGET_ACCOUNT)!;
       const userNkeys = Array.from({ length: 1024 }, newUserNkey);
-      const request = new RequestVerifier(undefined).verify(Buffer.from(authRequestJwt(server, { now })), undefined, now * 1000);
-      const sealedReq = new RequestVerifier(box).verify(sealRequest(server, authRequestJwt(server, { now, xkey: true }), box.publicKey), serverXkey, now * 1000);
+      const request = new RequestVerifier(undefined).verifyMessage(Buffer.from(authRequestJwt(server, { now })), undefined);
+      const sealedReq = new RequestVerifier(box).verifyMessage(sealRequest(server, authRequestJwt(server, { now, xkey: true }), box.publicKey), serverXkey);
       const userJwt = signUserJwt(grant, request.userNkey, target, now, now + 900);
       if (want('sign')) {
         add(measureSync('signUserJwt', (i) => signUserJwt(grant, userNkeys[i & 1023]!, target, now, now + 900), m));

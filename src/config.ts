@@ -10,7 +10,7 @@ import { ConfigError } from './errors.js';
 
 /** Every default in one place; README and conf/ document these values. */
 export const DEFAULTS = deepFreeze({
-  nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout' },
+  nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout', connections: 2 },
   callout: { mode: 'server_config' as const, max_in_flight: 256 },
   token: { fields: ['auth_token'] as TokenField[], max_bytes: 16384 },
   issuer: {
@@ -80,6 +80,7 @@ const schema = z.strictObject({
     servers: z.array(z.string().min(1)).min(1).optional(),
     name: z.string().min(1).optional(),
     queue_group: z.string().min(1).optional(),
+    connections: z.number().int().min(1).max(16).optional(),
     user: z.string().min(1).optional(),
     password: secret.optional(),
     token: secret.optional(),
@@ -142,6 +143,8 @@ export interface Config {
     readonly servers: readonly string[];
     readonly name: string;
     readonly queueGroup: string;
+    /** NATS connections per process, each subscribed in the queue group and a reply lane of its own. */
+    readonly connections: number;
     readonly user: string | undefined;
     readonly password: Secret | undefined;
     readonly token: Secret | undefined;
@@ -299,6 +302,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       servers: n.servers ?? DEFAULTS.nats.servers,
       name: n.name ?? DEFAULTS.nats.name,
       queueGroup: n.queue_group ?? DEFAULTS.nats.queue_group,
+      connections: n.connections ?? DEFAULTS.nats.connections,
       user: n.user,
       password: n.password === undefined ? undefined : resolveSecret(n.password, 'nats.password', env, baseDir),
       token: n.token === undefined ? undefined : resolveSecret(n.token, 'nats.token', env, baseDir),

@@ -17,6 +17,8 @@ export const FAILURES = {
   REQUEST_SIGNATURE_INVALID: { outcome: 'abort', summary: "the request is not signed by the server key it names" },
   REQUEST_CLAIMS_INVALID: { outcome: 'abort', summary: 'the request has a wrong audience, issuer, type, version or user key' },
   REQUEST_EXPIRED: { outcome: 'abort', summary: 'the request deadline passed before it was processed; the server has given up on it' },
+  REQUEST_TOO_LATE: { outcome: 'abort', summary: 'the answer could not reach the server before the request deadline; dropped without work' },
+  REQUEST_QUEUE_FULL: { outcome: 'abort', summary: 'the request queue was full; the oldest request was dropped without work' },
   TOKEN_MISSING: { outcome: 'reject', summary: 'the client sent no token in any configured CONNECT field' },
   TOKEN_TOO_LARGE: { outcome: 'reject', summary: 'the token is larger than token.max_bytes' },
   TOKEN_MALFORMED: { outcome: 'reject', summary: 'the token is not a compact JWS with a JSON header and claims' },

@@ -9,7 +9,7 @@ import { createLogger, type Logger } from './log.js';
 import type { IssuerKeys } from './issuers.js';
 import { Metrics, type DecisionObserver } from './metrics.js';
 import { startMonitoring } from './monitoring.js';
-import { connectNats } from './nats-connection.js';
+import { connectAll, connectNats } from './nats-connection.js';
 import { CalloutRunner } from './runner.js';
 import { CalloutService } from './service.js';
 
@@ -98,14 +98,10 @@ async function run(file: string): Promise<number> {
   const metrics = new Metrics(VERSION);
   let service = buildService(config, log, metrics);
   await warmIssuers(service.issuers, log);
-  const nc = await connectNats(config);
-  const runner = new CalloutRunner(nc, service, log);
+  const connections = await connectAll(config);
+  const runner = new CalloutRunner(connections, service, log);
   await runner.start();
-  metrics.attach({
-    inFlight: () => runner.inFlight,
-    cacheEntries: () => runner.service.cache.size,
-    issuersKeysLoaded: () => runner.service.issuerStatus().map((s) => ({ issuer: s.issuer, loaded: s.keysLoaded })),
-  });
+  metrics.attach(runner.metricsSources());
   const readiness = () => [
     ...runner.problems(),
     ...runner.service.issuerStatus().filter((s) => !s.keysLoaded).map((s) => `keys of ${s.issuer} not loaded${s.lastError ? `: ${s.lastError}` : ''}`),
@@ -148,7 +144,7 @@ async function run(file: string): Promise<number> {
   const reason = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
-    void nc.closed().then(() => resolve('connection closed'));
+    void runner.closed().then(() => resolve('connection closed'));
   });
   log.info('stopping', { signal: reason, in_flight: runner.inFlight });
   await runner.stop();

@@ -4,11 +4,16 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 export interface DecisionObserver {
   decided(result: 'allow' | 'reject' | 'abort', code: string | undefined, cached: boolean | undefined, seconds: number): void;
   jwksFetched(issuer: string, ok: boolean): void;
+  /** A request dropped unanswered because its answer could not arrive in time. */
+  shed(reason: string): void;
 }
 
 /** Read at scrape time: state owned elsewhere (the running service, the runner). */
 export interface MetricsSources {
   inFlight(): number;
+  queueLength(): number;
+  /** Per NATS connection of the service: how far behind the server's processing of our answers is. */
+  replyLaneDelays(): readonly { connection: string; seconds: number }[];
   cacheEntries(): number;
   issuersKeysLoaded(): readonly { issuer: string; loaded: boolean }[];
 }
@@ -24,6 +29,7 @@ export class Metrics implements DecisionObserver {
   readonly #cache: Counter<'result'>;
   readonly #jwks: Counter<'issuer' | 'result'>;
   readonly #reloads: Counter<'result'>;
+  readonly #shed: Counter<'reason'>;
   #sources: MetricsSources | undefined;
 
   constructor(version: string) {
@@ -59,7 +65,31 @@ export class Metrics implements DecisionObserver {
       labelNames: ['result'],
       registers,
     });
+    this.#shed = new Counter({
+      name: 'oidc_callout_shed_total',
+      help: 'Requests dropped unanswered, by reason (expired, too_late, queue_full): the server would have given up before the answer arrived',
+      labelNames: ['reason'],
+      registers,
+    });
     const sources = () => this.#sources;
+    new Gauge({
+      name: 'oidc_callout_queue_length',
+      help: 'Requests received and waiting to be served',
+      registers,
+      collect() {
+        this.set(sources()?.queueLength() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'oidc_callout_reply_lane_delay_seconds',
+      help: "How far behind nats-server is in processing the answers sent on each of the service's connections (PING round trip)",
+      labelNames: ['connection'],
+      registers,
+      collect() {
+        this.reset();
+        for (const { connection, seconds } of sources()?.replyLaneDelays() ?? []) this.set({ connection }, Number.isFinite(seconds) ? seconds : -1);
+      },
+    });
     new Gauge({
       name: 'oidc_callout_in_flight_requests',
       help: 'Requests being processed now',
@@ -105,6 +135,10 @@ export class Metrics implements DecisionObserver {
 
   jwksFetched(issuer: string, ok: boolean): void {
     this.#jwks.inc({ issuer, result: ok ? 'ok' : 'error' });
+  }
+
+  shed(reason: string): void {
+    this.#shed.inc({ reason });
   }
 
   reloaded(ok: boolean): void {

@@ -22,3 +22,20 @@ export async function connectNats(config: Config, overrides: Partial<NodeConnect
     ...overrides,
   });
 }
+
+/**
+ * Opens the `nats.connections` connections of a running service (named `NAME`, `NAME#2`, ...).
+ * Closes those already open if one fails.
+ */
+export async function connectAll(config: Config, overrides: Partial<NodeConnectionOptions> = {}): Promise<NatsConnection[]> {
+  const open: NatsConnection[] = [];
+  try {
+    for (let i = 0; i < config.nats.connections; i++) {
+      open.push(await connectNats(config, { name: i === 0 ? config.nats.name : `${config.nats.name}#${i + 1}`, ...overrides }));
+    }
+    return open;
+  } catch (err) {
+    await Promise.all(open.map((nc) => nc.close().catch(() => undefined)));
+    throw err;
+  }
+}

@@ -1,6 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import { AuthFailure } from './errors.js';
-import { decodeNatsJwt } from './nats-jwt.js';
+import { decodeNatsJwt, type DecodedNatsJwt } from './nats-jwt.js';
 import { isPublicKey, publicKeyObject, verifySignature } from './nkey.js';
 import { XkeyBox } from './xkey.js';
 
@@ -14,25 +14,34 @@ export interface AuthRequest {
   readonly serverXkey: string | undefined;
   /** The per-connection user key the user JWT must be issued to. */
   readonly userNkey: string;
-  /**
-   * When the server gives up on this request, in milliseconds on OUR clock: the time we received
-   * it plus the server's own budget (`exp - iat`), so clock skew between hosts does not matter.
-   */
-  readonly deadlineMs: number | undefined;
+  /** The request's `iat` (seconds, the server's clock): teaches the request clock. */
+  readonly issuedAt: unknown;
   readonly clientHost: string;
   readonly clientKind: string;
   readonly clientType: string;
   readonly connectOpts: Readonly<Record<string, unknown>>;
 }
 
+/**
+ * A request opened (box) and parsed, nothing verified yet: enough to estimate its deadline and
+ * to decide whether it is worth verifying at all.
+ */
+export interface OpenedRequest {
+  readonly jwt: DecodedNatsJwt;
+  readonly headerXkey: string | undefined;
+  /** The claimed server (`iss`); a string only, not verified. */
+  readonly claimedServer: string;
+  readonly iat: unknown;
+  readonly exp: unknown;
+}
+
 const AUDIENCE = 'nats-authorization-request';
-/** Clock difference tolerated between nats-server and this service when reading `exp`. */
-const SERVER_CLOCK_SKEW_SECONDS = 10;
 const MAX_SERVER_KEYS = 1024;
 
 /**
  * Opens and verifies the server's authorization request: xkey box (mandatory when we hold an
  * xkey), Ed25519 signature by the server key it names, and the claims nats-server always sets.
+ * Time is not checked here: the request clock estimates deadlines (request-clock.ts).
  * Server verification keys are built once per server and kept in a bounded map.
  */
 export class RequestVerifier {
@@ -44,14 +53,27 @@ export class RequestVerifier {
   }
 
   /**
+   * Opens the box and parses the JWT, verifying nothing: what it yields may only be used to
+   * decide not to answer.
    * @param data the raw message payload
    * @param headerXkey the `Nats-Server-Xkey` header, if present
-   * @param receivedMs when the request arrived (ms since the epoch), for the deadline
    */
-  verify(data: Uint8Array, headerXkey: string | undefined, receivedMs: number): AuthRequest {
-    const jwt = this.#open(data, headerXkey);
-    const decoded = decodeNatsJwt(jwt);
+  open(data: Uint8Array, headerXkey: string | undefined): OpenedRequest {
+    const decoded = decodeNatsJwt(this.#open(data, headerXkey));
     if (typeof decoded === 'string') throw new AuthFailure('REQUEST_MALFORMED', decoded);
+    const c = decoded.claims;
+    return { jwt: decoded, headerXkey, claimedServer: typeof c.iss === 'string' ? c.iss : '', iat: c.iat, exp: c.exp };
+  }
+
+  /** `open` then `verify`, for a message taken as it comes. */
+  verifyMessage(data: Uint8Array, headerXkey: string | undefined): AuthRequest {
+    return this.verify(this.open(data, headerXkey));
+  }
+
+  /** Verifies an opened request: the server's signature, then the claims it always sets. */
+  verify(opened: OpenedRequest): AuthRequest {
+    const decoded = opened.jwt;
+    const headerXkey = opened.headerXkey;
     const c = decoded.claims;
     const nats = (c.nats ?? {}) as Record<string, unknown>;
     const server = (nats.server_id ?? {}) as Record<string, unknown>;
@@ -71,15 +93,6 @@ export class RequestVerifier {
     if (typeof userNkey !== 'string' || !isPublicKey(userNkey, 'user')) {
       throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request user_nkey is not a user public key');
     }
-    const exp = typeof c.exp === 'number' && Number.isFinite(c.exp) ? c.exp : undefined;
-    const iat = typeof c.iat === 'number' && Number.isFinite(c.iat) ? c.iat : undefined;
-    const nowSeconds = receivedMs / 1000;
-    // Only a request stale by the server's clock beyond any plausible skew is refused here.
-    if (exp !== undefined && exp + SERVER_CLOCK_SKEW_SECONDS < nowSeconds) {
-      throw new AuthFailure('REQUEST_EXPIRED', `request expired ${Math.round(nowSeconds - exp)}s ago`);
-    }
-    // The server's budget is its auth timeout, exp - iat; it started just before we received it.
-    const deadlineMs = exp !== undefined && iat !== undefined && exp > iat ? receivedMs + (exp - iat) * 1000 : undefined;
     let serverXkey: string | undefined;
     if (this.#xkey) {
       if (server.xkey !== headerXkey) throw new AuthFailure('REQUEST_XKEY_MISMATCH', 'server_id.xkey differs from the Nats-Server-Xkey header');
@@ -93,7 +106,7 @@ export class RequestVerifier {
       serverVersion: str(server.version),
       serverXkey,
       userNkey,
-      deadlineMs,
+      issuedAt: c.iat,
       clientHost: str(client.host),
       clientKind: str(client.kind),
       clientType: str(client.type),

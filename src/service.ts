@@ -6,7 +6,9 @@ import { IssuerKeys, type IssuerStatus } from './issuers.js';
 import type { Logger } from './log.js';
 import type { DecisionObserver } from './metrics.js';
 import { Policy, type Grant } from './policy.js';
-import { RequestVerifier, type AuthRequest } from './request.js';
+import { RequestClock, type RequestTiming } from './request-clock.js';
+import type { ShedReason } from './request-queue.js';
+import { RequestVerifier, type AuthRequest, type OpenedRequest } from './request.js';
 import { signResponse } from './response.js';
 import { TokenVerifier } from './token.js';
 import { signUserJwt } from './user-jwt.js';
@@ -23,6 +25,24 @@ export interface Decision {
   readonly rule?: string;
   readonly expires?: number;
   readonly cached?: boolean;
+  /** Why a request was dropped unanswered to save the work for requests still waited for. */
+  readonly shed?: ShedReason;
+}
+
+/** A request received and opened, not yet verified: what the scheduler queues. */
+export interface Admitted {
+  readonly opened: OpenedRequest;
+  /** When it reached us, on the request clock (monotonic ms). */
+  readonly receivedMs: number;
+  /** Its estimated issue time and deadline; undefined when it carries no usable iat/exp. */
+  readonly timing: RequestTiming | undefined;
+}
+
+const SHED_CODES: Record<ShedReason, FailureCode> = { expired: 'REQUEST_EXPIRED', too_late: 'REQUEST_TOO_LATE', queue_full: 'REQUEST_QUEUE_FULL' };
+
+/** Milliseconds on a clock that never steps (NTP), aligned with the wall clock at start. */
+export function monotonicNow(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 /** What `explain` prints: the decision for a token without any NATS request around it. */
@@ -43,6 +63,8 @@ export class CalloutService {
   readonly config: Config;
   readonly issuers: readonly IssuerKeys[];
   readonly cache: DecisionCache;
+  /** Per-server clock offsets, kept across reloads. */
+  readonly requestClock: RequestClock;
   readonly #log: Logger;
   readonly #requests: RequestVerifier;
   readonly #tokens: TokenVerifier;
@@ -50,23 +72,33 @@ export class CalloutService {
   readonly #accounts: Accounts;
   readonly #xkey: XkeyBox | undefined;
   readonly #now: () => number;
+  readonly #mono: () => number;
   readonly #observer: DecisionObserver | undefined;
   /** Verifications in flight, by token digest: one per token, at most max_in_flight. */
   readonly #pending = new Map<string, Promise<CachedDecision>>();
 
   /**
    * Throws Error/ConfigError when keys or policy templates are invalid. `observer` receives
-   * every decision and JWKS fetch (metrics); `now` is the clock (tests, benchmarks); `previous`
-   * is the service a reload replaces.
+   * every decision and JWKS fetch (metrics); `now` is the wall clock (tokens, JWTs) and
+   * `monotonic` the clock request deadlines are measured on (tests inject one fake clock as
+   * both: `monotonic` defaults to `now` when only that is given); `previous` is the service a
+   * reload replaces.
    */
   constructor(
     config: Config,
     log: Logger,
-    options: { readonly now?: () => number; readonly observer?: DecisionObserver; readonly previous?: CalloutService } = {},
+    options: {
+      readonly now?: () => number;
+      readonly monotonic?: () => number;
+      readonly observer?: DecisionObserver;
+      readonly previous?: CalloutService;
+    } = {},
   ) {
     this.config = config;
     this.#log = log;
     this.#now = options.now ?? Date.now;
+    this.#mono = options.monotonic ?? options.now ?? monotonicNow;
+    this.requestClock = options.previous?.requestClock ?? new RequestClock();
     this.#observer = options.observer;
     this.#policy = new Policy(config.rules);
     this.#accounts = new Accounts(config);
@@ -92,18 +124,64 @@ export class CalloutService {
     return this.issuers.map((i) => i.status());
   }
 
+  /** The clock request deadlines are measured on (ms). */
+  get monotonicNow(): () => number {
+    return this.#mono;
+  }
+
   /**
-   * Answers one request. Returns the reply payload, or undefined to abort (send nothing).
-   * Never throws: every failure becomes a logged decision.
+   * Answers one request at once (no queue): admit, then process unless it has already expired.
+   * Returns the reply payload, or undefined to abort (send nothing). Never throws.
    */
   async handle(data: Uint8Array, headerXkey: string | undefined): Promise<Uint8Array | undefined> {
+    const admitted = this.admit(data, headerXkey, this.#mono());
+    if (!admitted) return undefined;
+    if (admitted.timing && admitted.timing.deadlineMs <= this.#mono()) {
+      this.shed(admitted, 'expired', 0);
+      return undefined;
+    }
+    return this.process(admitted, 0);
+  }
+
+  /**
+   * Opens and parses a request and estimates its deadline, verifying nothing yet (cheap: the
+   * box and a JSON parse). Undefined when it cannot even be read: that is decided and logged
+   * (abort) here.
+   */
+  admit(data: Uint8Array, headerXkey: string | undefined, receivedMs: number): Admitted | undefined {
+    let opened: OpenedRequest;
+    try {
+      opened = this.#requests.open(data, headerXkey);
+    } catch (err) {
+      const failure = asAuthFailure(err);
+      this.#decided({ result: 'abort', code: failure.code, reason: failure.message }, undefined, 0);
+      return undefined;
+    }
+    const timing = this.requestClock.estimate(opened.claimedServer, opened.iat, opened.exp, receivedMs);
+    if (timing && this.requestClock.noteArrival(opened.claimedServer, timing.deadlineMs <= receivedMs, receivedMs)) {
+      this.#log.warn('requests of a server keep arriving past their deadline: its clock may have stepped back; relearning its offset', {
+        server_id: opened.claimedServer,
+      });
+    }
+    return { opened, receivedMs, timing };
+  }
+
+  /**
+   * Verifies and answers an admitted request. `laneDelayMs` is how long the answer will wait
+   * on its way back into the server: a verification that would wait on the IdP is abandoned
+   * that much before the deadline. Returns the reply payload, or undefined to abort. Never
+   * throws: every failure becomes a logged decision.
+   */
+  async process(admitted: Admitted, laneDelayMs: number): Promise<Uint8Array | undefined> {
     const started = performance.now();
     let request: AuthRequest | undefined;
     let decision: Decision;
     let reply: Uint8Array | undefined;
     try {
-      request = this.#requests.verify(data, headerXkey, this.#now());
-      const result = await this.#authorize(request);
+      request = this.#requests.verify(admitted.opened);
+      this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
+      const deadline = admitted.timing === undefined ? undefined : admitted.timing.deadlineMs - laneDelayMs;
+      const result = await this.#authorize(request, deadline);
       decision = result.decision;
       reply = result.reply;
     } catch (err) {
@@ -120,7 +198,47 @@ export class CalloutService {
         decision = { ...decision, result: 'abort' };
       }
     }
-    const seconds = (performance.now() - started) / 1000;
+    this.#decided(decision, request, (performance.now() - started) / 1000);
+    return reply;
+  }
+
+  /**
+   * Drops an admitted request unanswered (the scheduler found it cannot be answered in time)
+   * and logs why. A request from a server whose clock offset is not known yet is verified
+   * first so that it still teaches the clock: otherwise a server whose clock is far off ours
+   * would have every request dropped before any could be learnt from.
+   */
+  shed(admitted: Admitted, reason: ShedReason, laneDelayMs: number): void {
+    const now = this.#mono();
+    const { opened, timing } = admitted;
+    if (!this.requestClock.calibrated(opened.claimedServer)) {
+      try {
+        const request = this.#requests.verify(opened);
+        this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
+      } catch {
+        // Not a verifiable request: it teaches nothing and is dropped all the same.
+      }
+    }
+    const waited = Math.round(now - admitted.receivedMs);
+    const detail =
+      reason === 'queue_full'
+        ? `the request queue is full; dropped after waiting ${waited}ms`
+        : reason === 'expired'
+          ? `the server gave up on it ${timing ? Math.round(now - timing.deadlineMs) : '?'}ms ago (estimated age ${timing ? Math.round(now - timing.issuedMs) : '?'}ms, waited here ${waited}ms)`
+          : `its answer could not reach the server before the deadline (${timing ? Math.round(timing.deadlineMs - now) : '?'}ms left, reply lane ${Math.round(laneDelayMs)}ms behind)`;
+    this.#observer?.shed(reason);
+    this.#decided(
+      { result: 'abort', code: SHED_CODES[reason], reason: detail, shed: reason },
+      { serverId: opened.claimedServer },
+      0,
+    );
+  }
+
+  #decided(
+    decision: Decision,
+    request: Pick<AuthRequest, 'serverId'> & Partial<Pick<AuthRequest, 'userNkey' | 'clientHost' | 'clientType' | 'serverName'>> | undefined,
+    seconds: number,
+  ): void {
     this.#observer?.decided(decision.result, decision.code, decision.cached, seconds);
     this.#log[decision.result === 'allow' ? 'info' : 'warn']('authorization', {
       ...decision,
@@ -131,7 +249,6 @@ export class CalloutService {
       server_id: request?.serverId,
       latency_ms: Math.round(seconds * 1_000_000) / 1000,
     });
-    return reply;
   }
 
   /** Verifies a token and applies the policy exactly as a connection would, without NATS. */
@@ -142,12 +259,12 @@ export class CalloutService {
     return { issuer: verified.issuer.issuer, claims: verified.claims, grant, expires: expiry(verified.exp, grant, now) };
   }
 
-  async #authorize(request: AuthRequest): Promise<{ decision: Decision; reply: Uint8Array }> {
+  async #authorize(request: AuthRequest, deadlineMs: number | undefined): Promise<{ decision: Decision; reply: Uint8Array }> {
     const token = this.#pickToken(request);
     const key = DecisionCache.key(token);
     const hit = this.cache.get(key);
     if (hit) return this.#issue(request, hit, true, this.#now());
-    const entry = await this.#verifyWithinBudget(token, key, request.deadlineMs);
+    const entry = await this.#verifyWithinBudget(token, key, deadlineMs);
     return this.#issue(request, entry, false, this.#now());
   }
 
@@ -155,8 +272,8 @@ export class CalloutService {
    * The slow path (may wait on the IdP). Bounded: at most `max_in_flight` verifications run at
    * once, so a slow IdP or a flood of unknown tokens cannot queue every login behind it (cache
    * hits never wait for a slot); connects presenting a token already being verified join that
-   * verification; and no request waits past its deadline, when the server has given up (the
-   * verification itself runs on and fills the cache).
+   * verification; and no request waits past its deadline (request clock), when the server has
+   * given up (the verification itself runs on and fills the cache).
    */
   async #verifyWithinBudget(token: string, key: string, deadlineMs: number | undefined): Promise<CachedDecision> {
     let verification = this.#pending.get(key);
@@ -171,7 +288,7 @@ export class CalloutService {
     if (deadlineMs === undefined) return verification;
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')), Math.max(0, deadlineMs - this.#now()));
+      timer = setTimeout(() => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')), Math.max(0, deadlineMs - this.#mono()));
     });
     try {
       return await Promise.race([verification, expired]);

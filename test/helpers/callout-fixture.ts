@@ -10,7 +10,7 @@ import { createAccount, createCurve, type KeyPair } from '@nats-io/nkeys';
 import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
 import { buildConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
-import { connectNats } from '../../src/nats-connection.js';
+import { connectAll } from '../../src/nats-connection.js';
 import { CalloutRunner } from '../../src/runner.js';
 import { CalloutService } from '../../src/service.js';
 import { startNatsServer, type RunningNats } from './nats-server.js';
@@ -161,7 +161,7 @@ export async function startCalloutFixture(opts: CalloutFixtureOptions): Promise<
   let runner: CalloutRunner | undefined;
   try {
     const service = newService(doc);
-    runner = new CalloutRunner(await connectNats(service.config, { maxReconnectAttempts: 0 }), service, logger);
+    runner = new CalloutRunner(await connectAll(service.config, { maxReconnectAttempts: 0 }), service, logger);
     await runner.start();
   } catch (err) {
     await nats.stop();

@@ -196,6 +196,42 @@ describe('callout service', () => {
     }
   });
 
+  it('sheds on a fake clock: logs the reason, counts it, and still learns the clock of a new server', async () => {
+    let clock = 1_900_000_000_000;
+    const shedLines: any[] = [];
+    const shedReasons: string[] = [];
+    const observer = { decided() {}, jwksFetched() {}, shed: (r: string) => void shedReasons.push(r) };
+    const svc = new CalloutService(service.config, createLogger('debug', (l) => shedLines.push(JSON.parse(l))), { now: () => clock, observer });
+    const srv = fakeServer();
+    const at = (ms: number) => enc(authRequestJwt(srv, { now: Math.floor(ms / 1000) }));
+    // The first request of a server whose clock is 30 s behind: not plausible skew, so it is
+    // dropped; it is verified all the same, so the clock learns the offset from it ...
+    const first = svc.admit(at(clock - 30_000), undefined, clock)!;
+    assert.ok(first.timing!.deadlineMs <= clock);
+    svc.shed(first, 'expired', 0);
+    assert.equal(svc.requestClock.calibrated(srv.id), true);
+    const logged = shedLines.at(-1);
+    assert.equal(logged.code, 'REQUEST_EXPIRED');
+    assert.equal(logged.shed, 'expired');
+    assert.equal(logged.server_id, srv.id);
+    // ... and its next request, as skewed and just issued, is fresh.
+    clock += 100;
+    const next = svc.admit(at(clock - 30_000), undefined, clock)!;
+    assert.ok(next.timing!.deadlineMs - clock > 1000, `deadline in ${next.timing!.deadlineMs - clock}ms`);
+    svc.shed(next, 'too_late', 750);
+    assert.equal(shedLines.at(-1).code, 'REQUEST_TOO_LATE');
+    assert.match(shedLines.at(-1).reason, /reply lane 750ms behind/);
+    svc.shed(next, 'queue_full', 0);
+    assert.equal(shedLines.at(-1).code, 'REQUEST_QUEUE_FULL');
+    assert.deepEqual(shedReasons, ['expired', 'too_late', 'queue_full']);
+    // A forged request (naming a server, signed by another key) never teaches the clock.
+    const victim = fakeServer();
+    const forged = svc.admit(enc(authRequestJwt(victim, { now: Math.floor(clock / 1000) - 30, signer: fakeServer().signer })), undefined, clock)!;
+    svc.shed(forged, 'expired', 0);
+    assert.equal(forged.opened.claimedServer, victim.id);
+    assert.equal(svc.requestClock.calibrated(victim.id), false);
+  });
+
   it('seals the response to the server xkey when the request came sealed', async () => {
     const curve = createCurve();
     const svc = make({ callout: { xkey_seed: text(curve.getSeed()) } });
