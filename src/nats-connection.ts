@@ -13,9 +13,11 @@ export async function connectNats(config: Config, overrides: Partial<NodeConnect
   return connect({
     servers: [...n.servers],
     name: n.name,
-    // The callout is what lets everyone else in: never give up reconnecting.
+    // The callout is what lets everyone else in: never give up reconnecting, and come back
+    // quickly after a server restart: every client attempt before we resubscribe is wasted.
     maxReconnectAttempts: -1,
-    reconnectTimeWait: 1000,
+    reconnectTimeWait: 250,
+    reconnectJitter: 100,
     // Rejected credentials (a rotation in progress) must not end the service for good either.
     ignoreAuthErrorAbort: true,
     ...auth,
