@@ -10,7 +10,7 @@ import { ConfigError } from './errors.js';
 
 /** Every default in one place; README and conf/ document these values. */
 export const DEFAULTS = deepFreeze({
-  nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout', connections: 2 },
+  nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout', connections: 8 },
   callout: { mode: 'server_config' as const, max_in_flight: 256 },
   token: { fields: ['auth_token'] as TokenField[], max_bytes: 16384 },
   issuer: {
@@ -34,11 +34,7 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 /** Asymmetric JWS algorithms only: HMAC and `none` can never be allowed. */
 export const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
 
-const secret = z.union([
-  z.string().min(1),
-  z.strictObject({ file: z.string().min(1) }),
-  z.strictObject({ env: z.string().min(1) }),
-]);
+const secret = z.union([z.string().min(1), z.strictObject({ file: z.string().min(1) }), z.strictObject({ env: z.string().min(1) })]);
 const duration = z.union([z.string(), z.number().nonnegative()]);
 const subjectList = z.array(z.string().min(1));
 const permission = z.strictObject({ allow: subjectList.optional(), deny: subjectList.optional() });
@@ -97,7 +93,10 @@ const schema = z.strictObject({
   accounts: z.record(z.string().min(1), z.strictObject({ public_key: z.string(), signing_seed: secret })).optional(),
   token: z
     .strictObject({
-      fields: z.array(z.enum(['auth_token', 'pass'])).min(1).optional(),
+      fields: z
+        .array(z.enum(['auth_token', 'pass']))
+        .min(1)
+        .optional(),
       max_bytes: z.number().int().min(256).max(1048576).optional(),
     })
     .optional(),
@@ -219,7 +218,12 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
     leewaySeconds: bounded(parseDuration(raw.leeway ?? d.leeway, `${path}.leeway`), 0, 600_000, `${path}.leeway`) / 1000,
     allowMissingExp: raw.allow_missing_exp ?? d.allow_missing_exp,
     allowInsecureHttp,
-    jwksCacheMaxAgeMs: bounded(parseDuration(raw.jwks_cache_max_age ?? d.jwks_cache_max_age, `${path}.jwks_cache_max_age`), 1000, Infinity, `${path}.jwks_cache_max_age`),
+    jwksCacheMaxAgeMs: bounded(
+      parseDuration(raw.jwks_cache_max_age ?? d.jwks_cache_max_age, `${path}.jwks_cache_max_age`),
+      1000,
+      Infinity,
+      `${path}.jwks_cache_max_age`,
+    ),
     jwksCooldownMs: parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`),
     jwksMaxStaleMs: parseDuration(raw.jwks_max_stale ?? d.jwks_max_stale, `${path}.jwks_max_stale`),
     httpTimeoutMs: bounded(parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`), 100, 60_000, `${path}.http_timeout`),
@@ -241,7 +245,7 @@ function checkUrl(value: string, allowInsecureHttp: boolean, path: string): void
 
 /** `host:port` or `[v6]:port` (port 0: any free port); the host is required so the bind address is deliberate. */
 function parseListen(value: string, path: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(value.trim());
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value.trim());
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw new ConfigError(path, `expected host:port (e.g. 127.0.0.1:9464), got ${JSON.stringify(value)}`);
   return { host: (m[1] ?? m[2])!, port };

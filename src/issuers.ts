@@ -184,7 +184,10 @@ export class IssuerKeys {
 }
 
 const isJwks = (v: unknown): boolean =>
-  typeof v === 'object' && v !== null && Array.isArray((v as { keys?: unknown }).keys) && (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null);
+  typeof v === 'object' &&
+  v !== null &&
+  Array.isArray((v as { keys?: unknown }).keys) &&
+  (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null);
 
 function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);

@@ -104,7 +104,10 @@ async function run(file: string): Promise<number> {
   metrics.attach(runner.metricsSources());
   const readiness = () => [
     ...runner.problems(),
-    ...runner.service.issuerStatus().filter((s) => !s.keysLoaded).map((s) => `keys of ${s.issuer} not loaded${s.lastError ? `: ${s.lastError}` : ''}`),
+    ...runner.service
+      .issuerStatus()
+      .filter((s) => !s.keysLoaded)
+      .map((s) => `keys of ${s.issuer} not loaded${s.lastError ? `: ${s.lastError}` : ''}`),
   ];
   const monitoring = config.http ? await startMonitoring(config.http, metrics, readiness, log) : undefined;
   const bound = monitoring?.address();
@@ -225,7 +228,10 @@ function keys(dir: string, force: boolean): number {
   }
   const account = createAccount();
   const curve = createCurve();
-  for (const [f, seed] of [[issuerFile, account.getSeed()], [xkeyFile, curve.getSeed()]] as const) {
+  for (const [f, seed] of [
+    [issuerFile, account.getSeed()],
+    [xkeyFile, curve.getSeed()],
+  ] as const) {
     writeFileSync(f, `${new TextDecoder().decode(seed)}\n`, { mode: 0o600 });
     chmodSync(f, 0o600);
   }

@@ -56,7 +56,7 @@ function checked(encoded: string): Uint8Array | null {
 export function decodePublicKey(key: string, role: KeyRole): Uint8Array | null {
   if (typeof key !== 'string' || key.length !== 56 || key[0] !== ROLE_LETTER[role]) return null;
   const body = checked(key);
-  if (!body || body.length !== 33 || body[0] !== PREFIX[role]) return null;
+  if (body?.length !== 33 || body[0] !== PREFIX[role]) return null;
   return body.subarray(1);
 }
 
@@ -69,7 +69,7 @@ export function isPublicKey(key: string, role: KeyRole): boolean {
 export function decodeSeed(seed: string): { role: KeyRole; raw: Uint8Array } | null {
   if (typeof seed !== 'string' || seed.length !== 58 || seed[0] !== 'S') return null;
   const body = checked(seed);
-  if (!body || body.length !== 34) return null;
+  if (body?.length !== 34) return null;
   // Two prefix bytes pack the seed marker and the role into 10 bits.
   if ((body[0]! & 0xf8) !== PREFIX.seed) return null;
   const rolePrefix = ((body[0]! & 7) << 5) | ((body[1]! & 0xf8) >> 3);

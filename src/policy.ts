@@ -122,7 +122,9 @@ function compileRule(rule: RawRule, i: number): CompiledRule {
     match: Object.entries(rule.match ?? {}).map(([claim, v]) => ({ path: claim, values: Array.isArray(v) ? v : [v] })),
     account: rule.account,
     nameClaim: rule.user_name_claim ?? DEFAULTS.rule.user_name_claim,
-    maxLifetimeSeconds: Math.floor(bounded(parseDuration(rule.max_lifetime ?? DEFAULTS.rule.max_lifetime, `${path}.max_lifetime`), 1000, Infinity, `${path}.max_lifetime`) / 1000),
+    maxLifetimeSeconds: Math.floor(
+      bounded(parseDuration(rule.max_lifetime ?? DEFAULTS.rule.max_lifetime, `${path}.max_lifetime`), 1000, Infinity, `${path}.max_lifetime`) / 1000,
+    ),
     pub: compilePermission(perms?.pub, `${path}.permissions.pub`),
     sub: compilePermission(perms?.sub, `${path}.permissions.sub`),
     resp: perms?.resp && {
@@ -168,11 +170,7 @@ function render(template: Template, claims: Readonly<Record<string, unknown>>, r
   return out;
 }
 
-function renderPermission(
-  p: CompiledRule['pub'],
-  claims: Readonly<Record<string, unknown>>,
-  rule: string,
-): SubjectPermission {
+function renderPermission(p: CompiledRule['pub'], claims: Readonly<Record<string, unknown>>, rule: string): SubjectPermission {
   // Deny by default: only allow entries grant. nats-server reads a missing allow list as "allow
   // everything", so a direction without allow entries is closed entirely; deny only subtracts.
   const allow = [...new Set((p?.allow ?? []).map((t) => render(t, claims, rule)))];
@@ -185,7 +183,9 @@ function userName(claims: Readonly<Record<string, unknown>>, claim: string): str
   const v = claimAt(claims, claim);
   const s = typeof v === 'string' && v ? v : typeof v === 'number' ? String(v) : typeof claims.sub === 'string' ? claims.sub : '';
   // Names reach server logs and monitoring: no control characters, bounded length.
-  return Array.from(s.replace(/[\p{Cc}\p{Cf}]/gu, '')).slice(0, MAX_NAME).join('');
+  return Array.from(s.replace(/[\p{Cc}\p{Cf}]/gu, ''))
+    .slice(0, MAX_NAME)
+    .join('');
 }
 
 /** Compiled policy rules; construction validates every template and duration. */

@@ -24,24 +24,34 @@ export class ReplyLane {
   readonly #conn: LaneConnection;
   readonly #now: () => number;
   readonly #schedule: (fn: () => void) => void;
+  readonly #onProbed: () => void;
   #connected = true;
   #lastDelayMs = 0;
   #probeSentMs: number | undefined;
   #probeScheduled = false;
   /** Answers published after the PING in flight (or since the last PONG when none is). */
   #unprobed = 0;
+  /** Answers published before the PING in flight: the server has them, not processed yet. */
+  #covered = 0;
   /** Bumped on reconnect: a PING of the old connection must not speak for the new one. */
   #generation = 0;
 
-  constructor(conn: LaneConnection, name: string, now: () => number, schedule: (fn: () => void) => void = setImmediate) {
+  /** `onProbed` is called whenever a PING comes back: the lane may have caught up. */
+  constructor(conn: LaneConnection, name: string, now: () => number, schedule: (fn: () => void) => void = setImmediate, onProbed: () => void = () => {}) {
     this.#conn = conn;
     this.name = name;
     this.#now = now;
     this.#schedule = schedule;
+    this.#onProbed = onProbed;
   }
 
   get connected(): boolean {
     return this.#connected;
+  }
+
+  /** Answers the server has not confirmed processing (no PONG after them yet). */
+  get outstanding(): number {
+    return this.#covered + this.#unprobed;
   }
 
   /** How long an answer published now would wait before the server processes it (ms). */
@@ -68,6 +78,8 @@ export class ReplyLane {
     this.#probeSentMs = undefined;
     this.#lastDelayMs = 0;
     this.#unprobed = 0;
+    this.#covered = 0;
+    this.#onProbed();
   }
 
   #probe(): void {
@@ -76,15 +88,18 @@ export class ReplyLane {
     const generation = this.#generation;
     const sent = this.#now();
     this.#probeSentMs = sent;
+    this.#covered = this.#unprobed;
     this.#unprobed = 0;
     const settle = (ok: boolean) => {
       if (generation !== this.#generation) return;
       if (ok) this.#lastDelayMs = this.#now() - sent;
       this.#probeSentMs = undefined;
+      this.#covered = 0;
       if (this.#unprobed > 0 && !this.#probeScheduled) {
         this.#probeScheduled = true;
         this.#schedule(() => this.#probe());
       }
+      this.#onProbed();
     };
     let pending: Promise<void>;
     try {
@@ -100,21 +115,31 @@ export class ReplyLane {
   }
 }
 
-/** The lane least behind at `nowMs` (ties go round-robin); undefined when none is connected. */
+/**
+ * Chooses the lane for the next answer: the least behind (ties go round-robin) among those with
+ * fewer than `window` answers the server has not confirmed yet. The window makes the lanes
+ * self-clocking: answers go out as fast as the server takes them (each PONG opens the window
+ * again), so they wait in our queue, where the freshest can still be chosen and the stale
+ * dropped for free, rather than in the server's lane, where they are processed in order.
+ */
 export class ReplyLanes {
   readonly lanes: readonly ReplyLane[];
+  readonly #window: number;
   #next = 0;
 
-  constructor(lanes: readonly ReplyLane[]) {
+  constructor(lanes: readonly ReplyLane[], window = Number.POSITIVE_INFINITY) {
     this.lanes = lanes;
+    this.#window = window;
   }
 
+  /** Undefined when no lane is connected and open. */
   pick(nowMs: number): { lane: ReplyLane; delayMs: number } | undefined {
     let best: ReplyLane | undefined;
     let bestDelay = Number.POSITIVE_INFINITY;
     const n = this.lanes.length;
     for (let i = 0; i < n; i++) {
       const lane = this.lanes[(this.#next + i) % n]!;
+      if (lane.outstanding >= this.#window) continue;
       const d = lane.delayMs(nowMs);
       if (d < bestDelay) {
         best = lane;

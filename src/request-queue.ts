@@ -74,6 +74,19 @@ export class RequestQueue<T> {
     }
   }
 
+  /**
+   * Sheds, from the oldest end, the entries that cannot be answered in time at `nowMs` with
+   * `costMs`, up to the first that still can (or whose deadline is unknown). For while nothing
+   * is served: the queue does not fill with the dead.
+   */
+  dropHopeless(nowMs: number, costMs: number, shed: (entry: Queued<T>, reason: ShedReason) => void): void {
+    for (;;) {
+      const oldest = this.#entries[this.#head];
+      if (!oldest || oldest.deadlineMs === undefined || nowMs + costMs <= oldest.deadlineMs) return;
+      shed(this.#shift()!, oldest.deadlineMs <= nowMs ? 'expired' : 'too_late');
+    }
+  }
+
   /** Removes every entry (a drain that gives up), oldest first. */
   clear(): Queued<T>[] {
     const all = this.#entries.slice(this.#head).filter((e): e is Queued<T> => e !== undefined);

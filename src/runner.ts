@@ -16,9 +16,11 @@ export interface RunnerOptions {
   readonly lifoAfterMs?: number;
   /** Work done in one turn of the event loop before reading the sockets again. */
   readonly sliceMs?: number;
+  /** Answers per connection nats-server may hold unprocessed (see ReplyLanes). */
+  readonly laneWindow?: number;
 }
 
-const DEFAULTS = { maxQueue: 20_000, lifoAfterMs: 100, sliceMs: 5 } as const;
+const DEFAULTS = { maxQueue: 10_000, lifoAfterMs: 100, sliceMs: 5, laneWindow: 8 } as const;
 
 interface Pending {
   readonly admitted: Admitted;
@@ -35,7 +37,8 @@ interface Pending {
  * newest first once the queue lags, see request-queue.ts) and drops, without work or answer,
  * every request whose answer could not reach the server before it gives up (request-clock.ts
  * estimates that deadline; reply-lanes.ts how far behind the server is in taking our answers).
- * Answers go out on the connection the server is least behind on.
+ * Answers go out on the connection the server is least behind on, with at most `laneWindow` of
+ * them unconfirmed per connection: when every lane is full, the queue waits for a PONG.
  *
  * Reload swaps the service atomically; stop drains: no new requests, the queued ones are
  * answered (or shed if their time is up), then the connections close.
@@ -54,6 +57,9 @@ export class CalloutRunner {
   #costMs = 1;
   #idle: (() => void) | undefined;
   #stopping = false;
+  /** What the scheduler did since the last `scheduler` debug line. */
+  #stats = { received: 0, served: 0, expired: 0, too_late: 0, queue_full: 0, maxQueue: 0 };
+  #statsTimer: NodeJS.Timeout | undefined;
 
   constructor(connections: NatsConnection | readonly NatsConnection[], service: CalloutService, log: Logger, options: RunnerOptions = {}) {
     this.#conns = Array.isArray(connections) ? connections : [connections as NatsConnection];
@@ -61,10 +67,19 @@ export class CalloutRunner {
     this.#service = service;
     this.#log = log;
     this.#sliceMs = options.sliceMs ?? DEFAULTS.sliceMs;
-    this.#queue = new RequestQueue({ maxLength: options.maxQueue ?? DEFAULTS.maxQueue, lifoAfterMs: options.lifoAfterMs ?? DEFAULTS.lifoAfterMs });
+    this.#queue = new RequestQueue({
+      maxLength: options.maxQueue ?? DEFAULTS.maxQueue,
+      lifoAfterMs: options.lifoAfterMs ?? DEFAULTS.lifoAfterMs,
+    });
     const now = () => this.#service.monotonicNow();
     this.#lanes = new ReplyLanes(
-      this.#conns.map((nc, i) => new ReplyLane({ publish: (subject, data) => nc.publish(subject, data), probe: () => nc.flush() }, String(i), now)),
+      this.#conns.map(
+        (nc, i) =>
+          new ReplyLane({ publish: (subject, data) => nc.publish(subject, data), probe: () => nc.flush() }, String(i), now, setImmediate, () => {
+            if (this.#queue.length > 0) this.#schedule();
+          }),
+      ),
+      options.laneWindow ?? DEFAULTS.laneWindow,
     );
   }
 
@@ -121,6 +136,8 @@ export class CalloutRunner {
     });
     await Promise.all(this.#conns.map((nc) => nc.flush()));
     this.#conns.forEach((nc, i) => void this.#watchConnection(nc, this.#lanes.lanes[i]!));
+    this.#statsTimer = setInterval(() => this.#logStats(), 1000);
+    this.#statsTimer.unref();
     this.#log.info('listening', {
       subject: AUTH_SUBJECT,
       queue,
@@ -143,7 +160,9 @@ export class CalloutRunner {
     const admitted = service.admit(msg.data, xkey, receivedMs);
     if (!admitted) return;
     const displaced = this.#queue.push({ item: { admitted, reply: msg.reply || undefined }, receivedMs, deadlineMs: admitted.timing?.deadlineMs });
-    if (displaced) service.shed(displaced.item.admitted, 'queue_full', 0);
+    this.#stats.received++;
+    if (this.#queue.length > this.#stats.maxQueue) this.#stats.maxQueue = this.#queue.length;
+    if (displaced) this.#shed(service, displaced.item, 'queue_full', 0);
     this.#schedule();
   }
 
@@ -161,27 +180,56 @@ export class CalloutRunner {
       // Reading the service once per request: a reload mid-slice keeps one consistent config.
       const service = this.#service;
       const now = service.monotonicNow();
-      const laneDelay = this.#lanes.pick(now)?.delayMs ?? Number.POSITIVE_INFINITY;
-      const shed = (e: { item: Pending }, reason: ShedReason) => service.shed(e.item.admitted, reason, laneDelay);
+      const lane = this.#lanes.pick(now);
+      // Every lane is full: hold the queue until a PING comes back (onProbed reschedules).
+      // Only what can no longer be answered in time is dropped meanwhile.
+      if (!lane) {
+        const least = Math.min(...this.#lanes.lanes.map((l) => l.delayMs(now)));
+        this.#queue.dropHopeless(now, least + this.#costMs, (e, reason) => this.#shed(service, e.item, reason, least));
+        this.#checkIdle();
+        return;
+      }
+      const laneDelay = lane.delayMs;
+      const shed = (e: { item: Pending }, reason: ShedReason) => this.#shed(service, e.item, reason, laneDelay);
       const entry = this.#queue.next(now, this.#costMs + laneDelay, shed);
       if (!entry) break;
       const started = performance.now();
-      this.#serve(service, entry.item, laneDelay);
+      this.#stats.served++;
+      this.#serve(service, entry.item, laneDelay, lane.lane);
       this.#costMs = 0.9 * this.#costMs + 0.1 * (performance.now() - started);
     }
     if (this.#queue.length > 0) this.#schedule();
     else this.#checkIdle();
   }
 
-  #serve(service: CalloutService, pending: Pending, laneDelay: number): void {
+  #shed(service: CalloutService, pending: Pending, reason: ShedReason, laneDelay: number): void {
+    this.#stats[reason]++;
+    service.shed(pending.admitted, reason, laneDelay);
+  }
+
+  #logStats(): void {
+    const s = this.#stats;
+    if (s.received === 0 && s.served === 0 && this.#queue.length === 0) return;
+    const now = this.#service.monotonicNow();
+    this.#log.debug('scheduler', {
+      ...s,
+      queued: this.#queue.length,
+      oldest_wait_ms: Math.round(this.#queue.oldestWaitMs(now)),
+      cost_ms: Math.round(this.#costMs * 1000) / 1000,
+      lane_delay_ms: this.#lanes.lanes.map((l) => Math.round(l.delayMs(now))),
+    });
+    this.#stats = { received: 0, served: 0, expired: 0, too_late: 0, queue_full: 0, maxQueue: 0 };
+  }
+
+  #serve(service: CalloutService, pending: Pending, laneDelay: number, lane: ReplyLane): void {
     this.#processing++;
     service
-      .process(pending.admitted, Number.isFinite(laneDelay) ? laneDelay : 0)
+      .process(pending.admitted, laneDelay)
       .then((reply) => {
         if (!reply || !pending.reply) return;
-        // Picked again: a verification that waited on the IdP may find other lanes by now.
-        const lane = this.#lanes.pick(service.monotonicNow())?.lane ?? this.#lanes.lanes[0]!;
-        lane.send(pending.reply, reply);
+        // A verification that waited on the IdP may find its lane gone by now: any other will do.
+        const via = lane.connected ? lane : (this.#lanes.lanes.find((l) => l.connected) ?? lane);
+        via.send(pending.reply, reply);
       })
       .catch((e: unknown) => this.#log.error('reply failed', { error: (e as Error).message }))
       .finally(() => {
@@ -232,6 +280,7 @@ export class CalloutRunner {
   /** Drains: no new requests, answers the ones received, then closes the connections. */
   async stop(): Promise<void> {
     this.#stopping = true;
+    clearInterval(this.#statsTimer);
     await Promise.all(this.#subs.map((s) => s.drain().catch(() => undefined)));
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
     await Promise.all(this.#conns.map((nc) => nc.drain().catch(() => undefined)));

@@ -179,7 +179,7 @@ export class CalloutService {
     let reply: Uint8Array | undefined;
     try {
       request = this.#requests.verify(admitted.opened);
-      this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
+      this.#learn(request, admitted);
       const deadline = admitted.timing === undefined ? undefined : admitted.timing.deadlineMs - laneDelayMs;
       const result = await this.#authorize(request, deadline);
       decision = result.decision;
@@ -213,8 +213,7 @@ export class CalloutService {
     const { opened, timing } = admitted;
     if (!this.requestClock.calibrated(opened.claimedServer)) {
       try {
-        const request = this.#requests.verify(opened);
-        this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
+        this.#learn(this.#requests.verify(opened), admitted);
       } catch {
         // Not a verifiable request: it teaches nothing and is dropped all the same.
       }
@@ -227,16 +226,17 @@ export class CalloutService {
           ? `the server gave up on it ${timing ? Math.round(now - timing.deadlineMs) : '?'}ms ago (estimated age ${timing ? Math.round(now - timing.issuedMs) : '?'}ms, waited here ${waited}ms)`
           : `its answer could not reach the server before the deadline (${timing ? Math.round(timing.deadlineMs - now) : '?'}ms left, reply lane ${Math.round(laneDelayMs)}ms behind)`;
     this.#observer?.shed(reason);
-    this.#decided(
-      { result: 'abort', code: SHED_CODES[reason], reason: detail, shed: reason },
-      { serverId: opened.claimedServer },
-      0,
-    );
+    this.#decided({ result: 'abort', code: SHED_CODES[reason], reason: detail, shed: reason }, { serverId: opened.claimedServer }, 0);
+  }
+
+  /** Teaches the request clock from a request whose signature verified. */
+  #learn(request: AuthRequest, admitted: Admitted): void {
+    this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
   }
 
   #decided(
     decision: Decision,
-    request: Pick<AuthRequest, 'serverId'> & Partial<Pick<AuthRequest, 'userNkey' | 'clientHost' | 'clientType' | 'serverName'>> | undefined,
+    request: (Pick<AuthRequest, 'serverId'> & Partial<Pick<AuthRequest, 'userNkey' | 'clientHost' | 'clientType' | 'serverName'>>) | undefined,
     seconds: number,
   ): void {
     this.#observer?.decided(decision.result, decision.code, decision.cached, seconds);
@@ -288,7 +288,10 @@ export class CalloutService {
     if (deadlineMs === undefined) return verification;
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')), Math.max(0, deadlineMs - this.#mono()));
+      timer = setTimeout(
+        () => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')),
+        Math.max(0, deadlineMs - this.#mono()),
+      );
     });
     try {
       return await Promise.race([verification, expired]);

@@ -88,11 +88,19 @@ export class TokenVerifier {
   }
 
   /** Resolves the token's key through the JWKS (several when kids repeat) and verifies natively. */
-  async #anyKeyVerifies(segments: [string, string, string], header: Record<string, unknown>, keys: IssuerKeys, input: Buffer, signature: Buffer): Promise<boolean> {
+  async #anyKeyVerifies(
+    segments: [string, string, string],
+    header: Record<string, unknown>,
+    keys: IssuerKeys,
+    input: Buffer,
+    signature: Buffer,
+  ): Promise<boolean> {
     const alg = header.alg as string;
     let candidates: AsyncIterable<CryptoKey> | CryptoKey[];
     try {
-      candidates = [(await keys.getKey(header as CompactJWSHeaderParameters, { protected: segments[0], payload: segments[1], signature: segments[2] })) as CryptoKey];
+      candidates = [
+        (await keys.getKey(header as CompactJWSHeaderParameters, { protected: segments[0], payload: segments[1], signature: segments[2] })) as CryptoKey,
+      ];
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw keyFailure(err, keys.config);
       candidates = err as AsyncIterable<CryptoKey>;
@@ -133,11 +141,15 @@ function checkClaims(claims: Record<string, unknown>, cfg: IssuerConfig, nowMs: 
   const leeway = cfg.leewaySeconds;
   const { aud, exp, nbf, iat, sub } = claims;
   const auds = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : undefined;
-  if (!auds || !auds.some((a) => typeof a === 'string' && cfg.audiences.includes(a))) {
+  if (!auds?.some((a) => typeof a === 'string' && cfg.audiences.includes(a))) {
     throw new AuthFailure('TOKEN_AUDIENCE_INVALID', `aud ${quote(aud)} contains none of ${cfg.audiences.join(', ')}`);
   }
   if (sub !== undefined && typeof sub !== 'string') throw new AuthFailure('TOKEN_CLAIMS_INVALID', 'sub is not a string');
-  for (const [name, value] of [['exp', exp], ['nbf', nbf], ['iat', iat]] as const) {
+  for (const [name, value] of [
+    ['exp', exp],
+    ['nbf', nbf],
+    ['iat', iat],
+  ] as const) {
     if (value !== undefined && !isNumericDate(value)) throw new AuthFailure('TOKEN_CLAIMS_INVALID', `${name} is not a number`);
   }
   if (exp === undefined) {

@@ -19,7 +19,7 @@ export class XkeyBox {
 
   constructor(seed: string) {
     const decoded = decodeSeed(seed.trim());
-    if (!decoded || decoded.role !== 'curve') throw new Error('expected a curve seed (SX...)');
+    if (decoded?.role !== 'curve') throw new Error('expected a curve seed (SX...)');
     this.#secret = Uint8Array.from(decoded.raw);
     this.publicKey = encodePublicKey(nacl.scalarMult.base(this.#secret), 'curve');
   }

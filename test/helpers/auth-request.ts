@@ -17,13 +17,23 @@ export function fakeServer(): FakeServer {
 
 export const newUserNkey = (): string => createUser().getPublicKey();
 
+/** nats-server numbers connections in accept order; each request here is a new connection. */
+let nextClientId = 1;
+
 /**
  * Builds an authorization request JWT the way nats-server does; `edit` may change any claim
  * before signing so tests can forge exactly one defect.
  */
 export function authRequestJwt(
   server: FakeServer,
-  opts: { userNkey?: string; connectOpts?: Record<string, unknown>; xkey?: boolean; now?: number; edit?: (claims: Record<string, any>) => void; signer?: NkeySigner } = {},
+  opts: {
+    userNkey?: string;
+    connectOpts?: Record<string, unknown>;
+    xkey?: boolean;
+    now?: number;
+    edit?: (claims: Record<string, any>) => void;
+    signer?: NkeySigner;
+  } = {},
 ): string {
   const now = opts.now ?? Math.floor(Date.now() / 1000);
   const claims: Record<string, any> = {
@@ -35,7 +45,7 @@ export function authRequestJwt(
     nats: {
       server_id: { name: 'test-server', host: '127.0.0.1', id: server.id, version: '2.10.27', ...(opts.xkey ? { xkey: server.curve.getPublicKey() } : {}) },
       user_nkey: opts.userNkey ?? newUserNkey(),
-      client_info: { host: '127.0.0.1', id: 5, user: '', kind: 'Client', type: 'nats' },
+      client_info: { host: '127.0.0.1', id: nextClientId++, user: '', kind: 'Client', type: 'nats' },
       connect_opts: { lang: 'test', version: '0', protocol: 1, ...(opts.connectOpts ?? {}) },
       type: 'authorization_request',
       version: 2,

@@ -62,7 +62,14 @@ export class LogCapture {
       };
       const timer = setTimeout(() => {
         done();
-        reject(new Error(`no matching service log record within ${opts.timeoutMs ?? 5000} ms; records since mark:\n${this.records.slice(from).map((r) => JSON.stringify(r)).join('\n')}`));
+        reject(
+          new Error(
+            `no matching service log record within ${opts.timeoutMs ?? 5000} ms; records since mark:\n${this.records
+              .slice(from)
+              .map((r) => JSON.stringify(r))
+              .join('\n')}`,
+          ),
+        );
       }, opts.timeoutMs ?? 5000);
       const done = (): void => {
         clearTimeout(timer);

@@ -9,7 +9,7 @@
  * mismatch between `alg` and the key), which is exactly what these tests need.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { constants, createHmac, KeyObject, sign as cryptoSign, type SignKeyObjectInput } from 'node:crypto';
+import { constants, createHmac, createPublicKey, KeyObject, sign as cryptoSign, type SignKeyObjectInput } from 'node:crypto';
 import type { AddressInfo, Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
@@ -26,6 +26,11 @@ export interface LocalIssuerOptions {
    * `<issuer>/.well-known/openid-configuration` and the JWKS at `<issuer>/jwks`. Default ''.
    */
   path?: string;
+  /**
+   * Private key of the first current key (of `alg`'s type) instead of a generated one, so tokens
+   * can also be signed elsewhere, e.g. on worker threads. Default: a new key.
+   */
+  privateKey?: KeyObject;
 }
 
 /** Options for {@link LocalIssuer.sign}. */
@@ -107,10 +112,12 @@ interface IssuerKey {
 
 let kidCounter = 0;
 
+// Unique and readable in failure messages; kids only need to differ.
+const newKid = (alg: LocalIssuerAlg): string => `${alg.toLowerCase()}-${++kidCounter}-${Math.random().toString(36).slice(2, 8)}`;
+
 async function newKey(alg: LocalIssuerAlg, reuseKid?: string): Promise<IssuerKey> {
   const pair = await generateKeyPair(alg, { extractable: true });
-  // Unique and readable in failure messages; kids only need to differ.
-  const kid = reuseKid ?? `${alg.toLowerCase()}-${++kidCounter}-${Math.random().toString(36).slice(2, 8)}`;
+  const kid = reuseKid ?? newKid(alg);
   return {
     kid,
     alg,
@@ -120,10 +127,16 @@ async function newKey(alg: LocalIssuerAlg, reuseKid?: string): Promise<IssuerKey
   };
 }
 
+async function givenKey(alg: LocalIssuerAlg, privateKey: KeyObject): Promise<IssuerKey> {
+  const kid = newKid(alg);
+  const publicKey = createPublicKey(privateKey);
+  return { kid, alg, privateKey, publicKey, publicJwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } };
+}
+
 /** Starts a local issuer with one current key. */
 export async function startLocalIssuer(opts: LocalIssuerOptions = {}): Promise<LocalIssuer> {
   const alg = opts.alg ?? 'RS256';
-  let current = await newKey(alg);
+  let current = opts.privateKey ? await givenKey(alg, opts.privateKey) : await newKey(alg);
   let previous: IssuerKey | undefined;
   let published: IssuerKey[] = [current];
   // Lazily made: most tests never need a key outside the JWKS.
@@ -330,11 +343,7 @@ export function unsignedToken(claims: Record<string, unknown>, header: Record<st
  * An HS256 JWT with `secretBytes` as the HMAC key. With a public key PEM as the secret and the
  * issuer's kid in `header`, this is the classic RS256→HS256 key-confusion token.
  */
-export function hs256WithSecret(
-  claims: Record<string, unknown>,
-  secretBytes: Uint8Array | string,
-  header: Record<string, unknown> = {},
-): string {
+export function hs256WithSecret(claims: Record<string, unknown>, secretBytes: Uint8Array | string, header: Record<string, unknown> = {}): string {
   const signingInput = `${b64json({ alg: 'HS256', typ: 'at+jwt', ...header })}.${b64json(claims)}`;
   const mac = createHmac('sha256', secretBytes).update(signingInput).digest('base64url');
   return `${signingInput}.${mac}`;

@@ -54,9 +54,7 @@ export async function newestAndOldest(): Promise<NatsServerBinary[]> {
 async function locate(): Promise<NatsServerBinary[]> {
   const pinned = process.env['NATS_SERVER_BIN'];
   const paths = pinned ? [resolve(pinned)] : await fetchWithScript();
-  const found = await Promise.all(
-    paths.map(async (path) => ({ version: await versionOf(path), path })),
-  );
+  const found = await Promise.all(paths.map(async (path) => ({ version: await versionOf(path), path })));
   return found.sort((a, b) => compareVersions(a.version, b.version));
 }
 
@@ -68,9 +66,7 @@ async function fetchWithScript(): Promise<string[]> {
     ({ stdout } = await run('bash', [script], { timeout: 180_000, maxBuffer: 16 << 20 }));
   } catch (err) {
     const stderr = (err as { stderr?: string }).stderr ?? '';
-    throw new Error(
-      `${script} failed (set NATS_SERVER_BIN to use an installed nats-server): ${String(err)}\n${stderr}`,
-    );
+    throw new Error(`${script} failed (set NATS_SERVER_BIN to use an installed nats-server): ${String(err)}\n${stderr}`);
   }
   const paths = stdout
     .split('\n')
@@ -110,7 +106,7 @@ function repoRoot(): string {
   for (;;) {
     if (existsSync(join(dir, 'scripts', 'fetch-nats-server.sh'))) return dir;
     const parent = dirname(dir);
-    if (parent === dir) throw new Error('cannot find scripts/fetch-nats-server.sh above ' + fileURLToPath(import.meta.url));
+    if (parent === dir) throw new Error(`cannot find scripts/fetch-nats-server.sh above ${fileURLToPath(import.meta.url)}`);
     dir = parent;
   }
 }

@@ -20,11 +20,17 @@ export interface NatsServerOptions {
   bin: string;
   /**
    * nats-server configuration text WITHOUT `host`/`listen`/`port`: the helper adds
-   * `host: 127.0.0.1`, `port: -1` and `ports_file_dir`, and passes `-a 127.0.0.1 -p -1`, which
-   * override any client listener in this text. Other listeners (cluster, websocket, leafnodes,
-   * monitoring) are the caller's business: bind them to 127.0.0.1 with port -1.
+   * `host: 127.0.0.1`, `port: -1` and `ports_file_dir`, and passes `-a 127.0.0.1 -p -1` (the
+   * port is `port` when given), which override any client listener in this text. Other listeners
+   * (cluster, websocket, leafnodes, monitoring) are the caller's business: bind them to
+   * 127.0.0.1 with port -1.
    */
   config: string;
+  /**
+   * Client port on 127.0.0.1, e.g. to restart a server on the port its clients know. Default:
+   * a free port chosen by the server (-1).
+   */
+  port?: number;
   /** Start with `-D` so debug lines (e.g. callout details) appear in logs(). */
   debug?: boolean;
   /** How long to wait for the server to accept TCP connections. Default 10 s. */
@@ -93,14 +99,15 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<RunningN
   const dir = await mkdtemp(join(tmpdir(), 'nats-server-'));
   const configPath = join(dir, 'nats-server.conf');
   // Ours go last so parse errors keep the caller's line numbers.
-  const text = [opts.config, '', 'host: 127.0.0.1', 'port: -1', `ports_file_dir: ${JSON.stringify(dir)}`, ''].join('\n');
+  const listenPort = String(opts.port ?? -1);
+  const text = [opts.config, '', 'host: 127.0.0.1', `port: ${listenPort}`, `ports_file_dir: ${JSON.stringify(dir)}`, ''].join('\n');
   await writeFile(configPath, text);
 
   // The flags repeat host and port because only flags are sure to win: nats-server applies
   // `host`/`net`/`listen`/`port` from the file in no fixed order (verified: a stray
   // `net: 0.0.0.0` in the caller's text beat an appended `listen: 127.0.0.1:-1`), while
   // command-line options override the file. The server must never listen beyond loopback.
-  const args = ['-c', configPath, '-a', '127.0.0.1', '-p', '-1'];
+  const args = ['-c', configPath, '-a', '127.0.0.1', '-p', listenPort];
   if (opts.debug) args.push('-D');
   const child = spawn(opts.bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   live.set(child, dir);

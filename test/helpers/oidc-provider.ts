@@ -158,8 +158,7 @@ export async function startOidcProvider(opts: OidcProviderOptions): Promise<Runn
         },
       },
     },
-    extraTokenClaims: (_ctx: unknown, token: TokenLike) =>
-      token.clientId === undefined ? undefined : structuredClone(claimsByClient.get(token.clientId)),
+    extraTokenClaims: (_ctx: unknown, token: TokenLike) => (token.clientId === undefined ? undefined : structuredClone(claimsByClient.get(token.clientId))),
   };
 
   // Constructing without an adapter prints the "in-memory adapter is development-only" warning:

@@ -231,13 +231,23 @@ for (const { version, path } of binaries) {
           ['a token that is not valid yet (nbf)', 'TOKEN_NOT_YET_VALID', async () => ({ token: await main.sign(devClaims({ nbf: now() + 3600 })) })],
           ['a token for another audience', 'TOKEN_AUDIENCE_INVALID', async () => ({ token: await main.sign(devClaims({ aud: 'someone-else' })) })],
           ['a token from an unknown issuer', 'TOKEN_ISSUER_UNKNOWN', async () => ({ token: await main.sign(devClaims({ iss: 'https://idp.example.com' })) })],
-          ['an unsigned token (alg none)', 'TOKEN_ALG_NOT_ALLOWED', async () => ({ token: unsignedToken({ iss: main.issuer, exp: now() + 300, ...devClaims() }) })],
+          [
+            'an unsigned token (alg none)',
+            'TOKEN_ALG_NOT_ALLOWED',
+            async () => ({ token: unsignedToken({ iss: main.issuer, exp: now() + 300, ...devClaims() }) }),
+          ],
           [
             "an HS256 token keyed with the issuer's RSA public key",
             'TOKEN_ALG_NOT_ALLOWED',
-            async () => ({ token: hs256WithSecret({ iss: main.issuer, iat: now(), exp: now() + 300, ...devClaims() }, main.publicKeyPem(), { kid: main.kid }) }),
+            async () => ({
+              token: hs256WithSecret({ iss: main.issuer, iat: now(), exp: now() + 300, ...devClaims() }, main.publicKeyPem(), { kid: main.kid }),
+            }),
           ],
-          ['a token signed by a key the issuer does not publish', 'TOKEN_KEY_UNKNOWN', async () => ({ token: await main.sign(devClaims(), { key: 'unknown' }) })],
+          [
+            'a token signed by a key the issuer does not publish',
+            'TOKEN_KEY_UNKNOWN',
+            async () => ({ token: await main.sign(devClaims(), { key: 'unknown' }) }),
+          ],
           ['an encrypted token (JWE)', 'TOKEN_ENCRYPTED', async () => ({ token: fakeJwe() })],
           [
             `a token larger than token.max_bytes (${MAX_BYTES})`,

@@ -163,7 +163,11 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
     it('prints the decision for a token given inline, from a file and on stdin', async () => {
       const token = await idp.sign({ sub: 'alice', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
       writeFileSync(join(dir, 'token'), `${token}\n`);
-      for (const [arg, input] of [[token, ''], [`@${join(dir, 'token')}`, ''], ['-', token]] as const) {
+      for (const [arg, input] of [
+        [token, ''],
+        [`@${join(dir, 'token')}`, ''],
+        ['-', token],
+      ] as const) {
         const r = await cli(['explain', '--config', configFile, '--token', arg], { input, env: { TEST_NATS_PASSWORD: 'pw' } });
         assert.equal(r.code, 0, r.stderr + r.stdout);
         const out = JSON.parse(r.stdout);
@@ -220,7 +224,10 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       slow.faults.discovery = { delayMs: 1500 };
       const file = join(dir, 'early.yaml');
       writeFileSync(file, configYaml({ url: nats.url, issuer: slow.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
-      const early = spawn(process.execPath, [MAIN, 'run', '--config', file], { env: { ...process.env, TEST_NATS_PASSWORD: 'pw' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      const early = spawn(process.execPath, [MAIN, 'run', '--config', file], {
+        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
       let out = '';
       early.stdout.on('data', (d) => (out += d));
       try {
@@ -239,7 +246,10 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
     it('serves, reloads on SIGHUP, keeps the running config on a bad reload, drains on SIGTERM', async () => {
       const file = join(dir, 'run.yaml');
       writeFileSync(file, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
-      service = spawn(process.execPath, [MAIN, 'run', '--config', file], { env: { ...process.env, TEST_NATS_PASSWORD: 'pw' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      service = spawn(process.execPath, [MAIN, 'run', '--config', file], {
+        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
       service.stdout!.on('data', (d) => (log += d));
       await waitForLog(/"msg":"listening"/, 0);
       assert.equal(await account(), 'APP');
@@ -272,7 +282,10 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
 
     /** Starts `run` and resolves with the monitoring port it logged. */
     function startRun(file: string): Promise<number> {
-      service = spawn(process.execPath, [MAIN, 'run', '--config', file], { env: { ...process.env, TEST_NATS_PASSWORD: 'pw' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      service = spawn(process.execPath, [MAIN, 'run', '--config', file], {
+        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
       let out = '';
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`no monitoring line in:\n${out}`)), 10_000);
@@ -329,10 +342,12 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
 
     it("reports not ready, with the reason, while an issuer's keys are missing", async () => {
       const file = join(dir, 'unready.yaml');
-      const yaml = configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP.replace('match:', `issuer: ${idp.issuer}\n      match:`) }).replace(
-        'policy:',
-        '  - issuer: http://127.0.0.1:1/gone\n    audiences: [nats]\n    allow_insecure_http: true\npolicy:',
-      );
+      const yaml = configYaml({
+        url: nats.url,
+        issuer: idp.issuer,
+        seedFile: 'issuer.nk',
+        rules: RULE_APP.replace('match:', `issuer: ${idp.issuer}\n      match:`),
+      }).replace('policy:', '  - issuer: http://127.0.0.1:1/gone\n    audiences: [nats]\n    allow_insecure_http: true\npolicy:');
       writeFileSync(file, `${yaml}http:\n  listen: 127.0.0.1:0\n`);
       const port = await startRun(file);
       const res = await fetch(`http://127.0.0.1:${port}/readyz`);

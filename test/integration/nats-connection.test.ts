@@ -40,6 +40,9 @@ describe('the service connects to NATS with each kind of credential', () => {
     const nk = await connectNats(configFor(nkeyServer.url, { nkey_seed: { file: 'service.nk' } }, {}, dir), { maxReconnectAttempts: 0 });
     await nk.flush();
     await nk.close();
-    await assert.rejects(connectNats(configFor(nkeyServer.url, { nkey_seed: text(createUser().getSeed()) }), { maxReconnectAttempts: 0 }), /Authorization Violation/);
+    await assert.rejects(
+      connectNats(configFor(nkeyServer.url, { nkey_seed: text(createUser().getSeed()) }), { maxReconnectAttempts: 0 }),
+      /Authorization Violation/,
+    );
   });
 });

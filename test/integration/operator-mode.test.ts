@@ -83,8 +83,18 @@ resolver_preload: {
         issuers: [{ issuer: idp.issuer, audiences: ['nats'], allow_insecure_http: true }],
         policy: {
           rules: [
-            { name: 'ops', match: { groups: 'ops' }, account: 'OPS', permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'ops.>'] }, sub: { allow: ['_INBOX.>'] } } },
-            { name: 'app', match: { groups: 'dev' }, account: 'APP', permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'app.>'] }, sub: { allow: ['_INBOX.>'] } } },
+            {
+              name: 'ops',
+              match: { groups: 'ops' },
+              account: 'OPS',
+              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'ops.>'] }, sub: { allow: ['_INBOX.>'] } },
+            },
+            {
+              name: 'app',
+              match: { groups: 'dev' },
+              account: 'APP',
+              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'app.>'] }, sub: { allow: ['_INBOX.>'] } },
+            },
           ],
         },
       });
@@ -132,7 +142,9 @@ resolver_preload: {
     });
 
     it('refuses a token no rule grants', async () => {
-      await assert.rejects(clientWith(['guests']), (err: Error) => /Authorization Violation|connection reset|ECONNRESET/i.test(`${err.message} ${String(err.cause)}`));
+      await assert.rejects(clientWith(['guests']), (err: Error) =>
+        /Authorization Violation|connection reset|ECONNRESET/i.test(`${err.message} ${String(err.cause)}`),
+      );
       assert.equal(decisions.filter((d) => d.msg === 'authorization').at(-1)?.code, 'POLICY_NO_MATCH');
     });
   });

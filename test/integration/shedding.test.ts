@@ -70,7 +70,9 @@ describe('shedding requests the server no longer waits for', () => {
     const token = await issuer.sign({ sub: 'storm', aud: 'nats', exp: Math.floor(Date.now() / 1000) + 300 });
     const ask = (ageSeconds: number, timeoutMs: number) =>
       requester
-        .request(AUTH_SUBJECT, authRequestJwt(server, { now: Math.floor(Date.now() / 1000) - ageSeconds, connectOpts: { auth_token: token } }), { timeout: timeoutMs })
+        .request(AUTH_SUBJECT, authRequestJwt(server, { now: Math.floor(Date.now() / 1000) - ageSeconds, connectOpts: { auth_token: token } }), {
+          timeout: timeoutMs,
+        })
         .then(
           () => 'answered',
           () => 'none',

@@ -161,13 +161,19 @@ describe('config', () => {
   it('loads YAML files and reports duplicate keys and bad syntax', () => {
     const dir = mkdtempSync(join(tmpdir(), 'oc-config-'));
     const file = join(dir, 'c.yaml');
-    writeFileSync(file, `nats: {user: auth, password: pw}\ncallout: {issuer_seed: ${SEED}}\nissuers: [{issuer: "https://i", audiences: [a]}]\npolicy: {rules: [{name: r, account: APP}]}\n`);
+    writeFileSync(
+      file,
+      `nats: {user: auth, password: pw}\ncallout: {issuer_seed: ${SEED}}\nissuers: [{issuer: "https://i", audiences: [a]}]\npolicy: {rules: [{name: r, account: APP}]}\n`,
+    );
     assert.equal(loadConfig(file).rules[0]!.name, 'r');
     writeFileSync(file, 'nats: {}\nnats: {}\n');
     assert.throws(() => loadConfig(file), /not valid YAML: Map keys must be unique \(line 2, column 1\)/);
     // The parser quotes the bad line; an inline secret on it must not reach the message.
     writeFileSync(file, 'nats:\n  password: hunter2-Secret: x\n');
-    assert.throws(() => loadConfig(file), (e: Error) => /not valid YAML.*\(line 2, column \d+\)$/.test(e.message) && !e.message.includes('hunter2'));
+    assert.throws(
+      () => loadConfig(file),
+      (e: Error) => /not valid YAML.*\(line 2, column \d+\)$/.test(e.message) && !e.message.includes('hunter2'),
+    );
     assert.throws(() => loadConfig(join(dir, 'missing.yaml')), /cannot read .*ENOENT/);
   });
 });

@@ -35,7 +35,10 @@ test('local issuer: rotation, unknown keys and header overrides', async () => {
 
   await issuer.rotate({ keepOld: true });
   assert.notEqual(issuer.kid, oldKid);
-  assert.deepEqual(issuer.jwks().keys.map((key) => key.kid), [issuer.kid, oldKid]);
+  assert.deepEqual(
+    issuer.jwks().keys.map((key) => key.kid),
+    [issuer.kid, oldKid],
+  );
   await jwtVerify(before, createLocalJWKSet(issuer.jwks()));
 
   await issuer.rotate();

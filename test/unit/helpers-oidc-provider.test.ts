@@ -74,8 +74,5 @@ test('oidc-provider helper grants requested scopes and reports endpoint errors',
 });
 
 test('oidc-provider helper refuses claims the provider would overwrite', async () => {
-  await assert.rejects(
-    startOidcProvider({ clients: [{ clientId: 'svc', clientSecret: 's', claims: { sub: 'alice' } }] }),
-    /overrides the claims sub/,
-  );
+  await assert.rejects(startOidcProvider({ clients: [{ clientId: 'svc', clientSecret: 's', claims: { sub: 'alice' } }] }), /overrides the claims sub/);
 });

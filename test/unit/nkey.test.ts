@@ -31,7 +31,7 @@ describe('nkey', () => {
     assert.equal(isPublicKey(server, 'user'), false);
     const flipped = user.slice(0, 10) + (user[10] === 'A' ? 'B' : 'A') + user.slice(11);
     assert.equal(isPublicKey(flipped, 'user'), false);
-    assert.equal(isPublicKey('U' + 'A'.repeat(55), 'user'), false);
+    assert.equal(isPublicKey(`U${'A'.repeat(55)}`, 'user'), false);
     assert.equal(isPublicKey('', 'user'), false);
   });
 

@@ -12,7 +12,13 @@ function refused(fn: () => unknown, code: string, message?: RegExp): void {
 
 describe('policy', () => {
   const rules: RawRule[] = [
-    { name: 'admins', issuer: ISS, match: { 'realm_access.roles': 'nats-admin' }, account: 'ADMIN', permissions: { pub: { allow: ['>'] }, sub: { allow: ['>'] } } },
+    {
+      name: 'admins',
+      issuer: ISS,
+      match: { 'realm_access.roles': 'nats-admin' },
+      account: 'ADMIN',
+      permissions: { pub: { allow: ['>'] }, sub: { allow: ['>'] } },
+    },
     {
       name: 'tenants',
       match: { groups: ['dev', 'ops'], active: true },
@@ -64,11 +70,7 @@ describe('policy', () => {
 
   it('refuses claim values that would inject subject wildcards or separators', () => {
     for (const tenant of ['a.b', '*', '>', 'a b', 'a\tb', 'a\u0000b', 'x\u200by', '', 'a'.repeat(129), ['a'], { a: 1 }, 1.5, true]) {
-      refused(
-        () => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant }),
-        'POLICY_CLAIM_UNSAFE',
-        /claim claims.tenant/,
-      );
+      refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant }), 'POLICY_CLAIM_UNSAFE', /claim claims.tenant/);
     }
     refused(() => policy.decide(ISS, { sub: 'bob.>', groups: ['dev'], active: true, tenant: 'ok' }), 'POLICY_CLAIM_UNSAFE', /claim sub/);
     refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true }), 'POLICY_CLAIM_UNSAFE', /is missing/);
@@ -82,9 +84,7 @@ describe('policy', () => {
   });
 
   it('closes a direction that has deny entries but nothing allowed (nats-server would open it)', () => {
-    const p = new Policy([
-      { name: 'deny-only', account: 'A', permissions: { pub: { deny: ['secret.>'] }, sub: { allow: [], deny: ['x'] } } },
-    ]);
+    const p = new Policy([{ name: 'deny-only', account: 'A', permissions: { pub: { deny: ['secret.>'] }, sub: { allow: [], deny: ['x'] } } }]);
     const g = p.decide(ISS, { sub: 's' });
     assert.deepEqual(g.pub, { deny: ['>'] });
     assert.deepEqual(g.sub, { deny: ['>'] });
@@ -124,7 +124,9 @@ describe('policy', () => {
     assert.equal(claimAt(k8s, 'kubernetes.io.serviceaccount.name'), 'orders');
     assert.equal(claimAt({ 'a.b': 1, a: { b: 2 } }, 'a.b'), 1, 'the longest existing key wins');
     assert.equal(claimAt({ 'a.b': {}, a: { b: { c: 3 } } }, 'a.b.c'), 3, 'falls back when the longer key leads nowhere');
-    const p = new Policy([{ name: 'ns', match: { 'kubernetes.io.namespace': 'shop' }, account: 'A', permissions: { pub: { allow: ['ns.{{claims.kubernetes.io.namespace}}.>'] } } }]);
+    const p = new Policy([
+      { name: 'ns', match: { 'kubernetes.io.namespace': 'shop' }, account: 'A', permissions: { pub: { allow: ['ns.{{claims.kubernetes.io.namespace}}.>'] } } },
+    ]);
     assert.deepEqual(p.decide(ISS, k8s).pub, { allow: ['ns.shop.>'] });
   });
 

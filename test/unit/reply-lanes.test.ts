@@ -90,4 +90,22 @@ describe('reply lanes', () => {
     for (const l of lanes.lanes) l.setConnected(false);
     assert.equal(lanes.pick(h.clock()), undefined);
   });
+
+  it('holds a lane whose window of unconfirmed answers is full until its PING comes back', async () => {
+    const h = harness();
+    const [a, b] = [fakeConnection(), fakeConnection()];
+    let probed = 0;
+    const lane = (c: ReturnType<typeof fakeConnection>, name: string) => new ReplyLane(c.conn, name, h.clock, h.schedule, () => probed++);
+    const lanes = new ReplyLanes([lane(a, 'a'), lane(b, 'b')], 2);
+    for (let i = 0; i < 4; i++) lanes.pick(h.clock())!.lane.send(`r${i}`, new Uint8Array());
+    assert.deepEqual([lanes.lanes[0]!.outstanding, lanes.lanes[1]!.outstanding], [2, 2]);
+    assert.equal(lanes.pick(h.clock()), undefined, 'both windows full');
+    await h.run();
+    assert.equal(lanes.lanes[0]!.outstanding, 2, 'a PING in flight does not confirm anything yet');
+    a.pongs[0]!.resolve();
+    await h.run();
+    assert.equal(probed, 1, 'the PONG is reported');
+    assert.equal(lanes.lanes[0]!.outstanding, 0);
+    assert.equal(lanes.pick(h.clock())!.lane.name, 'a');
+  });
 });

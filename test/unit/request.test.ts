@@ -92,7 +92,11 @@ describe('request verification', () => {
     });
 
     it('refuses when server_id.xkey differs from the header', () => {
-      const data = sealRequest(server, authRequestJwt(server, { xkey: true, edit: (c) => (c.nats.server_id.xkey = createCurve().getPublicKey()) }), ours.getPublicKey());
+      const data = sealRequest(
+        server,
+        authRequestJwt(server, { xkey: true, edit: (c) => (c.nats.server_id.xkey = createCurve().getPublicKey()) }),
+        ours.getPublicKey(),
+      );
       refusal(() => sealed.verifyMessage(data, server.curve.getPublicKey()), 'REQUEST_XKEY_MISMATCH');
     });
 

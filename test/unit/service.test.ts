@@ -49,7 +49,11 @@ describe('callout service', () => {
       },
       ...(extra.cache ? { cache: extra.cache } : {}),
     });
-    return new CalloutService(config, createLogger('debug', (l) => lines.push(JSON.parse(l))), { now: () => fixedNow ?? Date.now() });
+    return new CalloutService(
+      config,
+      createLogger('debug', (l) => lines.push(JSON.parse(l))),
+      { now: () => fixedNow ?? Date.now() },
+    );
   }
 
   before(async () => {
@@ -175,8 +179,17 @@ describe('callout service', () => {
       // Connects presenting a token already being verified join it instead of taking a slot.
       const same = await idp.sign({ sub: 'same', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 't' }, { key: 'unknown', kid: 'another-unknown' });
       const both = await Promise.all([request(same), request(same)]);
-      assert.deepEqual(both.map((r) => verifiedClaims(text(r!), issuerPub).nats.error), ['not authorized', 'not authorized']);
-      assert.deepEqual(lines.filter((l) => l.msg === 'authorization').slice(-2).map((l) => l.code), ['TOKEN_KEY_UNKNOWN', 'TOKEN_KEY_UNKNOWN']);
+      assert.deepEqual(
+        both.map((r) => verifiedClaims(text(r!), issuerPub).nats.error),
+        ['not authorized', 'not authorized'],
+      );
+      assert.deepEqual(
+        lines
+          .filter((l) => l.msg === 'authorization')
+          .slice(-2)
+          .map((l) => l.code),
+        ['TOKEN_KEY_UNKNOWN', 'TOKEN_KEY_UNKNOWN'],
+      );
     } finally {
       idp.faults.jwks = undefined;
     }
@@ -201,7 +214,11 @@ describe('callout service', () => {
     const shedLines: any[] = [];
     const shedReasons: string[] = [];
     const observer = { decided() {}, jwksFetched() {}, shed: (r: string) => void shedReasons.push(r) };
-    const svc = new CalloutService(service.config, createLogger('debug', (l) => shedLines.push(JSON.parse(l))), { now: () => clock, observer });
+    const svc = new CalloutService(
+      service.config,
+      createLogger('debug', (l) => shedLines.push(JSON.parse(l))),
+      { now: () => clock, observer },
+    );
     const srv = fakeServer();
     const at = (ms: number) => enc(authRequestJwt(srv, { now: Math.floor(ms / 1000) }));
     // The first request of a server whose clock is 30 s behind: not plausible skew, so it is

@@ -299,6 +299,9 @@ describe('issuer availability', () => {
   it('refuses a discovery document that names another issuer', async () => {
     await using idp = await startLocalIssuer();
     idp.discoveryOverrides = { issuer: 'https://evil.example.com' };
-    await refused(new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer))], 4096).verify(await idp.sign({ aud: 'nats', exp: now() + 60 })), 'ISSUER_UNAVAILABLE');
+    await refused(
+      new TokenVerifier([new IssuerKeys(issuerConfig(idp.issuer))], 4096).verify(await idp.sign({ aud: 'nats', exp: now() + 60 })),
+      'ISSUER_UNAVAILABLE',
+    );
   });
 });
