@@ -14,20 +14,17 @@
  *   hit-info     like hit with `log.level: info` (one JSON line per decision, to a file)
  *   hit-noxkey   like hit without xkey;  miss-noxkey: like miss without xkey
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
 import { createAccount, createCurve } from '@nats-io/nkeys';
-import { natsServerBinaries, type NatsServerBinary } from '../test/helpers/nats-server-bin.js';
 import { startNatsServer, type RunningNats } from '../test/helpers/nats-server.js';
 import { startLocalIssuer, type LocalIssuer } from '../test/helpers/local-issuer.js';
 import { configDoc, signTokens } from './fixtures.js';
 import { machineJiffies, processCpuMicros, type BenchResult } from './lib.js';
-import { connectOnceAsync, connectPayload, storm, type StormResult } from './loadgen.js';
+import { connectPayload, storm, type StormResult } from './loadgen.js';
+import { installHooks, makeWorkDir, pickServers, removeWorkDir, startService, waitReady, type RunningService } from './processes.js';
 import { calloutServerConfig } from '../test/helpers/callout-fixture.js';
 
 export interface ScenarioSpec {
@@ -66,95 +63,6 @@ export interface E2eOptions {
 }
 
 const HIT_TOKENS = 16;
-const here = dirname(fileURLToPath(import.meta.url));
-const MAIN_JS = join(here, '..', 'src', 'main.js');
-
-// ---- cleanup on exit and Ctrl-C -------------------------------------------------------------
-const children = new Set<ChildProcess>();
-const tempDirs = new Set<string>();
-let hooks = false;
-function installHooks(): void {
-  if (hooks) return;
-  hooks = true;
-  process.on('exit', () => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
-  });
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      process.stderr.write(`\n${signal}: stopping the benchmark processes\n`);
-      // 'exit' hooks (ours and the nats-server helper's) kill the children.
-      process.exit(130);
-    });
-  }
-}
-
-/** Picks the nats-server binaries named by `selectors`. */
-export async function pickServers(selectors: readonly string[]): Promise<NatsServerBinary[]> {
-  const all = await natsServerBinaries();
-  if (all.length === 0) throw new Error('no nats-server binary found');
-  const picked = new Map<string, NatsServerBinary>();
-  for (const s of selectors) {
-    if (s === 'all') for (const b of all) picked.set(b.path, b);
-    else if (s === 'newest') picked.set(all.at(-1)!.path, all.at(-1)!);
-    else {
-      const matches = all.filter((b) => b.version === s || b.version.startsWith(`${s}.`));
-      if (matches.length === 0) throw new Error(`no nats-server ${s} (have ${all.map((b) => b.version).join(', ')})`);
-      picked.set(matches.at(-1)!.path, matches.at(-1)!);
-    }
-  }
-  return [...picked.values()];
-}
-
-interface RunningService {
-  readonly pid: number;
-  stderr(): string;
-  exited(): boolean;
-  stop(): Promise<void>;
-}
-
-async function startService(configFile: string, logFile: string, profileDir: string | undefined): Promise<RunningService> {
-  const out = openSync(logFile, 'a');
-  const args = [...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : []), MAIN_JS, 'run', '--config', configFile];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', out, 'pipe'] });
-  closeSync(out);
-  children.add(child);
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  let gone = false;
-  const exited = new Promise<void>((resolve) =>
-    child.once('exit', () => {
-      gone = true;
-      resolve();
-    }),
-  );
-  return {
-    pid: child.pid!,
-    stderr: () => stderr,
-    exited: () => gone,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(timer);
-      }
-      children.delete(child);
-    },
-  };
-}
-
-/** Waits until a real connect through the callout succeeds (the service has subscribed). */
-async function waitReady(port: number, token: string, service: RunningService): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (service.exited()) throw new Error(`oidc-callout exited before it was ready:\n${service.stderr()}`);
-    const r = await connectOnceAsync(port, token, 3000);
-    if (r.outcome === 'ok') return;
-    if (Date.now() > deadline) throw new Error(`callout not ready after 30 s (last: ${r.outcome} ${r.detail ?? ''})\n${service.stderr()}`);
-    await sleep(100);
-  }
-}
 
 function natsConfig(spec: ScenarioSpec, plainToken: string, issuerPub: string, xkeyPub: string): string {
   if (spec.kind === 'plain') {
@@ -257,7 +165,9 @@ export async function runConnectStorm(opts: E2eOptions): Promise<BenchResult[]> 
     const hitPayloads = hitTokens.map(connectPayload);
     const warmMiss = needMiss ? (await signTokens(idp, 2000, 1_000_000)).map(connectPayload) : [];
     const missPayloads = needMiss ? (await signTokens(idp, opts.missTokens, 2_000_000)).map(connectPayload) : [];
-    opts.log(`signed ${hitTokens.length + warmMiss.length + missPayloads.length} RS256 tokens (${hitPayloads[0]!.length} byte CONNECT) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    opts.log(
+      `signed ${hitTokens.length + warmMiss.length + missPayloads.length} RS256 tokens (${hitPayloads[0]!.length} byte CONNECT) in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+    );
     // Same length as the OIDC tokens, so CONNECT parsing costs the server the same.
     const plainToken = randomBytes(hitTokens[0]!.length).toString('base64url').slice(0, hitTokens[0]!.length);
     const plainPayload = connectPayload(plainToken);
@@ -265,8 +175,7 @@ export async function runConnectStorm(opts: E2eOptions): Promise<BenchResult[]> 
     for (const bin of servers) {
       const plain = new Map<number, { rate: number; cpu: number }>();
       for (const spec of specs) {
-        const work = mkdtempSync(join(tmpdir(), 'oidc-callout-bench-'));
-        tempDirs.add(work);
+        const work = makeWorkDir();
         const account = createAccount();
         const curve = createCurve();
         const nats = await startNatsServer({ bin: bin.path, config: natsConfig(spec, plainToken, account.getPublicKey(), curve.getPublicKey()) });
@@ -314,8 +223,7 @@ export async function runConnectStorm(opts: E2eOptions): Promise<BenchResult[]> 
         } finally {
           await service?.stop();
           await nats.stop();
-          rmSync(work, { recursive: true, force: true });
-          tempDirs.delete(work);
+          removeWorkDir(work);
         }
       }
     }

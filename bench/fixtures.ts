@@ -42,7 +42,12 @@ export function benchRules(issuer: string): Record<string, unknown>[] {
           deny: ['orders.{{claims.tenant}}.admin.>'],
         },
         sub: {
-          allow: ['_INBOX.{{sub}}.>', 'orders.{{claims.tenant}}.>', 'events.{{claims.tenant}}.{{claims.region}}.>', 'notify.{{claims.tenant}}.{{claims.team}}.{{sub}}'],
+          allow: [
+            '_INBOX.{{sub}}.>',
+            'orders.{{claims.tenant}}.>',
+            'events.{{claims.tenant}}.{{claims.region}}.>',
+            'notify.{{claims.tenant}}.{{claims.team}}.{{sub}}',
+          ],
         },
         resp: { max: 1, ttl: '5s' },
       },
@@ -50,10 +55,13 @@ export function benchRules(issuer: string): Record<string, unknown>[] {
   ];
 }
 
+/** The `sub` of the i-th distinct client. */
+export const benchSubject = (i: number): string => `svc-${i.toString(36).padStart(6, '0')}`;
+
 /** Claims of the i-th distinct client; every one matches `tenant-services`. */
 export function benchClaims(i: number): Record<string, unknown> {
   return {
-    sub: `svc-${i.toString(36).padStart(6, '0')}`,
+    sub: benchSubject(i),
     aud: AUDIENCE,
     azp: 'orders-service',
     scope: 'openid nats',
@@ -82,12 +90,16 @@ export interface ConfigDocOptions {
   readonly xkeySeed?: string | { file: string } | undefined;
   readonly algorithms?: readonly string[];
   readonly logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** `http.listen` (`host:port`) of the monitoring endpoints; off when undefined. */
+  readonly httpListen?: string | undefined;
+  /** `nats.connections`; the service's default when undefined. */
+  readonly connections?: number | undefined;
 }
 
 /** A service configuration document (buildConfig input; as JSON it is also valid YAML). */
 export function configDoc(o: ConfigDocOptions): Record<string, unknown> {
   return {
-    nats: { servers: [o.natsUrl], user: 'auth', password: 'bench-password' },
+    nats: { servers: [o.natsUrl], user: 'auth', password: 'bench-password', ...(o.connections ? { connections: o.connections } : {}) },
     callout: { issuer_seed: o.issuerSeed, ...(o.xkeySeed ? { xkey_seed: o.xkeySeed } : {}) },
     issuers: [
       {
@@ -100,5 +112,6 @@ export function configDoc(o: ConfigDocOptions): Record<string, unknown> {
     ],
     policy: { rules: benchRules(o.issuer) },
     log: { level: o.logLevel ?? 'error' },
+    ...(o.httpListen ? { http: { listen: o.httpListen } } : {}),
   };
 }

@@ -1,7 +1,8 @@
 /**
- * Shared pieces of the benchmarks: the result record, timing loops, CPU readers and the table
- * printer. Everything here is measured with process.hrtime.bigint (wall) and process.cpuUsage
- * (CPU of this process, all threads, so WebCrypto's libuv threadpool work is counted too).
+ * Shared pieces of the benchmarks: the result record, timing loops, CPU and memory readers and
+ * the table printer. Everything here is measured with process.hrtime.bigint (wall) and
+ * process.cpuUsage (CPU of this process, all threads, so WebCrypto's libuv threadpool work is
+ * counted too).
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -196,6 +197,19 @@ export function processCpuMicros(pid: number): number {
 }
 
 /**
+ * Peak resident set size (VmHWM) of a live process in KiB, from /proc/<pid>/status; undefined
+ * once the process is gone (read it before stopping the process).
+ */
+export function peakRssKiB(pid: number): number | undefined {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Busy, stolen and total jiffies of the whole machine, from the first line of /proc/stat.
  * Steal (time the hypervisor gave our vCPUs to someone else) is counted neither as busy nor idle.
  */
@@ -246,7 +260,24 @@ export function e2eTable(results: readonly BenchResult[]): string {
     return typeof v === 'number' ? v : undefined;
   };
   return table(
-    ['scenario', 'server', 'conc', 'connects/s', 'ok', 'fail', 'p50 ms', 'p90 ms', 'p99 ms', 'svc µs/c', 'nats µs/c', 'gen µs/c', 'total µs/c', 'box busy', 'other', 'x plain'],
+    [
+      'scenario',
+      'server',
+      'conc',
+      'connects/s',
+      'ok',
+      'fail',
+      'p50 ms',
+      'p90 ms',
+      'p99 ms',
+      'svc µs/c',
+      'nats µs/c',
+      'gen µs/c',
+      'total µs/c',
+      'box busy',
+      'other',
+      'x plain',
+    ],
     results.map((r) => [
       r.name,
       String(r.extra?.['server'] ?? ''),

@@ -84,8 +84,10 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
 
   const issuers: Partial<Record<LocalIssuerAlg, LocalIssuer>> = {};
   try {
-    const rs = (issuers.RS256 = await startLocalIssuer({ alg: 'RS256' }));
-    const es = (issuers.ES256 = await startLocalIssuer({ alg: 'ES256' }));
+    const rs = await startLocalIssuer({ alg: 'RS256' });
+    issuers.RS256 = rs;
+    const es = await startLocalIssuer({ alg: 'ES256' });
+    issuers.ES256 = es;
     const account = createAccount();
     const curve = createCurve();
     const issuerSeed = text(account.getSeed());
@@ -112,7 +114,10 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
     }
 
     // ---- OIDC token verification (no decision cache) ----------------------------------------
-    for (const [alg, iss] of [['RS256', rs], ['ES256', es]] as const) {
+    for (const [alg, iss] of [
+      ['RS256', rs],
+      ['ES256', es],
+    ] as const) {
       const cfg = config(iss, alg, false);
       const keys = new IssuerKeys(cfg.issuers[0]!);
       await keys.load();
@@ -134,9 +139,10 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
           const dot = t.lastIndexOf('.');
           return { input: Buffer.from(t.slice(0, dot)), sig: Buffer.from(t.slice(dot + 1), 'base64url') };
         });
-        const vf = alg === 'RS256'
-          ? (i: number) => cryptoVerify('sha256', parts[i % parts.length]!.input, key, parts[i % parts.length]!.sig)
-          : (i: number) => cryptoVerify('sha256', parts[i % parts.length]!.input, { key, dsaEncoding: 'ieee-p1363' }, parts[i % parts.length]!.sig);
+        const vf =
+          alg === 'RS256'
+            ? (i: number) => cryptoVerify('sha256', parts[i % parts.length]!.input, key, parts[i % parts.length]!.sig)
+            : (i: number) => cryptoVerify('sha256', parts[i % parts.length]!.input, { key, dsaEncoding: 'ieee-p1363' }, parts[i % parts.length]!.sig);
         assert.equal(vf(0), true);
         add(measureSync(`reference: node:crypto ${alg} verify (sync)`, vf, m));
       }
@@ -163,10 +169,14 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
         add(measureSync('signResponse (plain)', () => signResponse(request, { jwt: userJwt }, accounts.response, undefined, now), m));
         add(measureSync('signResponse (xkey sealed)', () => signResponse(sealedReq, { jwt: userJwt }, accounts.response, box, now), m));
         add(
-          measureSync('signUserJwt + signResponse', (i) => {
-            const jwt = signUserJwt(grant, userNkeys[i & 1023]!, target, now, now + 900);
-            return signResponse(request, { jwt }, accounts.response, undefined, now);
-          }, m),
+          measureSync(
+            'signUserJwt + signResponse',
+            (i) => {
+              const jwt = signUserJwt(grant, userNkeys[i & 1023]!, target, now, now + 900);
+              return signResponse(request, { jwt }, accounts.response, undefined, now);
+            },
+            m,
+          ),
         );
       }
 
@@ -177,7 +187,13 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
         const decoded = decodeNatsJwt(requestJwt) as DecodedNatsJwt;
         const key = publicKeyObject(server.id, 'server');
         assert.ok(verifySignature(key, decoded.signingInput, decoded.signature));
-        add(measureSync(`pieces: Ed25519 verify, node:crypto (${decoded.signingInput.length} B)`, () => verifySignature(key, decoded.signingInput, decoded.signature), m));
+        add(
+          measureSync(
+            `pieces: Ed25519 verify, node:crypto (${decoded.signingInput.length} B)`,
+            () => verifySignature(key, decoded.signingInput, decoded.signature),
+            m,
+          ),
+        );
         const signer = new NkeySigner(issuerSeed, 'account');
         const userJwtInput = Buffer.from(userJwt.slice(0, userJwt.lastIndexOf('.')));
         add(measureSync(`pieces: Ed25519 sign, NkeySigner (${userJwtInput.length} B)`, () => signer.sign(userJwtInput), m));
@@ -190,7 +206,11 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
       // The same two JWTs with @nats-io/jwt (tweetnacl, seed re-derived on every sign).
       if (want('@nats-io/jwt')) {
         const issuerKp = fromSeed(account.getSeed());
-        const user = { pub: { allow: [...(grant.pub.allow ?? [])], deny: [...(grant.pub.deny ?? [])] }, sub: { allow: [...(grant.sub.allow ?? [])], deny: [] }, ...(grant.resp ? { resp: grant.resp } : {}) };
+        const user = {
+          pub: { allow: [...(grant.pub.allow ?? [])], deny: [...(grant.pub.deny ?? [])] },
+          sub: { allow: [...(grant.sub.allow ?? [])], deny: [] },
+          ...(grant.resp ? { resp: grant.resp } : {}),
+        };
         const build = async (i: number): Promise<string> => {
           const userNkey = userNkeys[i & 1023]!;
           // ASCII name: @nats-io/jwt base64-encodes with btoa and throws on "Zoë".
@@ -213,8 +233,19 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
         // process.stdout redirected to a file writes synchronously, as this does.
         const log = createLogger('info', (line) => writeSync(fd, line));
         const fields = {
-          result: 'allow', issuer: rs.issuer, subject: 'svc-00001a', account: TARGET_ACCOUNT, rule: 'tenant-services', expires: now + 900, cached: true,
-          user_nkey: newUserNkey(), client_host: '127.0.0.1', client_type: 'nats', server: 'bench', server_id: server.id, latency_ms: 0.412,
+          result: 'allow',
+          issuer: rs.issuer,
+          subject: 'svc-00001a',
+          account: TARGET_ACCOUNT,
+          rule: 'tenant-services',
+          expires: now + 900,
+          cached: true,
+          user_nkey: newUserNkey(),
+          client_host: '127.0.0.1',
+          client_type: 'nats',
+          server: 'bench',
+          server_id: server.id,
+          latency_ms: 0.412,
         };
         add(measureSync('log: one decision line at info (JSON to a file)', () => log.info('authorization', fields), m));
       } finally {

@@ -62,9 +62,17 @@ function main(): void {
     const pct = (us: number) => `${((100 * us) / busy).toFixed(1).padStart(5)} %`;
     process.stdout.write(`\n${file}\n${(total / 1e6).toFixed(2)} s profiled, ${(busy / 1e6).toFixed(2)} s on the main thread (not idle); shares of that:\n`);
     process.stdout.write('\nby area\n');
-    for (const [a, us] of [...byArea].filter(([a]) => a !== 'idle').sort((x, y) => y[1] - x[1]).slice(0, top)) process.stdout.write(`  ${pct(us)}  ${a}\n`);
+    for (const [a, us] of [...byArea]
+      .filter(([a]) => a !== 'idle')
+      .sort((x, y) => y[1] - x[1])
+      .slice(0, top))
+      process.stdout.write(`  ${pct(us)}  ${a}\n`);
     process.stdout.write('\nby function (self time)\n');
-    for (const [f, us] of [...byFn].filter(([f]) => !f.startsWith('(idle)')).sort((x, y) => y[1] - x[1]).slice(0, top)) process.stdout.write(`  ${pct(us)}  ${f}\n`);
+    for (const [f, us] of [...byFn]
+      .filter(([f]) => !f.startsWith('(idle)'))
+      .sort((x, y) => y[1] - x[1])
+      .slice(0, top))
+      process.stdout.write(`  ${pct(us)}  ${f}\n`);
   }
 }
 

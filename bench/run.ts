@@ -1,8 +1,9 @@
 /**
  * `npm run bench`: micro benchmarks, then the end-to-end connect storm; prints tables and
- * appends one JSON record per run to bench/results.jsonl.
+ * appends one JSON record per run to bench/results.jsonl. The reconnect storm runs only when
+ * asked for (`--only storm`): it takes minutes and most of the machine.
  *
- *   --only micro|e2e         run one part
+ *   --only micro|e2e|storm   run one part
  *   --duration SECONDS       measured time per e2e scenario (default 10)
  *   --concurrency N          e2e connects in flight (default 64); a comma list sweeps
  *   --server LIST            nats-server versions: newest (default), 2.10, 2.15, all; comma list
@@ -13,6 +14,9 @@
  *   --micro-ms MS            minimum measured time per micro benchmark (default 1000)
  *   --filter TEXT            only micro benchmarks whose name contains TEXT
  *   --profile DIR            write a V8 CPU profile of each service process to DIR
+ *   --clients N              storm: clients with distinct tokens (default 10000)
+ *   --max-seconds S          storm: cap of each connect phase (default 120)
+ *   --no-xkey                storm: without xkey encryption of the callout traffic
  *   --no-save                do not append to bench/results.jsonl
  */
 import { appendFileSync, existsSync } from 'node:fs';
@@ -23,6 +27,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_SCENARIOS, runConnectStorm } from './connect-storm.js';
 import { e2eTable, machineBusyOver, microTable, type BenchResult } from './lib.js';
 import { runMicro } from './micro.js';
+import { runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
 
 function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -54,6 +59,11 @@ async function main(): Promise<void> {
       'micro-ms': { type: 'string' },
       filter: { type: 'string' },
       profile: { type: 'string' },
+      clients: { type: 'string' },
+      'max-seconds': { type: 'string' },
+      'no-xkey': { type: 'boolean' },
+      connections: { type: 'string' },
+      'service-log': { type: 'string' },
       'no-save': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -64,8 +74,14 @@ async function main(): Promise<void> {
     process.stdout.write(`usage: npm run bench -- [options]   (see ${src.replace(/\/dist\//, '/').replace(/\.js$/, '.ts')})\n`);
     return;
   }
-  if (values.only !== undefined && values.only !== 'micro' && values.only !== 'e2e') throw new Error('--only is micro or e2e');
-  const list = (v: string | undefined, d: readonly string[]) => (v === undefined ? [...d] : v.split(',').map((s) => s.trim()).filter(Boolean));
+  if (values.only !== undefined && !['micro', 'e2e', 'storm'].includes(values.only)) throw new Error('--only is micro, e2e or storm');
+  const list = (v: string | undefined, d: readonly string[]) =>
+    v === undefined
+      ? [...d]
+      : v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
   const options = {
     only: values.only ?? 'all',
     durationS: positive('duration', values.duration, 10),
@@ -77,22 +93,34 @@ async function main(): Promise<void> {
     microMs: positive('micro-ms', values['micro-ms'], 1000),
     filter: values.filter,
     profileDir: values.profile === undefined ? undefined : resolve(values.profile),
+    clients: Math.round(positive('clients', values.clients, 10_000)),
+    maxSeconds: positive('max-seconds', values['max-seconds'], 120),
+    xkey: !values['no-xkey'],
+    connections: values.connections === undefined ? undefined : Math.round(positive('connections', values.connections, 2)),
+    serviceLog: values['service-log'] as 'debug' | 'info' | 'warn' | 'error' | undefined,
   };
+  if (options.serviceLog !== undefined && !['debug', 'info', 'warn', 'error'].includes(options.serviceLog))
+    throw new Error('--service-log is debug, info, warn or error');
 
   const cpu = cpus();
   const busy = await machineBusyOver(1000);
   const say = (s: string) => process.stdout.write(`${s}\n`);
-  say(`node ${process.version}, ${cpu.length} x ${cpu[0]?.model ?? 'unknown cpu'}, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  say(
+    `node ${process.version}, ${cpu.length} x ${cpu[0]?.model ?? 'unknown cpu'}, load ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
   if (busy > 0.1) say(`WARNING: the machine was ${Math.round(busy * 100)} % busy before the run: numbers will be noisy`);
 
   const results: BenchResult[] = [];
-  if (options.only !== 'e2e') {
-    say('\n== micro benchmarks (each >= ' + options.microMs + ' ms after warm-up)');
+  const storms: StormRun[] = [];
+  if (options.only === 'micro' || options.only === 'all') {
+    say(`\n== micro benchmarks (each >= ${options.microMs} ms after warm-up)`);
     const micro = await runMicro({ minMs: options.microMs, filter: options.filter, onResult: (r) => say(`  ${r.name}: ${Math.round(r.opsPerSec)} ops/s`) });
     results.push(...micro);
-    say('\n' + microTable(micro));
+    say(`\n${microTable(micro)}`);
   }
-  if (options.only !== 'micro') {
+  if (options.only === 'e2e' || options.only === 'all') {
     say(`\n== connect storm: ${options.concurrency.join(', ')} in flight, ${options.durationS} s per scenario (+${options.warmupS} s warm-up)`);
     const e2e = await runConnectStorm({
       durationS: options.durationS,
@@ -103,12 +131,29 @@ async function main(): Promise<void> {
       missTokens: options.missTokens,
       profileDir: options.profileDir,
       log: say,
-      onResult: (r) => say(`  ${r.extra?.['server']} ${r.name}, ${r.extra?.['concurrency']} in flight: ${Math.round(r.opsPerSec)} connects/s, ${r.extra?.['success']} ok, ${r.extra?.['failure']} failed`),
+      onResult: (r) =>
+        say(
+          `  ${r.extra?.['server']} ${r.name}, ${r.extra?.['concurrency']} in flight: ${Math.round(r.opsPerSec)} connects/s, ${r.extra?.['success']} ok, ${r.extra?.['failure']} failed`,
+        ),
     });
     results.push(...e2e);
-    say('\n' + e2eTable(e2e));
+    say(`\n${e2eTable(e2e)}`);
     say('svc/nats/gen µs/c: CPU µs per connect of the service process, nats-server, the load generator;');
     say('box busy: whole machine; other: busy CPU not charged to those three (loopback softirq, other jobs)');
+  }
+  if (options.only === 'storm') {
+    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir } = options;
+    const conns = connections === undefined ? 'default' : String(connections);
+    say(
+      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}`,
+    );
+    storms.push(...(await runReconnectStorm({ clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, log: say })));
+    say(`\n${stormTable(storms)}`);
+    say('late answers: allow answers the service sent minus clients that got in (answers nats-server no longer waited for);');
+    say('failed: auth_violation = refused by the service (see its reject counters) or no callout answer within the 2 s nats-server waits;');
+    say('  auth_timeout = the 2 s authorization timer of the connection ran out first; timeout_* = nothing within 5 s on the client side:');
+    say('  tcp = connection not established (listen backlog full), info = no INFO, answer = CONNECT got neither PONG nor -ERR');
+    say(`\n${verifyTable(storms)}`);
   }
 
   if (!values['no-save']) {
@@ -120,7 +165,7 @@ async function main(): Promise<void> {
       memoryGiB: Math.round(totalmem() / 2 ** 30),
       machineBusyBefore: Math.round(busy * 1000) / 1000,
       options: { ...options, profileDir: options.profileDir ?? null, filter: options.filter ?? null },
-      results,
+      results: [...results, ...storms],
     };
     const file = join(repoRoot(), 'bench', 'results.jsonl');
     appendFileSync(file, `${JSON.stringify(record)}\n`);
