@@ -71,7 +71,8 @@ policy:
       max_lifetime: 15m
       permissions:
         pub: { allow: ["orders.{{claims.tenant}}.>", "$SYS.REQ.USER.INFO"] }
-        sub: { allow: ["orders.{{claims.tenant}}.>", "_INBOX.>"] }
+        # a private inbox: the client sets its inbox prefix to _INBOX.<its sub>
+        sub: { allow: ["orders.{{claims.tenant}}.>", "_INBOX.{{sub}}.>"] }
 `,
     );
     say(`configuration: ${configFile}`);
@@ -111,7 +112,9 @@ policy:
     step('Client "orders-service" connects with its access token');
     const token = await idp.token('orders-service');
     let seen = decisions().length;
-    const nc = await connect({ servers: nats.url, token, reconnect: false });
+    // Replies come to a private inbox the rule grants to this identity alone.
+    const tokenSub = (JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { sub: string }).sub;
+    const nc = await connect({ servers: nats.url, token, reconnect: false, inboxPrefix: `_INBOX.${tokenSub}` });
     cleanups.push(() => nc.close());
     const d = await nextDecision(seen);
     say(`connected. oidc-callout: ${d.result} by rule "${d.rule}" into account ${d.account}, until ${new Date(Number(d.expires) * 1000).toISOString()}`);
