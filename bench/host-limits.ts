@@ -6,7 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { ephemeralPortRange } from '../test/helpers/free-port.js';
 
 /** The soft and hard open-file limits of this process. */
 function openFileLimit(): { soft: number; hard: number } {
@@ -46,12 +46,6 @@ export function ensureOpenFiles(clients: number): number {
   return after;
 }
 
-/** net.ipv4.ip_local_port_range: the ports the kernel hands to client sockets. */
-export function ephemeralPortRange(): { low: number; high: number } {
-  const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
-  return { low: low!, high: high! };
-}
-
 /**
  * Source addresses 127.0.0.2, 127.0.0.3, ... with at most `perAddress` clients each. A client
  * bound to a local address takes an ephemeral port of that address alone, so each address has
@@ -66,28 +60,4 @@ export function loopbackSources(clients: number, perAddress: number): string[] {
     throw new Error(`ip_local_port_range ${low}-${high} is too small for ${perAddress} clients per source address`);
   }
   return Array.from({ length: count }, (_, i) => `127.0.0.${i + 2}`);
-}
-
-/**
- * A port that is free on 127.0.0.1 now (and not in `except`: ports picked but not bound yet) and
- * lies below the ephemeral range, so that no client socket (and no outgoing connection of the
- * service) can be given it while the server that owns it is down between a stop and a restart.
- */
-export async function freeServerPort(except: readonly number[] = []): Promise<number> {
-  const { low } = ephemeralPortRange();
-  const floor = 10_000;
-  if (low - floor < 1000) throw new Error(`ip_local_port_range starts at ${low}: no room for a fixed server port below it`);
-  for (let i = 0; i < 50; i++) {
-    const port = floor + Math.floor(Math.random() * (low - floor));
-    if (!except.includes(port) && (await canListen(port))) return port;
-  }
-  throw new Error(`no free port found between ${floor} and ${low}`);
-}
-
-function canListen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
 }

@@ -9,6 +9,7 @@ import { createLogger, type Logger } from './log.js';
 import type { IssuerKeys } from './issuers.js';
 import { Metrics, type DecisionObserver } from './metrics.js';
 import { startMonitoring } from './monitoring.js';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { connectAll, connectNats } from './nats-connection.js';
 import { CalloutRunner } from './runner.js';
 import { CalloutService } from './service.js';
@@ -83,6 +84,23 @@ async function warmIssuers(issuers: readonly IssuerKeys[], log: Logger): Promise
   );
 }
 
+/**
+ * Connects the service's connections, waiting for NATS when it is not up yet (the service may
+ * start before nats-server), and saying so in the log with the reason (refused, wrong password).
+ */
+async function connectWhenUp(config: Config, log: Logger): Promise<NatsConnection[]> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await connectAll(config);
+    } catch (err) {
+      if (attempt <= 3 || attempt % 20 === 0) {
+        log.warn('NATS not reachable yet; retrying', { servers: config.nats.servers, error: (err as Error).message, attempt });
+      }
+      await new Promise((r) => setTimeout(r, Math.min(2000, 250 * attempt)));
+    }
+  }
+}
+
 /** Top-level keys a reload cannot apply to a running process. */
 const RESTART_ONLY = ['nats', 'http', 'log'] as const;
 
@@ -98,7 +116,7 @@ async function run(file: string): Promise<number> {
   const metrics = new Metrics(VERSION);
   let service = buildService(config, log, metrics);
   await warmIssuers(service.issuers, log);
-  const connections = await connectAll(config);
+  const connections = await connectWhenUp(config, log);
   const runner = new CalloutRunner(connections, service, log);
   await runner.start();
   metrics.attach(runner.metricsSources());

@@ -2,7 +2,8 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Where a service reports what it decided; the process keeps one across reloads. */
 export interface DecisionObserver {
-  decided(result: 'allow' | 'reject' | 'abort', code: string | undefined, cached: boolean | undefined, seconds: number): void;
+  /** `seconds`: from receiving the request to having its answer; undefined when none was made (shed). */
+  decided(result: 'allow' | 'reject' | 'abort', code: string | undefined, cached: boolean | undefined, seconds: number | undefined): void;
   jwksFetched(issuer: string, ok: boolean): void;
   /** A request dropped unanswered because its answer could not arrive in time. */
   shed(reason: string): void;
@@ -92,7 +93,7 @@ export class Metrics implements DecisionObserver {
     });
     new Gauge({
       name: 'oidc_callout_in_flight_requests',
-      help: 'Requests being processed now',
+      help: 'Requests received and not answered yet (queued or being processed)',
       registers,
       collect() {
         this.set(sources()?.inFlight() ?? 0);
@@ -127,9 +128,9 @@ export class Metrics implements DecisionObserver {
     this.#sources = sources;
   }
 
-  decided(result: 'allow' | 'reject' | 'abort', code: string | undefined, cached: boolean | undefined, seconds: number): void {
+  decided(result: 'allow' | 'reject' | 'abort', code: string | undefined, cached: boolean | undefined, seconds: number | undefined): void {
     this.#requests.inc({ result, code: code ?? '' });
-    this.#duration.observe({ result }, seconds);
+    if (seconds !== undefined) this.#duration.observe({ result }, seconds);
     if (cached !== undefined) this.#cache.inc({ result: cached ? 'hit' : 'miss' });
   }
 

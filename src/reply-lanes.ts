@@ -1,6 +1,5 @@
 /**
- * The ways back to nats-server, one per NATS connection of the service, and how far behind
- * each one is.
+ * The way back to nats-server over one NATS connection of the service, and how far behind it is.
  *
  * nats-server handles every callout answer inside the read loop of the connection that
  * published it, one after another: it opens the box, verifies the response and the user JWT and
@@ -8,8 +7,16 @@
  * behind. Its delay is visible from our side: the server answers a PING only once it has
  * processed everything published before it. Each lane keeps one PING in flight while answers
  * are flowing; its delay is the last PING's round trip, or the age of the outstanding PING once
- * that is longer. An answer goes out on the lane that is least behind, and a request whose
- * answer would reach the server only after its deadline is not worked on at all.
+ * that is longer. A request whose answer would reach the server only after its deadline is not
+ * worked on at all.
+ *
+ * An answer goes out on the connection its request came in on: a service user may only be
+ * allowed to answer the requests it received (`allow_responses`), and with a cluster each
+ * connection may sit on another node. The runner bounds how many answers a lane may have
+ * unconfirmed (`reserve` before the work, `send` or `release` after), so the lanes are
+ * self-clocking: answers go out as fast as the server takes them (each PONG frees the window),
+ * and the rest wait in our queue, where the freshest can still be chosen and the stale dropped
+ * for free, rather than in the server's lane, where they are processed in order.
  */
 
 /** What a lane needs from a NATS connection. */
@@ -29,7 +36,7 @@ export class ReplyLane {
   #lastDelayMs = 0;
   #probeSentMs: number | undefined;
   #probeScheduled = false;
-  /** Answers published after the PING in flight (or since the last PONG when none is). */
+  /** Answers reserved or published after the PING in flight (or since the last PONG when none is). */
   #unprobed = 0;
   /** Answers published before the PING in flight: the server has them, not processed yet. */
   #covered = 0;
@@ -49,7 +56,7 @@ export class ReplyLane {
     return this.#connected;
   }
 
-  /** Answers the server has not confirmed processing (no PONG after them yet). */
+  /** Answers reserved or sent that the server has not confirmed processing (no PONG after them yet). */
   get outstanding(): number {
     return this.#covered + this.#unprobed;
   }
@@ -61,9 +68,20 @@ export class ReplyLane {
     return this.#unprobed > 0 ? this.#lastDelayMs : 0;
   }
 
+  /** Takes a place in the window for an answer about to be worked on. */
+  reserve(): void {
+    this.#unprobed++;
+  }
+
+  /** Gives back a reserved place: the work ended without an answer. */
+  release(): void {
+    if (this.#unprobed > 0) this.#unprobed--;
+    else if (this.#covered > 0) this.#covered--;
+  }
+
+  /** Publishes a reserved answer. */
   send(subject: string, data: Uint8Array): void {
     this.#conn.publish(subject, data);
-    this.#unprobed++;
     // The PING goes out after this turn of the event loop, behind every answer of the turn.
     if (this.#probeSentMs === undefined && !this.#probeScheduled) {
       this.#probeScheduled = true;
@@ -112,41 +130,5 @@ export class ReplyLane {
       () => settle(true),
       () => settle(false),
     );
-  }
-}
-
-/**
- * Chooses the lane for the next answer: the least behind (ties go round-robin) among those with
- * fewer than `window` answers the server has not confirmed yet. The window makes the lanes
- * self-clocking: answers go out as fast as the server takes them (each PONG opens the window
- * again), so they wait in our queue, where the freshest can still be chosen and the stale
- * dropped for free, rather than in the server's lane, where they are processed in order.
- */
-export class ReplyLanes {
-  readonly lanes: readonly ReplyLane[];
-  readonly #window: number;
-  #next = 0;
-
-  constructor(lanes: readonly ReplyLane[], window = Number.POSITIVE_INFINITY) {
-    this.lanes = lanes;
-    this.#window = window;
-  }
-
-  /** Undefined when no lane is connected and open. */
-  pick(nowMs: number): { lane: ReplyLane; delayMs: number } | undefined {
-    let best: ReplyLane | undefined;
-    let bestDelay = Number.POSITIVE_INFINITY;
-    const n = this.lanes.length;
-    for (let i = 0; i < n; i++) {
-      const lane = this.lanes[(this.#next + i) % n]!;
-      if (lane.outstanding >= this.#window) continue;
-      const d = lane.delayMs(nowMs);
-      if (d < bestDelay) {
-        best = lane;
-        bestDelay = d;
-      }
-    }
-    this.#next = (this.#next + 1) % Math.max(1, n);
-    return best ? { lane: best, delayMs: bestDelay } : undefined;
   }
 }

@@ -17,13 +17,16 @@
  *   the sockets, our read loop). That delay, kept within the one-second bounds the request's own
  *   stamp allows, is its age on arrival;
  * - before a server's offset is known: its clock is trusted to be within 10 s of ours, and a
- *   request is taken to be as young as its stamp permits.
+ *   request is taken to be as young as its stamp permits. The service verifies the first request
+ *   of such a server at once, so the offset is known from the second request on.
  *
  * Only requests whose signature verified teach the offset (a forged `iat` could otherwise make
- * every real request look stale). A server clock stepping backwards makes its requests look
- * old: when every request from a server for 2 s arrives already past its deadline, the offset
- * is forgotten and learnt anew. That reset can only make the estimate more lenient, so any
- * request may count towards it.
+ * every real request look stale). An offset nothing has confirmed for 20 s is forgotten. A server
+ * clock stepping backwards makes its requests look old at once: `received - iat` jumps by more
+ * than the time between two arrivals on one connection (a backlog, however deep, grows it at
+ * most that fast), and stays up: after three such arrivals in a row the offset is forgotten and
+ * learnt anew (a lone late request, which the next prompt one contradicts, is not a step).
+ * Forgetting can only make estimates more lenient, so any request may trigger it.
  */
 
 /** Timing of one request, on our clock (ms). */
@@ -36,16 +39,24 @@ export interface RequestTiming {
   readonly budgetMs: number;
   /** Estimated age when it reached us. */
   readonly ageOnArrivalMs: number;
-  /** False while this server's clock offset is not known yet. */
+  /** False while this server's clock offset is not known. */
   readonly calibrated: boolean;
 }
 
 const OFFSET_BUCKET_MS = 10_000;
+/** An offset no verified request has confirmed for this long is forgotten. */
+const FORGET_AFTER_MS = 2 * OFFSET_BUCKET_MS;
 const UPSTREAM_WINDOW_MS = 1_500;
 /** Before calibration, the server's clock is trusted this far. */
 const UNCALIBRATED_SKEW_MS = 10_000;
-const STEP_DETECT_MS = 2_000;
-const STEP_DETECT_COUNT = 10;
+/**
+ * How much faster than real time `received - iat` may grow between two arrivals before it is
+ * taken for a step of the server's clock: one truncated second plus scheduling jitter.
+ */
+const STEP_TOLERANCE_MS = 1_500;
+/** Arrivals in a row that must stay jumped before a step is believed. */
+const STEP_CONFIRMATIONS = 3;
+const MAX_STREAMS = 64;
 const MAX_SERVERS = 1024;
 /** `iat` is truncated to whole seconds: a request was issued up to this much after its stamp. */
 const TRUNCATION_MS = 999;
@@ -61,6 +72,7 @@ class ServerClock {
   #bucketStart = -Infinity;
   #current = Infinity;
   #previous = Infinity;
+  #lastTaughtMs = -Infinity;
   /**
    * The samples of the last UPSTREAM_WINDOW_MS that can still be the window's minimum: lags
    * increase from front to back (a sliding-window minimum in O(1) amortized per sample).
@@ -71,14 +83,19 @@ class ServerClock {
   #lastReceivedMs = -Infinity;
   /** Received time of the older sample of the latest pair whose `iat` differs. */
   #boundaryMs = -Infinity;
-  #expiredSince: number | undefined;
-  #expiredCount = 0;
+  /** The last arrival (verified or not) per connection, for step detection. */
+  #arrivals = new Map<number, { readonly receivedMs: number; readonly lag: number }>();
+  /** A jump seen, not yet confirmed: arrivals since at or above `level`. */
+  #suspect: { readonly baseline: number; readonly level: number; count: number } | undefined;
 
-  get offset(): number {
-    return Math.min(this.#current, this.#previous);
+  /** The clock offset at `nowMs`; Infinity when unknown or forgotten. */
+  offsetAt(nowMs: number): number {
+    return nowMs - this.#lastTaughtMs > FORGET_AFTER_MS ? Infinity : Math.min(this.#current, this.#previous);
   }
 
   observe(s: Sample): void {
+    if (s.receivedMs - this.#lastTaughtMs > FORGET_AFTER_MS) this.forget();
+    this.#lastTaughtMs = Math.max(this.#lastTaughtMs, s.receivedMs);
     if (s.receivedMs - this.#bucketStart >= OFFSET_BUCKET_MS) {
       this.#previous = s.receivedMs - this.#bucketStart >= 2 * OFFSET_BUCKET_MS ? Infinity : this.#current;
       this.#current = Infinity;
@@ -97,27 +114,44 @@ class ServerClock {
   upstreamDelay(nowMs: number): number | undefined {
     this.#trim(nowMs);
     const min = this.#minima[this.#front];
-    if (this.#boundaryMs < nowMs - UPSTREAM_WINDOW_MS || !min) return undefined;
-    return Math.max(0, min.lag - this.offset);
+    const offset = this.offsetAt(nowMs);
+    if (this.#boundaryMs < nowMs - UPSTREAM_WINDOW_MS || !min || offset === Infinity) return undefined;
+    return Math.max(0, min.lag - offset);
   }
 
-  /** Records a request that arrived already past its deadline; true when the offset was reset. */
-  expiredOnArrival(receivedMs: number): boolean {
-    if (this.#expiredSince === undefined) this.#expiredSince = receivedMs;
-    this.#expiredCount++;
-    if (receivedMs - this.#expiredSince < STEP_DETECT_MS || this.#expiredCount < STEP_DETECT_COUNT) return false;
+  /**
+   * Records any arrival on connection `stream`; true when a jump of its lag was confirmed as a
+   * clock step and the offset forgotten.
+   */
+  arrived(receivedMs: number, lag: number, stream: number): boolean {
+    const previous = this.#arrivals.get(stream);
+    if (!previous && this.#arrivals.size >= MAX_STREAMS) this.#arrivals.clear();
+    this.#arrivals.set(stream, { receivedMs, lag });
+    const suspect = this.#suspect;
+    if (suspect) {
+      if (lag <= suspect.baseline + STEP_TOLERANCE_MS) this.#suspect = undefined;
+      else if (lag >= suspect.level && ++suspect.count >= STEP_CONFIRMATIONS) {
+        this.#suspect = undefined;
+        if (this.offsetAt(receivedMs) === Infinity) return false;
+        this.forget();
+        return true;
+      }
+      return false;
+    }
+    if (previous && lag - previous.lag > Math.max(0, receivedMs - previous.receivedMs) + STEP_TOLERANCE_MS) {
+      this.#suspect = { baseline: previous.lag, level: previous.lag + (lag - previous.lag) / 2, count: 1 };
+    }
+    return false;
+  }
+
+  forget(): void {
     this.#current = this.#previous = Infinity;
+    this.#bucketStart = -Infinity;
+    this.#lastTaughtMs = -Infinity;
     this.#minima = [];
     this.#front = 0;
     this.#lastIat = undefined;
     this.#boundaryMs = -Infinity;
-    this.freshOnArrival();
-    return true;
-  }
-
-  freshOnArrival(): void {
-    this.#expiredSince = undefined;
-    this.#expiredCount = 0;
   }
 
   #trim(nowMs: number): void {
@@ -144,7 +178,7 @@ export class RequestClock {
     const budgetMs = (exp - iat) * 1000;
     const lag = receivedMs - iat * 1000;
     const server = this.#servers.get(serverId);
-    const offset = server?.offset ?? Infinity;
+    const offset = server?.offsetAt(receivedMs) ?? Infinity;
     let age: number;
     if (offset === Infinity) {
       age = Math.max(0, lag - UNCALIBRATED_SKEW_MS - TRUNCATION_MS);
@@ -161,33 +195,37 @@ export class RequestClock {
   /** Learns from a request whose signature verified. */
   observe(serverId: string, iat: unknown, receivedMs: number): void {
     if (!isSeconds(iat)) return;
-    let server = this.#servers.get(serverId);
-    if (!server) {
-      // Bounded: real servers are few; evicting the oldest only costs it a recalibration.
-      if (this.#servers.size >= MAX_SERVERS) this.#servers.delete(this.#servers.keys().next().value!);
-      server = new ServerClock();
-      this.#servers.set(serverId, server);
-    }
-    server.observe({ receivedMs, lag: receivedMs - iat * 1000, iat });
+    this.#server(serverId, true)!.observe({ receivedMs, lag: receivedMs - iat * 1000, iat });
   }
 
   /**
-   * Reports whether a request from this server arrived already past its estimated deadline
-   * (before any queueing of ours). Returns true when that has lasted long enough to take it for
-   * a step of the server's clock, and the offset was forgotten.
+   * Records the arrival of any request (verified or not) of a known server on connection
+   * `stream`. Returns true when its stamps jumped back like a stepped clock (confirmed) and the
+   * server's offset was forgotten.
    */
-  noteArrival(serverId: string, expired: boolean, receivedMs: number): boolean {
-    const server = this.#servers.get(serverId);
-    if (!server) return false;
-    if (!expired) {
-      server.freshOnArrival();
-      return false;
-    }
-    return server.expiredOnArrival(receivedMs);
+  noteArrival(serverId: string, iat: unknown, receivedMs: number, stream = 0): boolean {
+    if (!isSeconds(iat)) return false;
+    return this.#server(serverId, false)?.arrived(receivedMs, receivedMs - iat * 1000, stream) ?? false;
   }
 
-  calibrated(serverId: string): boolean {
-    return (this.#servers.get(serverId)?.offset ?? Infinity) !== Infinity;
+  calibrated(serverId: string, nowMs: number): boolean {
+    return (this.#servers.get(serverId)?.offsetAt(nowMs) ?? Infinity) !== Infinity;
+  }
+
+  #server(serverId: string, create: boolean): ServerClock | undefined {
+    let server = this.#servers.get(serverId);
+    if (server) {
+      // Most recently used last, so eviction takes the server unheard of for longest.
+      this.#servers.delete(serverId);
+      this.#servers.set(serverId, server);
+      return server;
+    }
+    if (!create) return undefined;
+    // Bounded: real servers are few; evicting one only costs it a recalibration.
+    if (this.#servers.size >= MAX_SERVERS) this.#servers.delete(this.#servers.keys().next().value!);
+    server = new ServerClock();
+    this.#servers.set(serverId, server);
+    return server;
   }
 }
 

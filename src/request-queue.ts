@@ -22,8 +22,6 @@ export interface Queued<T> {
 }
 
 export interface RequestQueueOptions {
-  /** Entries held at most; beyond it the oldest is shed (`queue_full`). */
-  readonly maxLength: number;
   /** Queue delay of the oldest entry beyond which the newest is served first. */
   readonly lifoAfterMs: number;
 }
@@ -48,10 +46,19 @@ export class RequestQueue<T> {
     return oldest ? nowMs - oldest.receivedMs : 0;
   }
 
-  /** Adds an entry; returns the oldest entry it displaced when the queue was full. */
-  push(entry: Queued<T>): Queued<T> | undefined {
+  /** Adds an entry (bounds are the owner's: see `oldest` and `shiftOldest`). */
+  push(entry: Queued<T>): void {
     this.#entries.push(entry);
-    return this.length > this.#options.maxLength ? this.#shift() : undefined;
+  }
+
+  /** The oldest entry, left in place. */
+  oldest(): Queued<T> | undefined {
+    return this.#entries[this.#head];
+  }
+
+  /** Removes and returns the oldest entry. */
+  shiftOldest(): Queued<T> | undefined {
+    return this.#shift();
   }
 
   /**

@@ -1,8 +1,8 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Logger } from './log.js';
 import type { MetricsSources } from './metrics.js';
-import { ReplyLane, ReplyLanes } from './reply-lanes.js';
-import { RequestQueue, type ShedReason } from './request-queue.js';
+import { ReplyLane } from './reply-lanes.js';
+import { RequestQueue, type Queued, type ShedReason } from './request-queue.js';
 import type { Admitted, CalloutService } from './service.js';
 
 /** The subject nats-server publishes authorization requests on. */
@@ -10,21 +10,37 @@ export const AUTH_SUBJECT = '$SYS.REQ.USER.AUTH';
 
 /** Tuning of the scheduler; the defaults are the measured ones (bench/README.md). */
 export interface RunnerOptions {
-  /** Requests held waiting at most (the oldest is shed beyond it). */
+  /** Requests held waiting at most, over all connections (the oldest is shed beyond it). */
   readonly maxQueue?: number;
+  /** Bytes of request payloads held waiting at most (clients choose a request's size). */
+  readonly maxQueueBytes?: number;
   /** Queue delay after which the newest requests are served first. */
   readonly lifoAfterMs?: number;
   /** Work done in one turn of the event loop before reading the sockets again. */
   readonly sliceMs?: number;
-  /** Answers per connection nats-server may hold unprocessed (see ReplyLanes). */
+  /** Answers per connection nats-server may hold unconfirmed (see reply-lanes.ts). */
   readonly laneWindow?: number;
+  /** How long `stop()` waits for queued requests before dropping them. */
+  readonly drainTimeoutMs?: number;
 }
 
-const DEFAULTS = { maxQueue: 10_000, lifoAfterMs: 100, sliceMs: 5, laneWindow: 8 } as const;
+const DEFAULTS = { maxQueue: 10_000, maxQueueBytes: 32 * 1024 * 1024, lifoAfterMs: 100, sliceMs: 5, laneWindow: 16, drainTimeoutMs: 10_000 } as const;
+/** While work waits on full or disconnected lanes, the queues are still looked at this often. */
+const HOLD_TICK_MS = 50;
 
 interface Pending {
   readonly admitted: Admitted;
   readonly reply: string | undefined;
+  readonly bytes: number;
+}
+
+/** One NATS connection: its subscription, its reply lane and the requests it brought. */
+interface Lane {
+  readonly index: number;
+  readonly nc: NatsConnection;
+  readonly reply: ReplyLane;
+  readonly queue: RequestQueue<Pending>;
+  sub: Subscription | undefined;
 }
 
 /**
@@ -33,26 +49,34 @@ interface Pending {
  *
  * A message is only opened and queued when it arrives (the socket is read again quickly, so the
  * time it arrived is known); the work happens in slices of `sliceMs`, between which the sockets
- * are read and answers flushed. Each slice takes the next request from the queue (oldest first,
- * newest first once the queue lags, see request-queue.ts) and drops, without work or answer,
- * every request whose answer could not reach the server before it gives up (request-clock.ts
- * estimates that deadline; reply-lanes.ts how far behind the server is in taking our answers).
- * Answers go out on the connection the server is least behind on, with at most `laneWindow` of
- * them unconfirmed per connection: when every lane is full, the queue waits for a PONG.
+ * are read and answers flushed. Each connection keeps its own queue, because an answer goes back
+ * on the connection its request came in on (reply-lanes.ts says why); the slices take requests
+ * from the connections in turn, from each the next request (oldest first, newest first once the
+ * queue lags, see request-queue.ts), as long as that connection's window of unconfirmed answers
+ * has room. A request whose answer could not reach the server before it gives up
+ * (request-clock.ts estimates that deadline, reply-lanes.ts how far behind the server is on that
+ * connection) is dropped without work or answer.
  *
  * Reload swaps the service atomically; stop drains: no new requests, the queued ones are
- * answered (or shed if their time is up), then the connections close.
+ * answered (or shed if their time is up; after `drainTimeoutMs`, dropped), then the
+ * connections close.
  */
 export class CalloutRunner {
-  readonly #conns: readonly NatsConnection[];
+  readonly #lanes: readonly Lane[];
   readonly #log: Logger;
-  readonly #lanes: ReplyLanes;
-  readonly #queue: RequestQueue<Pending>;
   readonly #sliceMs: number;
+  readonly #window: number;
+  readonly #maxQueue: number;
+  readonly #maxQueueBytes: number;
+  readonly #drainTimeoutMs: number;
   #service: CalloutService;
-  #subs: Subscription[] = [];
+  #queued = 0;
+  #queuedBytes = 0;
   #processing = 0;
   #scheduled = false;
+  #holdTimer: NodeJS.Timeout | undefined;
+  /** The connection the next slice starts with (round-robin). */
+  #next = 0;
   /** Moving average of the work one request costs us (ms). */
   #costMs = 1;
   #idle: (() => void) | undefined;
@@ -62,25 +86,26 @@ export class CalloutRunner {
   #statsTimer: NodeJS.Timeout | undefined;
 
   constructor(connections: NatsConnection | readonly NatsConnection[], service: CalloutService, log: Logger, options: RunnerOptions = {}) {
-    this.#conns = Array.isArray(connections) ? connections : [connections as NatsConnection];
-    if (this.#conns.length === 0) throw new Error('CalloutRunner needs at least one NATS connection');
+    const conns = Array.isArray(connections) ? connections : [connections as NatsConnection];
+    if (conns.length === 0) throw new Error('CalloutRunner needs at least one NATS connection');
     this.#service = service;
     this.#log = log;
     this.#sliceMs = options.sliceMs ?? DEFAULTS.sliceMs;
-    this.#queue = new RequestQueue({
-      maxLength: options.maxQueue ?? DEFAULTS.maxQueue,
-      lifoAfterMs: options.lifoAfterMs ?? DEFAULTS.lifoAfterMs,
-    });
+    this.#window = options.laneWindow ?? DEFAULTS.laneWindow;
+    this.#maxQueue = options.maxQueue ?? DEFAULTS.maxQueue;
+    this.#maxQueueBytes = options.maxQueueBytes ?? DEFAULTS.maxQueueBytes;
+    this.#drainTimeoutMs = options.drainTimeoutMs ?? DEFAULTS.drainTimeoutMs;
+    const lifoAfterMs = options.lifoAfterMs ?? DEFAULTS.lifoAfterMs;
     const now = () => this.#service.monotonicNow();
-    this.#lanes = new ReplyLanes(
-      this.#conns.map(
-        (nc, i) =>
-          new ReplyLane({ publish: (subject, data) => nc.publish(subject, data), probe: () => nc.flush() }, String(i), now, setImmediate, () => {
-            if (this.#queue.length > 0) this.#schedule();
-          }),
-      ),
-      options.laneWindow ?? DEFAULTS.laneWindow,
-    );
+    this.#lanes = conns.map((nc, index) => ({
+      index,
+      nc,
+      reply: new ReplyLane({ publish: (subject, data) => nc.publish(subject, data), probe: () => nc.flush() }, String(index), now, setImmediate, () => {
+        if (this.#queued > 0) this.#schedule();
+      }),
+      queue: new RequestQueue<Pending>({ lifoAfterMs }),
+      sub: undefined,
+    }));
   }
 
   get service(): CalloutService {
@@ -89,16 +114,16 @@ export class CalloutRunner {
 
   /** Requests received and not answered yet: queued plus being processed. */
   get inFlight(): number {
-    return this.#queue.length + this.#processing;
+    return this.#queued + this.#processing;
   }
 
   get queueLength(): number {
-    return this.#queue.length;
+    return this.#queued;
   }
 
   replyLaneDelays(): { connection: string; seconds: number }[] {
     const now = this.#service.monotonicNow();
-    return this.#lanes.lanes.map((l) => ({ connection: l.name, seconds: l.delayMs(now) / 1000 }));
+    return this.#lanes.map((l) => ({ connection: l.reply.name, seconds: l.reply.delayMs(now) / 1000 }));
   }
 
   /** The gauges of /metrics, read from this runner and its current service at scrape time. */
@@ -115,39 +140,37 @@ export class CalloutRunner {
   /** Subscribes on every connection and waits until the server has registered each. */
   async start(): Promise<void> {
     const queue = this.#service.config.nats.queueGroup;
-    this.#conns.forEach((nc, i) => {
-      this.#subs.push(
-        nc.subscribe(AUTH_SUBJECT, {
-          queue,
-          callback: (err, msg) => {
-            if (err) {
-              this.#log.error('subscription error', { error: err.message, connection: i });
-              return;
-            }
-            // Nothing may throw into the client's read loop: it would stop reading for good.
-            try {
-              this.#receive(msg);
-            } catch (e) {
-              this.#log.error('request dropped', { error: (e as Error).message });
-            }
-          },
-        }),
-      );
-    });
-    await Promise.all(this.#conns.map((nc) => nc.flush()));
-    this.#conns.forEach((nc, i) => void this.#watchConnection(nc, this.#lanes.lanes[i]!));
+    for (const lane of this.#lanes) {
+      lane.sub = lane.nc.subscribe(AUTH_SUBJECT, {
+        queue,
+        callback: (err, msg) => {
+          if (err) {
+            this.#log.error('subscription error', { error: err.message, connection: lane.index });
+            return;
+          }
+          // Nothing may throw into the client's read loop: it would stop reading for good.
+          try {
+            this.#receive(msg, lane);
+          } catch (e) {
+            this.#log.error('request dropped', { error: (e as Error).message });
+          }
+        },
+      });
+    }
+    await Promise.all(this.#lanes.map((l) => l.nc.flush()));
+    for (const lane of this.#lanes) void this.#watchConnection(lane);
     this.#statsTimer = setInterval(() => this.#logStats(), 1000);
     this.#statsTimer.unref();
     this.#log.info('listening', {
       subject: AUTH_SUBJECT,
       queue,
-      connections: this.#conns.length,
-      servers: this.#conns[0]!.getServer(),
+      connections: this.#lanes.length,
+      servers: this.#lanes[0]!.nc.getServer(),
       issuer: this.#service.issuerPublicKey,
     });
   }
 
-  #receive(msg: Msg): void {
+  #receive(msg: Msg, lane: Lane): void {
     const service = this.#service;
     const receivedMs = service.monotonicNow();
     let xkey: string | undefined;
@@ -157,13 +180,30 @@ export class CalloutRunner {
       // Malformed headers (nats-core throws on invalid names): decided as if there were none.
       xkey = undefined;
     }
-    const admitted = service.admit(msg.data, xkey, receivedMs);
+    const admitted = service.admit(msg.data, xkey, receivedMs, lane.index);
     if (!admitted) return;
-    const displaced = this.#queue.push({ item: { admitted, reply: msg.reply || undefined }, receivedMs, deadlineMs: admitted.timing?.deadlineMs });
+    const bytes = msg.data.length;
+    lane.queue.push({ item: { admitted, reply: msg.reply || undefined, bytes }, receivedMs, deadlineMs: admitted.timing?.deadlineMs });
+    this.#queued++;
+    this.#queuedBytes += bytes;
     this.#stats.received++;
-    if (this.#queue.length > this.#stats.maxQueue) this.#stats.maxQueue = this.#queue.length;
-    if (displaced) this.#shed(service, displaced.item, 'queue_full', 0);
+    if (this.#queued > this.#stats.maxQueue) this.#stats.maxQueue = this.#queued;
+    // Bounded in count and in bytes, over all connections: the oldest goes first.
+    while (this.#queued > this.#maxQueue || this.#queuedBytes > this.#maxQueueBytes) {
+      const oldest = this.#oldestLane();
+      if (!oldest) break;
+      this.#shed(service, oldest.queue.shiftOldest()!, 'queue_full');
+    }
     this.#schedule();
+  }
+
+  #oldestLane(): Lane | undefined {
+    let found: Lane | undefined;
+    for (const l of this.#lanes) {
+      const head = l.queue.oldest();
+      if (head && (!found || head.receivedMs < found.queue.oldest()!.receivedMs)) found = l;
+    }
+    return found;
   }
 
   #schedule(): void {
@@ -176,93 +216,136 @@ export class CalloutRunner {
   #slice(): void {
     this.#scheduled = false;
     const end = performance.now() + this.#sliceMs;
-    while (performance.now() < end) {
-      // Reading the service once per request: a reload mid-slice keeps one consistent config.
-      const service = this.#service;
-      const now = service.monotonicNow();
-      const lane = this.#lanes.pick(now);
-      // Every lane is full: hold the queue until a PING comes back (onProbed reschedules).
-      // Only what can no longer be answered in time is dropped meanwhile.
-      if (!lane) {
-        const least = Math.min(...this.#lanes.lanes.map((l) => l.delayMs(now)));
-        this.#queue.dropHopeless(now, least + this.#costMs, (e, reason) => this.#shed(service, e.item, reason, least));
-        this.#checkIdle();
-        return;
+    const n = this.#lanes.length;
+    let progressed = true;
+    while (progressed && this.#queued > 0 && performance.now() < end) {
+      progressed = false;
+      for (let k = 0; k < n && performance.now() < end; k++) {
+        const lane = this.#lanes[(this.#next + k) % n]!;
+        if (lane.queue.length > 0 && this.#serveNext(lane)) progressed = true;
       }
-      const laneDelay = lane.delayMs;
-      const shed = (e: { item: Pending }, reason: ShedReason) => this.#shed(service, e.item, reason, laneDelay);
-      const entry = this.#queue.next(now, this.#costMs + laneDelay, shed);
-      if (!entry) break;
-      const started = performance.now();
-      this.#stats.served++;
-      this.#serve(service, entry.item, laneDelay, lane.lane);
-      this.#costMs = 0.9 * this.#costMs + 0.1 * (performance.now() - started);
+      this.#next = (this.#next + 1) % n;
     }
-    if (this.#queue.length > 0) this.#schedule();
-    else this.#checkIdle();
+    if (this.#queued === 0) {
+      clearTimeout(this.#holdTimer);
+      this.#holdTimer = undefined;
+      this.#checkIdle();
+    } else if (progressed) {
+      this.#schedule();
+    } else if (!this.#holdTimer) {
+      // Every connection with work is full or down: a PONG or a reconnect reschedules; the timer
+      // keeps dropping what expires meanwhile.
+      this.#holdTimer = setTimeout(() => {
+        this.#holdTimer = undefined;
+        this.#slice();
+      }, HOLD_TICK_MS);
+      // The connections keep the process alive; this timer alone must not.
+      this.#holdTimer.unref();
+    }
   }
 
-  #shed(service: CalloutService, pending: Pending, reason: ShedReason, laneDelay: number): void {
+  /** Serves or drops the next request of one connection; false when it can take none now. */
+  #serveNext(lane: Lane): boolean {
+    // Reading the service once per request: a reload mid-slice keeps one consistent config.
+    const service = this.#service;
+    const now = service.monotonicNow();
+    const shed = (e: Queued<Pending>, reason: ShedReason, detail?: string) => this.#shed(service, e, reason, detail);
+    if (!lane.reply.connected) {
+      // Its answers can only go back on this connection: whatever cannot wait for the reconnect goes.
+      lane.queue.dropHopeless(now, Number.POSITIVE_INFINITY, (e, reason) =>
+        shed(e, reason, reason === 'too_late' ? `its connection to nats-server is down (connection ${lane.index})` : undefined),
+      );
+      return false;
+    }
+    const laneDelay = lane.reply.delayMs(now);
+    const cost = this.#costMs + laneDelay;
+    const lateDetail = (e: Queued<Pending>) =>
+      `its answer could not reach the server before the deadline (${e.deadlineMs === undefined ? '?' : Math.round(e.deadlineMs - now)}ms left, connection ${lane.index} ${Math.round(laneDelay)}ms behind)`;
+    if (lane.reply.outstanding >= this.#window) {
+      lane.queue.dropHopeless(now, cost, (e, reason) => shed(e, reason, reason === 'too_late' ? lateDetail(e) : undefined));
+      return false;
+    }
+    const entry = lane.queue.next(now, cost, (e, reason) => shed(e, reason, reason === 'too_late' ? lateDetail(e) : undefined));
+    if (!entry) return false;
+    this.#dequeued(entry.item);
+    const started = performance.now();
+    this.#stats.served++;
+    this.#serve(service, entry.item, laneDelay, lane.reply);
+    this.#costMs = 0.9 * this.#costMs + 0.1 * (performance.now() - started);
+    return true;
+  }
+
+  #dequeued(pending: Pending): void {
+    this.#queued--;
+    this.#queuedBytes -= pending.bytes;
+  }
+
+  #shed(service: CalloutService, entry: Queued<Pending>, reason: ShedReason, detail?: string): void {
+    this.#dequeued(entry.item);
     this.#stats[reason]++;
-    service.shed(pending.admitted, reason, laneDelay);
+    service.shed(entry.item.admitted, reason, detail);
   }
 
   #logStats(): void {
     const s = this.#stats;
-    if (s.received === 0 && s.served === 0 && this.#queue.length === 0) return;
+    if (s.received === 0 && s.served === 0 && this.#queued === 0) return;
     const now = this.#service.monotonicNow();
     this.#log.debug('scheduler', {
       ...s,
-      queued: this.#queue.length,
-      oldest_wait_ms: Math.round(this.#queue.oldestWaitMs(now)),
+      queued: this.#queued,
+      queued_bytes: this.#queuedBytes,
+      oldest_wait_ms: Math.round(Math.max(0, ...this.#lanes.map((l) => l.queue.oldestWaitMs(now)))),
       cost_ms: Math.round(this.#costMs * 1000) / 1000,
-      lane_delay_ms: this.#lanes.lanes.map((l) => Math.round(l.delayMs(now))),
+      lane_delay_ms: this.#lanes.map((l) => Math.round(l.reply.delayMs(now))),
+      lane_outstanding: this.#lanes.map((l) => l.reply.outstanding),
     });
     this.#stats = { received: 0, served: 0, expired: 0, too_late: 0, queue_full: 0, maxQueue: 0 };
   }
 
   #serve(service: CalloutService, pending: Pending, laneDelay: number, lane: ReplyLane): void {
     this.#processing++;
+    lane.reserve();
+    let sent = false;
     service
       .process(pending.admitted, laneDelay)
       .then((reply) => {
         if (!reply || !pending.reply) return;
-        // A verification that waited on the IdP may find its lane gone by now: any other will do.
-        const via = lane.connected ? lane : (this.#lanes.lanes.find((l) => l.connected) ?? lane);
-        via.send(pending.reply, reply);
+        lane.send(pending.reply, reply);
+        sent = true;
       })
       .catch((e: unknown) => this.#log.error('reply failed', { error: (e as Error).message }))
       .finally(() => {
+        if (!sent) lane.release();
         this.#processing--;
         this.#checkIdle();
       });
   }
 
   #checkIdle(): void {
-    if (this.#processing === 0 && this.#queue.length === 0) this.#idle?.();
+    if (this.#processing === 0 && this.#queued === 0) this.#idle?.();
   }
 
   /** Why this runner cannot answer requests now (readiness); empty when it can. */
   problems(): string[] {
     if (this.#stopping) return ['stopping'];
-    if (this.#subs.length === 0 || this.#subs.some((s) => s.isClosed())) return ['not subscribed to $SYS.REQ.USER.AUTH'];
+    if (this.#lanes.some((l) => !l.sub || l.sub.isClosed())) return ['not subscribed to $SYS.REQ.USER.AUTH'];
     const problems: string[] = [];
-    this.#conns.forEach((nc, i) => {
-      const which = this.#conns.length > 1 ? `NATS connection ${i}` : 'NATS connection';
-      if (nc.isClosed()) problems.push(`${which} closed`);
-      else if (!this.#lanes.lanes[i]!.connected) problems.push(`${which} disconnected, reconnecting`);
-    });
+    for (const lane of this.#lanes) {
+      const which = this.#lanes.length > 1 ? `NATS connection ${lane.index}` : 'NATS connection';
+      if (lane.nc.isClosed()) problems.push(`${which} closed`);
+      else if (!lane.reply.connected) problems.push(`${which} disconnected, reconnecting`);
+    }
     return problems;
   }
 
-  async #watchConnection(nc: NatsConnection, lane: ReplyLane): Promise<void> {
-    for await (const s of nc.status()) {
+  async #watchConnection(lane: Lane): Promise<void> {
+    for await (const s of lane.nc.status()) {
       if (s.type === 'disconnect') {
-        lane.setConnected(false);
-        this.#log.warn('NATS disconnected', { server: s.server, connection: lane.name });
+        lane.reply.setConnected(false);
+        this.#log.warn('NATS disconnected', { server: s.server, connection: lane.index });
       } else if (s.type === 'reconnect') {
-        lane.setConnected(true);
-        this.#log.info('NATS reconnected', { server: s.server, connection: lane.name });
+        lane.reply.setConnected(true);
+        this.#log.info('NATS reconnected', { server: s.server, connection: lane.index });
       }
     }
   }
@@ -274,15 +357,42 @@ export class CalloutRunner {
 
   /** Resolves when any connection is closed for good (the process should then exit). */
   closed(): Promise<void> {
-    return Promise.race(this.#conns.map((nc) => nc.closed().then(() => undefined)));
+    return Promise.race(this.#lanes.map((l) => l.nc.closed().then(() => undefined)));
   }
 
-  /** Drains: no new requests, answers the ones received, then closes the connections. */
+  /**
+   * Drains: no new requests, answers the ones received (for at most `drainTimeoutMs`; what is
+   * still queued then is dropped and logged), then closes the connections.
+   */
   async stop(): Promise<void> {
     this.#stopping = true;
     clearInterval(this.#statsTimer);
-    await Promise.all(this.#subs.map((s) => s.drain().catch(() => undefined)));
-    if (this.inFlight > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
-    await Promise.all(this.#conns.map((nc) => nc.drain().catch(() => undefined)));
+    await Promise.all(this.#lanes.map((l) => l.sub?.drain().catch(() => undefined)));
+    // A connection that is down cannot answer what it brought before we stop.
+    for (const lane of this.#lanes) {
+      if (lane.reply.connected) continue;
+      for (const entry of lane.queue.clear()) this.#shed(this.#service, entry, 'too_late', 'its connection to nats-server was down when the service stopped');
+    }
+    if (this.inFlight > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const drained = new Promise<boolean>((resolve) => {
+        this.#idle = () => resolve(true);
+        timer = setTimeout(() => resolve(false), this.#drainTimeoutMs);
+      });
+      if (!(await drained)) {
+        const service = this.#service;
+        let dropped = 0;
+        for (const lane of this.#lanes) {
+          for (const entry of lane.queue.clear()) {
+            this.#shed(service, entry, 'too_late', 'the service stopped before it could be answered');
+            dropped++;
+          }
+        }
+        this.#log.error('stopped with requests still waiting', { dropped, processing: this.#processing });
+      }
+      clearTimeout(timer);
+      clearTimeout(this.#holdTimer);
+    }
+    await Promise.all(this.#lanes.map((l) => l.nc.drain().catch(() => undefined)));
   }
 }

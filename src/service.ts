@@ -5,6 +5,7 @@ import { AuthFailure, asAuthFailure, GENERIC_REJECTION, type FailureCode } from 
 import { IssuerKeys, type IssuerStatus } from './issuers.js';
 import type { Logger } from './log.js';
 import type { DecisionObserver } from './metrics.js';
+import { isPublicKey } from './nkey.js';
 import { Policy, type Grant } from './policy.js';
 import { RequestClock, type RequestTiming } from './request-clock.js';
 import type { ShedReason } from './request-queue.js';
@@ -36,6 +37,8 @@ export interface Admitted {
   readonly receivedMs: number;
   /** Its estimated issue time and deadline; undefined when it carries no usable iat/exp. */
   readonly timing: RequestTiming | undefined;
+  /** Set when admission already verified it (the first request of a server not known yet). */
+  readonly verified: AuthRequest | undefined;
 }
 
 const SHED_CODES: Record<ShedReason, FailureCode> = { expired: 'REQUEST_EXPIRED', too_late: 'REQUEST_TOO_LATE', queue_full: 'REQUEST_QUEUE_FULL' };
@@ -137,49 +140,59 @@ export class CalloutService {
     const admitted = this.admit(data, headerXkey, this.#mono());
     if (!admitted) return undefined;
     if (admitted.timing && admitted.timing.deadlineMs <= this.#mono()) {
-      this.shed(admitted, 'expired', 0);
+      this.shed(admitted, 'expired');
       return undefined;
     }
     return this.process(admitted, 0);
   }
 
   /**
-   * Opens and parses a request and estimates its deadline, verifying nothing yet (cheap: the
-   * box and a JSON parse). Undefined when it cannot even be read: that is decided and logged
-   * (abort) here.
+   * Opens and parses a request and estimates its deadline (cheap: the box and a JSON parse).
+   * The first request of a server whose clock is not known yet is verified at once, so that it
+   * teaches the clock before its deadline is estimated: a server whose clock is far off ours
+   * would otherwise have its requests dropped as stale before any could be learnt from.
+   * Undefined when the request cannot even be read: that is decided and logged (abort) here.
+   * `connection` numbers the NATS connection it came on (each delivers in order).
    */
-  admit(data: Uint8Array, headerXkey: string | undefined, receivedMs: number): Admitted | undefined {
+  admit(data: Uint8Array, headerXkey: string | undefined, receivedMs: number, connection = 0): Admitted | undefined {
     let opened: OpenedRequest;
     try {
       opened = this.#requests.open(data, headerXkey);
     } catch (err) {
       const failure = asAuthFailure(err);
-      this.#decided({ result: 'abort', code: failure.code, reason: failure.message }, undefined, 0);
+      this.#decided({ result: 'abort', code: failure.code, reason: failure.message }, undefined, undefined);
       return undefined;
     }
-    const timing = this.requestClock.estimate(opened.claimedServer, opened.iat, opened.exp, receivedMs);
-    if (timing && this.requestClock.noteArrival(opened.claimedServer, timing.deadlineMs <= receivedMs, receivedMs)) {
-      this.#log.warn('requests of a server keep arriving past their deadline: its clock may have stepped back; relearning its offset', {
-        server_id: opened.claimedServer,
-      });
+    const clock = this.requestClock;
+    if (clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection)) {
+      this.#log.warn("a server's requests jumped back in time: its clock stepped; relearning its offset", { server_id: opened.claimedServer });
     }
-    return { opened, receivedMs, timing };
+    let verified: AuthRequest | undefined;
+    if (!clock.calibrated(opened.claimedServer, receivedMs)) {
+      try {
+        verified = this.#requests.verify(opened);
+        clock.observe(verified.serverId, verified.issuedAt, receivedMs);
+      } catch {
+        // Not verifiable: it teaches nothing; process() refuses it with the reason.
+      }
+    }
+    const timing = clock.estimate(opened.claimedServer, opened.iat, opened.exp, receivedMs);
+    return { opened, receivedMs, timing, verified };
   }
 
   /**
    * Verifies and answers an admitted request. `laneDelayMs` is how long the answer will wait
    * on its way back into the server: a verification that would wait on the IdP is abandoned
    * that much before the deadline. Returns the reply payload, or undefined to abort. Never
-   * throws: every failure becomes a logged decision.
+   * throws: every failure becomes a logged decision; its latency counts from receipt.
    */
   async process(admitted: Admitted, laneDelayMs: number): Promise<Uint8Array | undefined> {
-    const started = performance.now();
     let request: AuthRequest | undefined;
     let decision: Decision;
     let reply: Uint8Array | undefined;
     try {
-      request = this.#requests.verify(admitted.opened);
-      this.#learn(request, admitted);
+      request = admitted.verified ?? this.#requests.verify(admitted.opened);
+      if (!admitted.verified) this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
       const deadline = admitted.timing === undefined ? undefined : admitted.timing.deadlineMs - laneDelayMs;
       const result = await this.#authorize(request, deadline);
       decision = result.decision;
@@ -198,47 +211,32 @@ export class CalloutService {
         decision = { ...decision, result: 'abort' };
       }
     }
-    this.#decided(decision, request, (performance.now() - started) / 1000);
+    this.#decided(decision, request, Math.max(0, this.#mono() - admitted.receivedMs) / 1000);
     return reply;
   }
 
   /**
    * Drops an admitted request unanswered (the scheduler found it cannot be answered in time)
-   * and logs why. A request from a server whose clock offset is not known yet is verified
-   * first so that it still teaches the clock: otherwise a server whose clock is far off ours
-   * would have every request dropped before any could be learnt from.
+   * and logs why. Not a latency: no answer was made.
    */
-  shed(admitted: Admitted, reason: ShedReason, laneDelayMs: number): void {
+  shed(admitted: Admitted, reason: ShedReason, detail?: string): void {
     const now = this.#mono();
     const { opened, timing } = admitted;
-    if (!this.requestClock.calibrated(opened.claimedServer)) {
-      try {
-        this.#learn(this.#requests.verify(opened), admitted);
-      } catch {
-        // Not a verifiable request: it teaches nothing and is dropped all the same.
-      }
-    }
     const waited = Math.round(now - admitted.receivedMs);
-    const detail =
-      reason === 'queue_full'
+    const why =
+      detail ??
+      (reason === 'queue_full'
         ? `the request queue is full; dropped after waiting ${waited}ms`
         : reason === 'expired'
           ? `the server gave up on it ${timing ? Math.round(now - timing.deadlineMs) : '?'}ms ago (estimated age ${timing ? Math.round(now - timing.issuedMs) : '?'}ms, waited here ${waited}ms)`
-          : `its answer could not reach the server before the deadline (${timing ? Math.round(timing.deadlineMs - now) : '?'}ms left, reply lane ${Math.round(laneDelayMs)}ms behind)`;
+          : `its answer could not reach the server before the deadline (${timing ? Math.round(timing.deadlineMs - now) : '?'}ms left)`);
     this.#observer?.shed(reason);
-    this.#decided({ result: 'abort', code: SHED_CODES[reason], reason: detail, shed: reason }, { serverId: opened.claimedServer }, 0);
+    // The server named by an unverified request is only a claim, logged as such and only when it is a server key.
+    const claimed = isPublicKey(opened.claimedServer, 'server') ? opened.claimedServer : undefined;
+    this.#decided({ result: 'abort', code: SHED_CODES[reason], reason: why, shed: reason }, admitted.verified, undefined, claimed);
   }
 
-  /** Teaches the request clock from a request whose signature verified. */
-  #learn(request: AuthRequest, admitted: Admitted): void {
-    this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
-  }
-
-  #decided(
-    decision: Decision,
-    request: (Pick<AuthRequest, 'serverId'> & Partial<Pick<AuthRequest, 'userNkey' | 'clientHost' | 'clientType' | 'serverName'>>) | undefined,
-    seconds: number,
-  ): void {
+  #decided(decision: Decision, request: AuthRequest | undefined, seconds: number | undefined, claimedServer?: string): void {
     this.#observer?.decided(decision.result, decision.code, decision.cached, seconds);
     this.#log[decision.result === 'allow' ? 'info' : 'warn']('authorization', {
       ...decision,
@@ -247,7 +245,8 @@ export class CalloutService {
       client_type: request?.clientType,
       server: request?.serverName,
       server_id: request?.serverId,
-      latency_ms: Math.round(seconds * 1_000_000) / 1000,
+      claimed_server_id: request ? undefined : claimedServer,
+      latency_ms: seconds === undefined ? undefined : Math.round(seconds * 1_000_000) / 1000,
     });
   }
 

@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createAccount, fromSeed } from '@nats-io/nkeys';
 import { connect } from '@nats-io/transport-node';
+import { freeServerPort } from '../helpers/free-port.js';
 import { natsServerBinaries } from '../helpers/nats-server-bin.js';
 import { startNatsServer, type RunningNats } from '../helpers/nats-server.js';
 import { startLocalIssuer, type LocalIssuer } from '../helpers/local-issuer.js';
@@ -69,13 +70,12 @@ describe('command line', () => {
   let idp: LocalIssuer;
   let nats: RunningNats;
   let configFile: string;
+  let serverBlock: string;
 
   before(async () => {
     idp = await startLocalIssuer();
     const [bin] = (await natsServerBinaries()).slice(-1);
-    nats = await startNatsServer({
-      bin: bin!.path,
-      config: `max_control_line: 65536
+    serverBlock = `max_control_line: 65536
 accounts {
   AUTH { users: [ { user: auth, password: pw } ] }
   APP {}
@@ -83,8 +83,8 @@ accounts {
   SYS {}
 }
 system_account: SYS
-authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, auth_users: [ auth ], account: AUTH } }`,
-    });
+authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, auth_users: [ auth ], account: AUTH } }`;
+    nats = await startNatsServer({ bin: bin!.path, config: serverBlock });
     writeFileSync(join(dir, 'issuer.nk'), new TextDecoder().decode(issuerKey.getSeed()));
     configFile = join(dir, 'config.yaml');
     writeFileSync(configFile, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
@@ -218,6 +218,31 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
         await nc.close();
       }
     }
+
+    it('waits for NATS when started before nats-server, saying why, then serves', async () => {
+      const port = await freeServerPort();
+      const file = join(dir, 'before-nats.yaml');
+      writeFileSync(file, configYaml({ url: `nats://127.0.0.1:${port}`, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
+      const early = spawn(process.execPath, [MAIN, 'run', '--config', file], {
+        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      early.stdout.on('data', (d) => (out += d));
+      try {
+        for (let i = 0; i < 200 && !/"msg":"NATS not reachable yet; retrying"/.test(out); i++) await new Promise((r) => setTimeout(r, 25));
+        assert.match(out, /"msg":"NATS not reachable yet; retrying".*"servers":\["nats:\/\/127\.0\.0\.1:\d+"\]/);
+        assert.equal(early.exitCode, null, 'still running, not exited');
+        await using late = await startNatsServer({ bin: (await natsServerBinaries()).at(-1)!.path, config: serverBlock, port });
+        for (let i = 0; i < 200 && !/"msg":"listening"/.test(out); i++) await new Promise((r) => setTimeout(r, 25));
+        assert.match(out, /"msg":"listening"/);
+        const token = await idp.sign({ sub: 'late', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
+        const nc = await connect({ servers: late.url, token, reconnect: false });
+        await nc.close();
+      } finally {
+        early.kill('SIGKILL');
+      }
+    });
 
     it('survives a SIGHUP while it is still starting, and applies it once up', async () => {
       await using slow = await startLocalIssuer();

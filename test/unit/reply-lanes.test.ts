@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ReplyLane, ReplyLanes, type LaneConnection } from '../../src/reply-lanes.js';
+import { ReplyLane, type LaneConnection } from '../../src/reply-lanes.js';
 
 /** A connection whose PINGs are answered when the test says so. */
 function fakeConnection() {
@@ -29,7 +29,9 @@ describe('reply lanes', () => {
     const c = fakeConnection();
     const lane = new ReplyLane(c.conn, '0', h.clock, h.schedule);
     assert.equal(lane.delayMs(h.clock()), 0);
+    lane.reserve();
     lane.send('a', new Uint8Array());
+    lane.reserve();
     lane.send('b', new Uint8Array());
     await h.run();
     assert.equal(c.pongs.length, 1, 'one PING for the batch');
@@ -40,6 +42,7 @@ describe('reply lanes', () => {
     await h.run();
     // Back and nothing sent since: the server has processed everything.
     assert.equal(lane.delayMs(h.clock()), 0);
+    lane.reserve();
     lane.send('c', new Uint8Array());
     assert.equal(lane.delayMs(h.clock()), 400, 'the last measured delay applies to answers not yet probed');
   });
@@ -48,8 +51,10 @@ describe('reply lanes', () => {
     const h = harness();
     const c = fakeConnection();
     const lane = new ReplyLane(c.conn, '0', h.clock, h.schedule);
+    lane.reserve();
     lane.send('a', new Uint8Array());
     await h.run();
+    lane.reserve();
     lane.send('b', new Uint8Array());
     await h.run();
     assert.equal(c.pongs.length, 1);
@@ -64,6 +69,7 @@ describe('reply lanes', () => {
     const h = harness();
     const c = fakeConnection();
     const lane = new ReplyLane(c.conn, '0', h.clock, h.schedule);
+    lane.reserve();
     lane.send('a', new Uint8Array());
     await h.run();
     lane.setConnected(false);
@@ -76,36 +82,25 @@ describe('reply lanes', () => {
     assert.equal(lane.delayMs(h.clock()), 0);
   });
 
-  it('picks the lane least behind, round-robin among equals, none when all are down', async () => {
+  it('counts reserved and sent answers until a PONG confirms them; a released reservation frees its place', async () => {
     const h = harness();
-    const [a, b] = [fakeConnection(), fakeConnection()];
-    const lanes = new ReplyLanes([new ReplyLane(a.conn, 'a', h.clock, h.schedule), new ReplyLane(b.conn, 'b', h.clock, h.schedule)]);
-    const names = [0, 1, 2, 3].map(() => lanes.pick(h.clock())!.lane.name);
-    assert.deepEqual(names.sort(), ['a', 'a', 'b', 'b']);
-    lanes.lanes[0]!.send('x', new Uint8Array());
-    await h.run();
-    h.advance(200);
-    assert.equal(lanes.pick(h.clock())!.lane.name, 'b');
-    assert.equal(lanes.pick(h.clock())!.lane.name, 'b');
-    for (const l of lanes.lanes) l.setConnected(false);
-    assert.equal(lanes.pick(h.clock()), undefined);
-  });
-
-  it('holds a lane whose window of unconfirmed answers is full until its PING comes back', async () => {
-    const h = harness();
-    const [a, b] = [fakeConnection(), fakeConnection()];
+    const c = fakeConnection();
     let probed = 0;
-    const lane = (c: ReturnType<typeof fakeConnection>, name: string) => new ReplyLane(c.conn, name, h.clock, h.schedule, () => probed++);
-    const lanes = new ReplyLanes([lane(a, 'a'), lane(b, 'b')], 2);
-    for (let i = 0; i < 4; i++) lanes.pick(h.clock())!.lane.send(`r${i}`, new Uint8Array());
-    assert.deepEqual([lanes.lanes[0]!.outstanding, lanes.lanes[1]!.outstanding], [2, 2]);
-    assert.equal(lanes.pick(h.clock()), undefined, 'both windows full');
+    const lane = new ReplyLane(c.conn, 'a', h.clock, h.schedule, () => probed++);
+    lane.reserve();
+    lane.reserve();
+    lane.reserve();
+    assert.equal(lane.outstanding, 3, 'reserved before any work is done');
+    lane.release();
+    assert.equal(lane.outstanding, 2);
+    lane.send('r0', new Uint8Array());
+    lane.send('r1', new Uint8Array());
     await h.run();
-    assert.equal(lanes.lanes[0]!.outstanding, 2, 'a PING in flight does not confirm anything yet');
-    a.pongs[0]!.resolve();
+    assert.equal(c.pongs.length, 1);
+    assert.equal(lane.outstanding, 2, 'a PING in flight confirms nothing yet');
+    c.pongs[0]!.resolve();
     await h.run();
     assert.equal(probed, 1, 'the PONG is reported');
-    assert.equal(lanes.lanes[0]!.outstanding, 0);
-    assert.equal(lanes.pick(h.clock())!.lane.name, 'a');
+    assert.equal(lane.outstanding, 0);
   });
 });

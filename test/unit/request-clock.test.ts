@@ -50,7 +50,7 @@ describe('request clock', () => {
     const clock = new RequestClock();
     const srv = server(-7_300); // the server's clock is 7.3 s ahead of ours
     steady(clock, srv, 1_000_000_000, 1_000_003_000);
-    assert.equal(clock.calibrated(SERVER), true);
+    assert.equal(clock.calibrated(SERVER, 1_000_003_000), true);
     const now = 1_000_003_100;
     const s = srv.stamp(now);
     const t = clock.estimate(SERVER, s.iat, s.exp, now + 1)!;
@@ -99,35 +99,79 @@ describe('request clock', () => {
     const srv = server(0);
     // Estimating never teaches: a forged iat far in the future cannot make real requests look old.
     for (let i = 0; i < 100; i++) clock.estimate(SERVER, 9_999_999_999, 10_000_000_001, 1_000_000_000 + i);
-    assert.equal(clock.calibrated(SERVER), false);
+    assert.equal(clock.calibrated(SERVER, 1_000_000_000), false);
     steady(clock, srv, 1_000_000_000, 1_000_002_000);
-    assert.equal(clock.calibrated(SERVER), true);
-    assert.equal(clock.calibrated('NOTHER'), false);
+    assert.equal(clock.calibrated(SERVER, 1_000_002_000), true);
+    assert.equal(clock.calibrated('NOTHER', 1_000_002_000), false);
   });
 
-  it('relearns the offset when a server clock steps back and all its requests look expired', () => {
+  it('relearns the offset at once when a server clock steps back (its stamps jump)', () => {
     const clock = new RequestClock();
     let srv = server(0);
     steady(clock, srv, 1_000_000_000, 1_000_003_000);
+    for (let t = 1_000_000_000; t < 1_000_003_000; t += 37) clock.noteArrival(SERVER, srv.stamp(t).iat, t + 1);
     srv = server(5_000); // NTP stepped the server's clock back by 5 s
-    let reset = false;
-    let at = 1_000_003_000;
-    for (; at < 1_000_006_000 && !reset; at += 50) {
-      const s = srv.stamp(at);
-      const t = clock.estimate(SERVER, s.iat, s.exp, at + 1)!;
-      assert.ok(t.deadlineMs <= at + 1, 'looks expired until relearnt');
-      reset = clock.noteArrival(SERVER, true, at + 1);
+    const arrive = (at: number) => {
+      const st = srv.stamp(at);
+      return { st, step: clock.noteArrival(SERVER, st.iat, at + 1) };
+    };
+    const first = arrive(1_000_003_010);
+    assert.ok(clock.estimate(SERVER, first.st.iat, first.st.exp, 1_000_003_011)!.deadlineMs <= 1_000_003_011, 'looks 5 s old at first');
+    assert.equal(first.step, false, 'one jumped arrival is only a suspicion');
+    assert.equal(arrive(1_000_003_050).step, false);
+    assert.equal(arrive(1_000_003_090).step, true, 'confirmed by the third');
+    assert.equal(clock.calibrated(SERVER, 1_000_003_091), false);
+    const s = srv.stamp(1_000_003_100);
+    assert.ok(clock.estimate(SERVER, s.iat, s.exp, 1_000_003_101)!.deadlineMs > 1_000_004_000, 'fresh again once forgotten');
+  });
+
+  it('does not take a lone late request for a clock step', () => {
+    const clock = new RequestClock();
+    const srv = server(0);
+    steady(clock, srv, 1_000_000_000, 1_000_003_000);
+    const note = (issued: number, at: number) => clock.noteArrival(SERVER, srv.stamp(issued).iat, at);
+    for (let t = 1_000_000_000; t < 1_000_003_000; t += 37) note(t, t + 1);
+    // Stale and prompt requests interleaved (a replay, or another connection's backlog): never confirmed.
+    for (let t = 1_000_003_000; t < 1_000_006_000; t += 20) {
+      assert.equal(note(t - 4_000, t), false);
+      assert.equal(note(t, t + 1), false);
     }
-    assert.ok(reset, 'offset forgotten');
-    assert.ok(at - 1_000_003_000 >= 2_000, 'not before 2 s of evidence');
-    const s = srv.stamp(at);
-    assert.ok(clock.estimate(SERVER, s.iat, s.exp, at + 1)!.deadlineMs > at + 1_000, 'fresh again once forgotten');
-    // One fresh arrival in between is enough to keep the offset.
-    const other = new RequestClock();
-    steady(other, server(0), 1_000_000_000, 1_000_003_000);
-    for (let t = 1_000_003_000; t < 1_000_006_000; t += 50) {
-      assert.equal(other.noteArrival(SERVER, t % 1_000 !== 0, t), false);
+    assert.equal(clock.calibrated(SERVER, 1_000_006_000), true);
+    // Each connection delivers in order: a backlog on connection 1 is not a step seen from connection 0.
+    for (let t = 1_000_006_000; t < 1_000_009_000; t += 20) {
+      assert.equal(clock.noteArrival(SERVER, srv.stamp(t).iat, t + 1, 0), false);
+      assert.equal(clock.noteArrival(SERVER, srv.stamp(t - (t - 1_000_006_000) / 2).iat, t, 1), false);
     }
+  });
+
+  it('does not take a growing backlog for a clock step: its requests stay old', () => {
+    const clock = new RequestClock();
+    const srv = server(0);
+    const t0 = 1_000_000_000;
+    steady(clock, srv, t0 - 3_000, t0);
+    for (let t = t0 - 3_000; t < t0; t += 37) clock.noteArrival(SERVER, srv.stamp(t).iat, t + 1);
+    // From t0 the delay before requests reach us grows by 0.5 s per second (a FIFO backlog).
+    let last: { deadlineMs: number; at: number } | undefined;
+    for (let at = t0; at < t0 + 8_000; at += 20) {
+      const delay = (at - t0) / 2;
+      const issued = at - delay;
+      const st = srv.stamp(issued);
+      assert.equal(clock.noteArrival(SERVER, st.iat, at), false, `no step at ${at - t0}`);
+      const t = clock.estimate(SERVER, st.iat, st.exp, at)!;
+      last = { deadlineMs: t.deadlineMs, at };
+    }
+    // At the end requests arrive 4 s after they were issued: expired on arrival.
+    assert.ok(last!.deadlineMs <= last!.at, `deadline ${last!.deadlineMs - last!.at}ms from arrival`);
+  });
+
+  it('forgets an offset no verified request has confirmed for 20 s (a quiet server whose clock moved)', () => {
+    const clock = new RequestClock();
+    steady(clock, server(0), 1_000_000_000, 1_000_001_000);
+    assert.equal(clock.calibrated(SERVER, 1_000_015_000), true);
+    assert.equal(clock.calibrated(SERVER, 1_000_021_500), false);
+    // 3 s behind now, one connect every 30 s: judged with the 10 s tolerance, i.e. fresh.
+    const s = server(3_000).stamp(1_000_031_000);
+    assert.ok(clock.estimate(SERVER, s.iat, s.exp, 1_000_031_001)!.deadlineMs > 1_000_032_000);
   });
 
   it('returns nothing for requests without usable stamps', () => {

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { RequestQueue, type Queued, type ShedReason } from '../../src/request-queue.js';
 
-function queue(maxLength = 100, lifoAfterMs = 100) {
-  const q = new RequestQueue<string>({ maxLength, lifoAfterMs });
+function queue(lifoAfterMs = 100) {
+  const q = new RequestQueue<string>({ lifoAfterMs });
   const shed: [string, ShedReason][] = [];
   const onShed = (e: Queued<string>, r: ShedReason) => shed.push([e.item, r]);
   return { q, shed, next: (now: number, cost = 1) => q.next(now, cost, onShed)?.item };
@@ -38,7 +38,7 @@ describe('request queue', () => {
   });
 
   it('sheds a request whose answer cannot arrive before its deadline (borderline included)', () => {
-    const { q, next, shed } = queue(100, 10_000);
+    const { q, next, shed } = queue(10_000);
     q.push({ item: 'tight', receivedMs: 0, deadlineMs: 1049 });
     q.push({ item: 'exact', receivedMs: 0, deadlineMs: 1050 });
     // now 950, answering costs 100 ms (our work plus the reply lane): the answer of 'exact'
@@ -54,22 +54,25 @@ describe('request queue', () => {
     assert.deepEqual(shed, []);
   });
 
-  it('displaces the oldest when full', () => {
-    const { q, next } = queue(2);
-    assert.equal(q.push({ item: 'a', receivedMs: 0, deadlineMs: 2000 }), undefined);
-    assert.equal(q.push({ item: 'b', receivedMs: 1, deadlineMs: 2000 }), undefined);
-    assert.equal(q.push({ item: 'c', receivedMs: 2, deadlineMs: 2000 })?.item, 'a');
+  it('hands out its oldest entry for the owner to bound it', () => {
+    const { q, next } = queue();
+    q.push({ item: 'a', receivedMs: 0, deadlineMs: 2000 });
+    q.push({ item: 'b', receivedMs: 1, deadlineMs: 2000 });
+    q.push({ item: 'c', receivedMs: 2, deadlineMs: 2000 });
+    assert.equal(q.oldest()?.item, 'a');
+    assert.equal(q.shiftOldest()?.item, 'a');
     assert.equal(q.length, 2);
     assert.equal(next(3), 'b');
     assert.equal(next(3), 'c');
+    assert.equal(q.shiftOldest(), undefined);
   });
 
   it('stays correct across many pushes and takes from both ends (compaction)', () => {
-    const { q, next } = queue(100_000, 1_000_000);
+    const { q, next } = queue(1_000_000);
     for (let i = 0; i < 5000; i++) q.push({ item: String(i), receivedMs: i, deadlineMs: undefined });
     for (let i = 0; i < 3000; i++) assert.equal(next(5000), String(i));
     assert.equal(q.oldestWaitMs(5000), 2000);
-    const { q: lifo, next: nextLifo } = queue(100_000, 0);
+    const { q: lifo, next: nextLifo } = queue(0);
     for (let i = 0; i < 5000; i++) lifo.push({ item: String(i), receivedMs: i, deadlineMs: undefined });
     assert.equal(nextLifo(6000), '4999');
     assert.equal(lifo.clear().length, 4999);

@@ -209,7 +209,7 @@ describe('callout service', () => {
     }
   });
 
-  it('sheds on a fake clock: logs the reason, counts it, and still learns the clock of a new server', async () => {
+  it('sheds on a fake clock: logs the reason, counts it, and learns the clock of a new server from its first request', async () => {
     let clock = 1_900_000_000_000;
     const shedLines: any[] = [];
     const shedReasons: string[] = [];
@@ -221,32 +221,40 @@ describe('callout service', () => {
     );
     const srv = fakeServer();
     const at = (ms: number) => enc(authRequestJwt(srv, { now: Math.floor(ms / 1000) }));
-    // The first request of a server whose clock is 30 s behind: not plausible skew, so it is
-    // dropped; it is verified all the same, so the clock learns the offset from it ...
+    // The first request of a server whose clock is 30 s behind ours: admission verifies it at
+    // once and learns the offset from it, so it is judged fresh, not dropped as stale.
     const first = svc.admit(at(clock - 30_000), undefined, clock)!;
-    assert.ok(first.timing!.deadlineMs <= clock);
-    svc.shed(first, 'expired', 0);
-    assert.equal(svc.requestClock.calibrated(srv.id), true);
+    assert.equal(svc.requestClock.calibrated(srv.id, clock), true);
+    assert.ok(first.verified, 'verified at admission');
+    assert.ok(first.timing!.deadlineMs - clock > 1000, `deadline in ${first.timing!.deadlineMs - clock}ms`);
+    // A request of that server really 3 s old is stale.
+    clock += 100;
+    const stale = svc.admit(at(clock - 33_000), undefined, clock)!;
+    assert.ok(stale.timing!.deadlineMs <= clock);
+    assert.equal(stale.verified, undefined, 'a known server is not verified at admission');
+    svc.shed(stale, 'expired');
     const logged = shedLines.at(-1);
     assert.equal(logged.code, 'REQUEST_EXPIRED');
     assert.equal(logged.shed, 'expired');
-    assert.equal(logged.server_id, srv.id);
-    // ... and its next request, as skewed and just issued, is fresh.
-    clock += 100;
-    const next = svc.admit(at(clock - 30_000), undefined, clock)!;
-    assert.ok(next.timing!.deadlineMs - clock > 1000, `deadline in ${next.timing!.deadlineMs - clock}ms`);
-    svc.shed(next, 'too_late', 750);
+    assert.equal(logged.claimed_server_id, srv.id, 'unverified: logged as a claim');
+    assert.equal(logged.server_id, undefined);
+    assert.equal(logged.latency_ms, undefined, 'no answer, no latency');
+    svc.shed(stale, 'too_late', 'connection 3 750ms behind');
     assert.equal(shedLines.at(-1).code, 'REQUEST_TOO_LATE');
-    assert.match(shedLines.at(-1).reason, /reply lane 750ms behind/);
-    svc.shed(next, 'queue_full', 0);
+    assert.equal(shedLines.at(-1).reason, 'connection 3 750ms behind');
+    svc.shed(stale, 'queue_full');
     assert.equal(shedLines.at(-1).code, 'REQUEST_QUEUE_FULL');
     assert.deepEqual(shedReasons, ['expired', 'too_late', 'queue_full']);
-    // A forged request (naming a server, signed by another key) never teaches the clock.
+    // A forged request (naming a server, signed by another key) never teaches the clock, and a
+    // claimed server id that is not a server key is not logged.
     const victim = fakeServer();
     const forged = svc.admit(enc(authRequestJwt(victim, { now: Math.floor(clock / 1000) - 30, signer: fakeServer().signer })), undefined, clock)!;
-    svc.shed(forged, 'expired', 0);
+    assert.equal(forged.verified, undefined);
     assert.equal(forged.opened.claimedServer, victim.id);
-    assert.equal(svc.requestClock.calibrated(victim.id), false);
+    assert.equal(svc.requestClock.calibrated(victim.id, clock), false);
+    const junk = svc.admit(enc(authRequestJwt(victim, { edit: (c) => (c.iss = 'x'.repeat(5000)) })), undefined, clock)!;
+    svc.shed(junk, 'expired');
+    assert.equal(shedLines.at(-1).claimed_server_id, undefined);
   });
 
   it('seals the response to the server xkey when the request came sealed', async () => {

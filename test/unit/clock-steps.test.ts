@@ -1,0 +1,71 @@
+/**
+ * The request clock's step-back handling (request-clock.ts, service.ts admit/shed).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { RequestClock } from '../../src/request-clock.js';
+import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { fakeClockService } from '../helpers/fake-nats.js';
+
+const enc = (s: string) => new TextEncoder().encode(s);
+const seconds = (ms: number) => Math.floor(ms / 1000);
+
+describe('request clock', () => {
+  it('a quiet system relearns a server clock that stepped back 3 s within a couple of connects, not after 10', async () => {
+    const { service, clock } = fakeClockService();
+    const server = fakeServer();
+    let skew = 0; // how far the server's clock is behind ours (ms)
+    const connect = () => service.handle(enc(authRequestJwt(server, { now: seconds(clock.mono - skew), connectOpts: {} })), undefined);
+    // Calibration: a few connects spread over 3 s.
+    for (let i = 0; i < 10; i++) {
+      assert.ok(await connect(), 'answered while the clocks agree');
+      clock.mono += 317;
+    }
+    // An hour of silence, then NTP steps the server clock back by 3 s. Clients connect now and
+    // then (one attempt every 30 s, as a quiet system sees them).
+    clock.mono += 3_600_000;
+    skew = 3_000;
+    let dropped = 0;
+    for (let attempt = 0; attempt < 20; attempt++) {
+      if (await connect()) break;
+      dropped++;
+      clock.mono += 30_000;
+    }
+    assert.ok(dropped <= 2, `${dropped} consecutive connects dropped unanswered (${(dropped * 30) / 60} min) on an idle service after a 3 s clock step`);
+  });
+
+  it('does not mistake an upstream backlog (delay growing no faster than time) for a clock step and stop shedding', () => {
+    const clock = new RequestClock();
+    const SERVER = 'NSERVER';
+    const budget = 2;
+    // Mirrors service.ts: admit estimates and notes every arrival; only served requests
+    // (not expired on arrival) are verified and observed.
+    const arrive = (issuedMs: number, receivedMs: number) => {
+      const iat = seconds(issuedMs);
+      const t = clock.estimate(SERVER, iat, iat + budget, receivedMs)!;
+      const expired = t.deadlineMs <= receivedMs;
+      clock.noteArrival(SERVER, expired, receivedMs);
+      if (!expired) clock.observe(SERVER, iat, receivedMs);
+      return t;
+    };
+    let now = 1_000_000_000_000;
+    // 3 s of prompt delivery: calibrated.
+    for (const end = now + 3_000; now < end; now += 5) arrive(now, now + 1);
+    // Storm: the server issues 2,000 requests/s but they reach us at 1,000/s (a FIFO backlog in
+    // the server's send queue): the delay grows by 0.5 s every second, for 8 s.
+    const start = now;
+    let issued = now;
+    for (; now < start + 8_000; now += 1) {
+      arrive(issued, now);
+      issued += 0.5;
+    }
+    // A request arriving now was issued (now - issued) ms ago: 4 s, twice its budget.
+    const age = now - issued;
+    assert.ok(age >= 3_900, `age ${age}`);
+    const t = clock.estimate(SERVER, seconds(issued), seconds(issued) + budget, now)!;
+    assert.ok(
+      t.deadlineMs <= now,
+      `a request ${Math.round(age)} ms old (budget 2 s) is estimated alive: deadline in ${Math.round(t.deadlineMs - now)} ms, calibrated=${t.calibrated}`,
+    );
+  });
+});

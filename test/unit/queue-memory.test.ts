@@ -1,0 +1,46 @@
+/**
+ * The request queue is bounded in bytes as well as in count: each queued request keeps its whole
+ * decoded request, including a CONNECT token of any size below max_control_line (token.max_bytes
+ * is only checked when the request is served), and any unauthenticated client chooses that size.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { CalloutRunner } from '../../src/runner.js';
+import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { FakeNats, fakeClockService, settle } from '../helpers/fake-nats.js';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+const used = () => {
+  gc();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.external + m.arrayBuffers;
+};
+
+describe('queue memory', () => {
+  it('a flood of requests carrying 60 KB tokens stays within 256 MiB', async () => {
+    const { service, clock, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1 });
+    await runner.start();
+    nc.flushMode = 'never'; // the only lane fills with one answer: everything else waits in the queue
+    const server = fakeServer();
+    const now = Math.floor(clock.mono / 1000);
+    nc.deliver(authRequestJwt(server, { now, connectOpts: {} }));
+    await settle(20);
+    // 60 KB fits nats-server's recommended max_control_line (64 KiB) and exceeds token.max_bytes (16 KiB).
+    const big = authRequestJwt(server, { now, connectOpts: { auth_token: 'x'.repeat(60_000) } });
+    const n = 3_000; // 180 MB of requests
+    const before = used();
+    for (let i = 0; i < n; i++) nc.deliver(new TextEncoder().encode(big));
+    await settle(20);
+    const held = runner.queueLength;
+    assert.ok(held < 600, `${held} requests of 60 KB held: the queue is bounded in bytes (32 MiB), not only in count`);
+    const retainedMiB = (used() - before) / 2 ** 20;
+    assert.ok(retainedMiB <= 256, `${Math.round(retainedMiB)} MiB retained by the queue`);
+    nc.flushMode = 'auto';
+    await runner.stop();
+  });
+});

@@ -1,0 +1,127 @@
+/**
+ * The storm scheduler (runner.ts + reply-lanes.ts + request-queue.ts): the runner on
+ * in-memory connections whose PINGs the test answers, and a deadline clock the test moves.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Metrics } from '../../src/metrics.js';
+import { CalloutRunner } from '../../src/runner.js';
+import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { FakeNats, fakeClockService, settle } from '../helpers/fake-nats.js';
+
+const seconds = (ms: number) => Math.floor(ms / 1000);
+
+describe('storm scheduler', () => {
+  it('never has more than laneWindow unconfirmed answers on a lane (the window is checked before answers of the slice are sent)', async () => {
+    const { service, clock, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 2, drainTimeoutMs: 100 });
+    await runner.start();
+    nc.flushMode = 'never'; // the server never confirms: at most 2 answers may be sent
+    const server = fakeServer();
+    for (let i = 0; i < 10; i++) nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    await settle(100);
+    assert.ok(nc.published.length <= 2, `${nc.published.length} answers unconfirmed on one lane, window is 2`);
+    await runner.stop(); // the queued rest is dropped after the drain timeout
+  });
+
+  it('a stalled connection does not make the requests of a healthy one too late', async () => {
+    const { service, clock, log, logger } = fakeClockService();
+    const healthy = new FakeNats();
+    const stalled = new FakeNats();
+    const runner = new CalloutRunner([healthy.asNats(), stalled.asNats()], service, logger, { laneWindow: 2 });
+    await runner.start();
+    healthy.autoPongMs = 20; // confirms its answers within 20 ms
+    stalled.flushMode = 'never'; // a half-open TCP connection: its PING never comes back
+    const server = fakeServer();
+    // One answer on the stalled lane stays unconfirmed: its PING never comes back.
+    healthy.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    stalled.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    await settle(100);
+    assert.equal(stalled.published.length, 1, 'one answer went out on the stalled lane');
+    clock.mono += 2_500; // the stalled lane's PING is now 2.5 s old
+    const mark = log.mark();
+    for (let i = 0; i < 200; i++) healthy.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    // Two answers per 20 ms PONG: the healthy connection works through them in about 2 s.
+    for (let i = 0; i < 100 && healthy.published.length < 201; i++) await settle(50);
+    const decisions = log.decisions(mark);
+    const tooLate = decisions.filter((d) => d.code === 'REQUEST_TOO_LATE');
+    assert.equal(tooLate.length, 0, `${tooLate.length} of 200 fresh requests (2 s budget, queued for ms) dropped as too late; first: ${tooLate[0]?.reason}`);
+    assert.equal(healthy.published.length, 201, 'every request of the healthy connection answered on it');
+    assert.equal(stalled.published.length, 1, 'nothing crosses to the stalled connection');
+    await runner.stop();
+  });
+
+  it('answers the first burst of a restarted server whose clock is 15 s behind ours on an idle service (not only what follows)', async () => {
+    const { service, clock, log, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger);
+    await runner.start();
+    const server = fakeServer(); // a restarted nats-server: a new server id, nothing learnt yet
+    const behind = (ms: number) => seconds(ms - 15_000);
+    const mark = log.mark();
+    // Its clients reconnect at once: 20 requests in one read.
+    for (let i = 0; i < 20; i++) nc.deliver(authRequestJwt(server, { now: behind(clock.mono), connectOpts: {} }));
+    await settle(100);
+    const shed = log.decisions(mark).filter((d) => d.shed);
+    assert.ok(shed.length <= 1, `${shed.length} of 20 fresh requests dropped on an idle service (${shed[0]?.reason}); answers: ${nc.published.length}`);
+    await runner.stop();
+  });
+
+  it('does not keep a queued request forever when every lane is full and no PONG comes back (stop() hangs)', async () => {
+    const { service, clock, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1 });
+    await runner.start();
+    nc.flushMode = 'never';
+    const server = fakeServer();
+    nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    await settle(20); // answered: the lane's window (1) is full until a PONG
+    nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    await settle(50);
+    assert.equal(nc.published.length, 1);
+    assert.equal(runner.queueLength, 1, 'the second request waits for the lane');
+    clock.mono += 10_000; // the held request's deadline is long past
+    await settle(50);
+    assert.equal(runner.queueLength, 0, `a request 10 s past its deadline is still queued (in_flight ${runner.inFlight})`);
+    const stopped = await Promise.race([runner.stop().then(() => 'stopped'), settle(1000).then(() => 'hung')]);
+    assert.equal(stopped, 'stopped');
+  });
+
+  it('stop() completes when every connection is down and a queued request has no known deadline', async () => {
+    const { service, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger);
+    await runner.start();
+    nc.emitStatus({ type: 'disconnect', server: 'x' });
+    await settle(10);
+    const server = fakeServer();
+    nc.deliver(authRequestJwt(server, { connectOpts: {}, edit: (c) => delete c.exp }));
+    await settle(50);
+    const stopped = await Promise.race([runner.stop().then(() => 'stopped'), settle(1000).then(() => 'hung')]);
+    assert.equal(stopped, 'stopped', `stop() still waiting for ${runner.inFlight} request(s) after 1 s`);
+  });
+
+  it('measures request latency (log latency_ms, request_duration_seconds) from receipt, queue wait included', async () => {
+    const metrics = new Metrics('test');
+    const { service, clock, log, logger } = fakeClockService({ observer: metrics });
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1 });
+    await runner.start();
+    nc.flushMode = 'manual';
+    const server = fakeServer();
+    const mark = log.mark();
+    nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
+    await settle(50);
+    clock.mono += 300; // the second request waits 300 ms for the lane
+    nc.flushMode = 'auto';
+    nc.pong();
+    await settle(50);
+    const decisions = log.decisions(mark);
+    assert.equal(decisions.length, 2);
+    const waited = decisions[1]!;
+    assert.ok((waited.latency_ms as number) >= 250, `latency_ms ${waited.latency_ms} for a request that waited 300 ms before being served`);
+    await runner.stop();
+  });
+});
