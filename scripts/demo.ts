@@ -70,6 +70,7 @@ policy:
       user_name_claim: name
       max_lifetime: 15m
       permissions:
+        # $SYS.REQ.USER.INFO lets the demo client ask the server who it is and what it may do
         pub: { allow: ["orders.{{claims.tenant}}.>", "$SYS.REQ.USER.INFO"] }
         # a private inbox: the client sets its inbox prefix to _INBOX.<its sub>
         sub: { allow: ["orders.{{claims.tenant}}.>", "_INBOX.{{sub}}.>"] }

@@ -259,7 +259,12 @@ function zodPath(path: readonly PropertyKey[]): string {
  * Validates an already-parsed document. `env` and `baseDir` resolve secrets; relative secret
  * files are read relative to the configuration file.
  */
-export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd()): Config {
+/** What a command needs resolved: `explain` never connects to NATS, so it needs no NATS secret. */
+export interface LoadOptions {
+  readonly natsSecrets?: boolean;
+}
+
+export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd(), options: LoadOptions = {}): Config {
   const parsed = schema.safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
@@ -271,6 +276,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
   if (methods > 1) throw new ConfigError('nats', 'choose one way to authenticate: user/password, token, nkey_seed or creds_file');
   if ((n.user === undefined) !== (n.password === undefined)) throw new ConfigError('nats', 'user and password go together');
   const mode = raw.callout.mode ?? DEFAULTS.callout.mode;
+  const natsSecrets = options.natsSecrets ?? true;
 
   const accounts: Record<string, AccountSigning> = {};
   if (raw.accounts && mode !== 'operator') throw new ConfigError('accounts', 'accounts are only used in callout.mode: operator');
@@ -308,9 +314,9 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       queueGroup: n.queue_group ?? DEFAULTS.nats.queue_group,
       connections: n.connections ?? DEFAULTS.nats.connections,
       user: n.user,
-      password: n.password === undefined ? undefined : resolveSecret(n.password, 'nats.password', env, baseDir),
-      token: n.token === undefined ? undefined : resolveSecret(n.token, 'nats.token', env, baseDir),
-      nkeySeed: n.nkey_seed === undefined ? undefined : resolveSecret(n.nkey_seed, 'nats.nkey_seed', env, baseDir),
+      password: n.password === undefined || !natsSecrets ? undefined : resolveSecret(n.password, 'nats.password', env, baseDir),
+      token: n.token === undefined || !natsSecrets ? undefined : resolveSecret(n.token, 'nats.token', env, baseDir),
+      nkeySeed: n.nkey_seed === undefined || !natsSecrets ? undefined : resolveSecret(n.nkey_seed, 'nats.nkey_seed', env, baseDir),
       credsFile: n.creds_file === undefined ? undefined : n.creds_file.startsWith('/') ? n.creds_file : `${baseDir}/${n.creds_file}`,
     },
     callout: {
@@ -335,7 +341,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
 }
 
 /** Reads, parses and validates a YAML configuration file. */
-export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, options: LoadOptions = {}): Config {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -354,7 +360,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     throw new ConfigError('', `${file} is not valid YAML: ${what}${where}`);
   }
   const dir = file.includes('/') ? file.slice(0, file.lastIndexOf('/')) || '/' : process.cwd();
-  return buildConfig(doc, env, dir);
+  return buildConfig(doc, env, dir, options);
 }
 
 /** The effective configuration as plain data, every secret replaced by its source. */

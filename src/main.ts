@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createAccount, createCurve } from '@nats-io/nkeys';
 import { loadConfig, redactedConfig, type Config } from './config.js';
-import { AuthFailure, ConfigError } from './errors.js';
+import { ConfigError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import type { IssuerKeys } from './issuers.js';
 import { Metrics, type DecisionObserver } from './metrics.js';
@@ -213,28 +213,28 @@ async function readToken(arg: string): Promise<string> {
 }
 
 async function explain(file: string, tokenArg: string): Promise<number> {
-  const config = loadConfig(file);
+  // explain never connects to NATS: it needs none of the NATS secrets.
+  const config = loadConfig(file, process.env, { natsSecrets: false });
   const service = buildService(config, createLogger('error'));
   const token = await readToken(tokenArg);
-  try {
-    const e = await service.explain(token);
-    const result = {
-      decision: 'allow',
-      issuer: e.issuer,
-      claims: e.claims,
-      rule: e.grant.rule,
-      account: e.grant.account,
-      user_name: e.grant.name,
-      permissions: { pub: e.grant.pub, sub: e.grant.sub, ...(e.grant.resp ? { resp: e.grant.resp } : {}) },
-      expires: new Date(e.expires * 1000).toISOString(),
-    };
-    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-    return 0;
-  } catch (err) {
-    if (!(err instanceof AuthFailure)) throw err;
-    process.stdout.write(`${JSON.stringify({ decision: 'refuse', code: err.code, reason: err.message }, null, 2)}\n`);
+  const e = await service.explain(token);
+  if (e.decision === 'refuse') {
+    const refusal = { decision: 'refuse', code: e.failure.code, reason: e.failure.message, ...(e.claims ? { issuer: e.issuer, claims: e.claims } : {}) };
+    process.stdout.write(`${JSON.stringify(refusal, null, 2)}\n`);
     return 1;
   }
+  const result = {
+    decision: 'allow',
+    issuer: e.issuer,
+    claims: e.claims,
+    rule: e.grant.rule,
+    account: e.grant.account,
+    user_name: e.grant.name,
+    permissions: { pub: e.grant.pub, sub: e.grant.sub, ...(e.grant.resp ? { resp: e.grant.resp } : {}) },
+    expires: new Date(e.expires * 1000).toISOString(),
+  };
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  return 0;
 }
 
 function keys(dir: string, force: boolean): number {

@@ -135,10 +135,16 @@ function compileRule(rule: RawRule, i: number): CompiledRule {
   };
 }
 
+/** Claims that carry several values in one space-separated string (RFC 6749 scope, RFC 9068 scp). */
+const SPACE_DELIMITED = new Set(['scope', 'scp']);
+
 function matches(rule: CompiledRule, issuer: string, claims: Readonly<Record<string, unknown>>): boolean {
   if (rule.issuers !== undefined && !rule.issuers.includes(issuer)) return false;
   return rule.match.every(({ path, values }) => {
-    const actual = claimAt(claims, path);
+    let actual = claimAt(claims, path);
+    if (typeof actual === 'string' && SPACE_DELIMITED.has(path.slice(path.lastIndexOf('.') + 1))) {
+      actual = actual.split(' ').filter(Boolean);
+    }
     if (Array.isArray(actual)) return actual.some((a) => values.includes(a as never));
     return actual !== undefined && values.includes(actual as never);
   });

@@ -49,12 +49,15 @@ export function monotonicNow(): number {
 }
 
 /** What `explain` prints: the decision for a token without any NATS request around it. */
-export interface Explanation {
-  readonly issuer: string;
-  readonly claims: Readonly<Record<string, unknown>>;
-  readonly grant: Grant;
-  readonly expires: number;
-}
+export type Explanation =
+  | { readonly decision: 'allow'; readonly issuer: string; readonly claims: Readonly<Record<string, unknown>>; readonly grant: Grant; readonly expires: number }
+  | {
+      readonly decision: 'refuse';
+      readonly failure: AuthFailure;
+      /** Set once the token verified: the claims the policy saw. */
+      readonly issuer?: string;
+      readonly claims?: Readonly<Record<string, unknown>>;
+    };
 
 /**
  * The callout pipeline, and the only place that knows its order:
@@ -250,12 +253,25 @@ export class CalloutService {
     });
   }
 
-  /** Verifies a token and applies the policy exactly as a connection would, without NATS. */
+  /**
+   * Verifies a token and applies the policy exactly as a connection would, without NATS. A
+   * refusal after the token verified carries its claims, so the user sees why no rule matched.
+   */
   async explain(token: string): Promise<Explanation> {
     const now = this.#now();
-    const verified = await this.#tokens.verify(token, now);
-    const grant = this.#policy.decide(verified.issuer.issuer, verified.claims);
-    return { issuer: verified.issuer.issuer, claims: verified.claims, grant, expires: expiry(verified.exp, grant, now) };
+    let verified: Awaited<ReturnType<TokenVerifier['verify']>>;
+    try {
+      verified = await this.#tokens.verify(token, now);
+    } catch (err) {
+      return { decision: 'refuse', failure: asAuthFailure(err) };
+    }
+    const issuer = verified.issuer.issuer;
+    try {
+      const grant = this.#policy.decide(issuer, verified.claims);
+      return { decision: 'allow', issuer, claims: verified.claims, grant, expires: expiry(verified.exp, grant, now) };
+    } catch (err) {
+      return { decision: 'refuse', failure: asAuthFailure(err), issuer, claims: verified.claims };
+    }
   }
 
   async #authorize(request: AuthRequest, deadlineMs: number | undefined): Promise<{ decision: Decision; reply: Uint8Array }> {

@@ -187,6 +187,19 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       const unsafe = await idp.sign({ sub: 'a', aud: 'nats', exp: now() + 600, groups: ['dev'], tenant: 'a.>' });
       const u = await cli(['explain', '--config', configFile, '--token', unsafe], { env: { TEST_NATS_PASSWORD: 'pw' } });
       assert.equal(JSON.parse(u.stdout).code, 'POLICY_CLAIM_UNSAFE');
+      // A token that verified but matches no rule: the verified claims are shown.
+      const stranger = await idp.sign({ sub: 's', aud: 'nats', exp: now() + 600, groups: ['ops'] });
+      const n = JSON.parse((await cli(['explain', '--config', configFile, '--token', stranger], { env: { TEST_NATS_PASSWORD: 'pw' } })).stdout);
+      assert.equal(n.code, 'POLICY_NO_MATCH');
+      assert.deepEqual(n.claims.groups, ['ops']);
+      assert.equal(n.issuer, idp.issuer);
+    });
+
+    it('needs no NATS secret: it never connects', async () => {
+      const token = await idp.sign({ sub: 'alice', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
+      const r = await cli(['explain', '--config', configFile, '--token', token], { env: {} });
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      assert.equal(JSON.parse(r.stdout).decision, 'allow');
     });
   });
 

@@ -135,4 +135,22 @@ describe('policy', () => {
     assert.equal(claimAt({ a: 1 }, 'constructor'), undefined);
     assert.equal(claimAt({ a: {} }, 'a.toString'), undefined);
   });
+
+  it('matches scope and scp as space-separated lists (RFC 6749, RFC 9068), nothing else', () => {
+    const policy = new Policy([
+      { name: 'scoped', match: { scope: 'nats' }, account: 'APP', permissions: { pub: { allow: ['a'] } } },
+      { name: 'scp', match: { scp: ['nats:write'] }, account: 'APP', permissions: { pub: { allow: ['b'] } } },
+      { name: 'groups', match: { groups: 'a' }, account: 'APP', permissions: { pub: { allow: ['c'] } } },
+    ]);
+    assert.equal(policy.decide('i', { scope: 'openid nats profile' }).rule, 'scoped');
+    assert.equal(policy.decide('i', { scope: 'nats' }).rule, 'scoped');
+    assert.equal(policy.decide('i', { scp: 'nats:read nats:write' }).rule, 'scp');
+    assert.equal(policy.decide('i', { scp: ['nats:write'] }).rule, 'scp');
+    // A scope is a whole token: no prefix, substring or other separator matches.
+    for (const scope of ['nats-admin', 'natsx openid', 'openid,nats', 'xnats']) {
+      assert.throws(() => policy.decide('i', { scope }), /no rule matches/);
+    }
+    // Other claims keep their exact string semantics: "a b" is not the list [a, b].
+    assert.throws(() => policy.decide('i', { groups: 'a b' }), /no rule matches/);
+  });
 });

@@ -280,7 +280,17 @@ describe('callout service', () => {
 
   it('explains a decision without any request', async () => {
     const e = await service.explain(await idp.sign({ sub: 'e', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' }));
+    assert.ok(e.decision === 'allow');
     assert.equal(e.grant.rule, 'devs');
     assert.deepEqual(e.grant.pub, { allow: ['app.acme.>'] });
+    // Refused by the policy after the token verified: the claims it saw come along.
+    const refused = await service.explain(await idp.sign({ sub: 'r', aud: 'nats', exp: now() + 300, groups: ['ops'] }));
+    assert.ok(refused.decision === 'refuse');
+    assert.equal(refused.failure.code, 'POLICY_NO_MATCH');
+    assert.deepEqual(refused.claims?.groups, ['ops']);
+    // Refused before verification: no claims (they are not to be trusted).
+    const forged = await service.explain('eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln');
+    assert.ok(forged.decision === 'refuse');
+    assert.equal(forged.claims, undefined);
   });
 });
