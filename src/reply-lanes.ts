@@ -36,8 +36,10 @@ export class ReplyLane {
   #lastDelayMs = 0;
   #probeSentMs: number | undefined;
   #probeScheduled = false;
-  /** Answers reserved or published after the PING in flight (or since the last PONG when none is). */
+  /** Answers published after the PING in flight (or since the last PONG when none is). */
   #unprobed = 0;
+  /** Places taken for answers being worked on, not published yet. */
+  #reserved = 0;
   /** Answers published before the PING in flight: the server has them, not processed yet. */
   #covered = 0;
   /** Bumped on reconnect: a PING of the old connection must not speak for the new one. */
@@ -58,30 +60,31 @@ export class ReplyLane {
 
   /** Answers reserved or sent that the server has not confirmed processing (no PONG after them yet). */
   get outstanding(): number {
-    return this.#covered + this.#unprobed;
+    return this.#reserved + this.#covered + this.#unprobed;
   }
 
   /** How long an answer published now would wait before the server processes it (ms). */
   delayMs(nowMs: number): number {
     if (!this.#connected) return Number.POSITIVE_INFINITY;
     if (this.#probeSentMs !== undefined) return Math.max(this.#lastDelayMs, nowMs - this.#probeSentMs);
-    return this.#unprobed > 0 ? this.#lastDelayMs : 0;
+    return this.#unprobed > 0 || this.#reserved > 0 ? this.#lastDelayMs : 0;
   }
 
   /** Takes a place in the window for an answer about to be worked on. */
   reserve(): void {
-    this.#unprobed++;
+    this.#reserved++;
   }
 
   /** Gives back a reserved place: the work ended without an answer. */
   release(): void {
-    if (this.#unprobed > 0) this.#unprobed--;
-    else if (this.#covered > 0) this.#covered--;
+    if (this.#reserved > 0) this.#reserved--;
   }
 
-  /** Publishes a reserved answer. */
+  /** Publishes a reserved answer; its place now waits for a PONG. */
   send(subject: string, data: Uint8Array): void {
     this.#conn.publish(subject, data);
+    if (this.#reserved > 0) this.#reserved--;
+    this.#unprobed++;
     // The PING goes out after this turn of the event loop, behind every answer of the turn.
     if (this.#probeSentMs === undefined && !this.#probeScheduled) {
       this.#probeScheduled = true;
@@ -97,6 +100,7 @@ export class ReplyLane {
     this.#lastDelayMs = 0;
     this.#unprobed = 0;
     this.#covered = 0;
+    // Reservations stay: their work ends with send() or release() either way.
     this.#onProbed();
   }
 

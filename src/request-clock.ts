@@ -54,6 +54,8 @@ const UNCALIBRATED_SKEW_MS = 10_000;
  * taken for a step of the server's clock: one truncated second plus scheduling jitter.
  */
 const STEP_TOLERANCE_MS = 1_500;
+/** Most of the time between two arrivals that may explain a growth of their lag. */
+const MAX_GAP_ALLOWANCE_MS = 1_000;
 /** Arrivals in a row that must stay jumped before a step is believed. */
 const STEP_CONFIRMATIONS = 3;
 const MAX_STREAMS = 64;
@@ -138,7 +140,9 @@ class ServerClock {
       }
       return false;
     }
-    if (previous && lag - previous.lag > Math.max(0, receivedMs - previous.receivedMs) + STEP_TOLERANCE_MS) {
+    // The allowance is capped: with few requests per connection a long gap would hide any step
+    // (a false alarm needs three confirmations and only makes estimates more lenient).
+    if (previous && lag - previous.lag > Math.min(Math.max(0, receivedMs - previous.receivedMs), MAX_GAP_ALLOWANCE_MS) + STEP_TOLERANCE_MS) {
       this.#suspect = { baseline: previous.lag, level: previous.lag + (lag - previous.lag) / 2, count: 1 };
     }
     return false;
