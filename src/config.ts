@@ -72,17 +72,19 @@ const issuerSchema = z.strictObject({
 });
 
 const schema = z.strictObject({
-  nats: z.strictObject({
-    servers: z.array(z.string().min(1)).min(1).optional(),
-    name: z.string().min(1).optional(),
-    queue_group: z.string().min(1).optional(),
-    connections: z.number().int().min(1).max(16).optional(),
-    user: z.string().min(1).optional(),
-    password: secret.optional(),
-    token: secret.optional(),
-    nkey_seed: secret.optional(),
-    creds_file: z.string().min(1).optional(),
-  }),
+  nats: z
+    .strictObject({
+      servers: z.array(z.string().min(1)).min(1).optional(),
+      name: z.string().min(1).optional(),
+      queue_group: z.string().min(1).optional(),
+      connections: z.number().int().min(1).max(16).optional(),
+      user: z.string().min(1).optional(),
+      password: secret.optional(),
+      token: secret.optional(),
+      nkey_seed: secret.optional(),
+      creds_file: z.string().min(1).optional(),
+    })
+    .optional(),
   callout: z.strictObject({
     mode: z.enum(['server_config', 'operator']).optional(),
     issuer_seed: secret,
@@ -271,7 +273,8 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     throw new ConfigError(zodPath(issue.path), issue.message);
   }
   const raw = parsed.data;
-  const n = raw.nats;
+  // Every NATS key has a default: the section itself may be left out.
+  const n = raw.nats ?? {};
   const methods = [n.password !== undefined || n.user !== undefined, n.token, n.nkey_seed, n.creds_file].filter(Boolean).length;
   if (methods > 1) throw new ConfigError('nats', 'choose one way to authenticate: user/password, token, nkey_seed or creds_file');
   if ((n.user === undefined) !== (n.password === undefined)) throw new ConfigError('nats', 'user and password go together');

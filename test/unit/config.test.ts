@@ -176,4 +176,16 @@ describe('config', () => {
     );
     assert.throws(() => loadConfig(join(dir, 'missing.yaml')), /cannot read .*ENOENT/);
   });
+
+  it('takes the nats section as optional: every key has a default', () => {
+    const doc = {
+      callout: { issuer_seed: 'SAAB' },
+      issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
+      policy: { rules: [{ name: 'r', account: 'A' }] },
+    };
+    const config = buildConfig(doc, {});
+    assert.deepEqual(config.nats.servers, ['nats://127.0.0.1:4222']);
+    assert.equal(config.nats.connections, 8);
+    assert.equal(config.nats.queueGroup, 'oidc-callout');
+  });
 });
