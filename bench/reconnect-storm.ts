@@ -50,6 +50,8 @@ export interface ReconnectStormOptions {
   readonly serviceLog?: 'debug' | 'info' | 'warn' | 'error' | undefined;
   /** Write a V8 CPU profile of the service process into this directory. */
   readonly profileDir?: string | undefined;
+  /** nats-server's `authorization.timeout` in seconds (default 2). */
+  readonly authTimeoutS?: number | undefined;
   readonly log: (line: string) => void;
 }
 
@@ -302,14 +304,21 @@ async function stormOnce(
     issuer: account.getPublicKey(),
     xkey: opts.xkey ? curve.getPublicKey() : undefined,
     password: 'bench-password',
-    authTimeoutSeconds: AUTH_TIMEOUT_S,
+    authTimeoutSeconds: opts.authTimeoutS ?? AUTH_TIMEOUT_S,
   });
   // A fixed port below the ephemeral range, so the restarted server can take it again.
   const port = await freeServerPort();
   const metricsPort = await freeServerPort([port]);
   let nats = await startNatsServer({ bin: bin.path, config: natsConfig, port });
   let service: RunningService | undefined;
-  const fleet = new ClientFleet({ port, payloads, sources, attemptTimeoutMs: ATTEMPT_TIMEOUT_MS, retryMinMs: RETRY_MIN_MS, retryMaxMs: RETRY_MAX_MS });
+  const fleet = new ClientFleet({
+    port,
+    payloads,
+    sources,
+    attemptTimeoutMs: Math.max(ATTEMPT_TIMEOUT_MS, (opts.authTimeoutS ?? AUTH_TIMEOUT_S) * 1000 + 3000),
+    retryMinMs: RETRY_MIN_MS,
+    retryMaxMs: RETRY_MAX_MS,
+  });
   try {
     writeFileSync(join(work, 'issuer.nk'), new TextDecoder().decode(account.getSeed()), { mode: 0o600 });
     writeFileSync(join(work, 'xkey.nk'), new TextDecoder().decode(curve.getSeed()), { mode: 0o600 });

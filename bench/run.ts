@@ -64,6 +64,7 @@ async function main(): Promise<void> {
       'no-xkey': { type: 'boolean' },
       connections: { type: 'string' },
       'service-log': { type: 'string' },
+      'auth-timeout': { type: 'string' },
       'no-save': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -98,6 +99,7 @@ async function main(): Promise<void> {
     xkey: !values['no-xkey'],
     connections: values.connections === undefined ? undefined : Math.round(positive('connections', values.connections, 2)),
     serviceLog: values['service-log'] as 'debug' | 'info' | 'warn' | 'error' | undefined,
+    authTimeoutS: values['auth-timeout'] === undefined ? undefined : Math.round(positive('auth-timeout', values['auth-timeout'], 2)),
   };
   if (options.serviceLog !== undefined && !['debug', 'info', 'warn', 'error'].includes(options.serviceLog))
     throw new Error('--service-log is debug, info, warn or error');
@@ -142,12 +144,12 @@ async function main(): Promise<void> {
     say('box busy: whole machine; other: busy CPU not charged to those three (loopback softirq, other jobs)');
   }
   if (options.only === 'storm') {
-    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir } = options;
+    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS } = options;
     const conns = connections === undefined ? 'default' : String(connections);
     say(
-      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}`,
+      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}, authorization timeout ${authTimeoutS ?? 2} s`,
     );
-    storms.push(...(await runReconnectStorm({ clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, log: say })));
+    storms.push(...(await runReconnectStorm({ clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS, log: say })));
     say(`\n${stormTable(storms)}`);
     say('late answers: allow answers the service sent minus clients that got in (answers nats-server no longer waited for);');
     say('failed: auth_violation = refused by the service (see its reject counters) or no callout answer within the 2 s nats-server waits;');
