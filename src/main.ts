@@ -10,7 +10,7 @@ import type { IssuerKeys } from './issuers.js';
 import { Metrics, type DecisionObserver } from './metrics.js';
 import { startMonitoring } from './monitoring.js';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { connectAll, connectNats } from './nats-connection.js';
+import { connectAll, connectNats, withoutCredentials } from './nats-connection.js';
 import { CalloutRunner } from './runner.js';
 import { CalloutService } from './service.js';
 
@@ -94,7 +94,7 @@ async function connectWhenUp(config: Config, log: Logger): Promise<NatsConnectio
       return await connectAll(config);
     } catch (err) {
       if (attempt <= 3 || attempt % 20 === 0) {
-        log.warn('NATS not reachable yet; retrying', { servers: config.nats.servers, error: (err as Error).message, attempt });
+        log.warn('NATS not reachable yet; retrying', { servers: config.nats.servers.map(withoutCredentials), error: (err as Error).message, attempt });
       }
       await new Promise((r) => setTimeout(r, Math.min(2000, 250 * attempt)));
     }
@@ -195,7 +195,7 @@ async function check(file: string): Promise<number> {
     await nc.close();
   } catch (err) {
     ok = false;
-    process.stderr.write(`nats: cannot connect to ${config.nats.servers.join(', ')}: ${(err as Error).message}\n`);
+    process.stderr.write(`nats: cannot connect to ${config.nats.servers.map(withoutCredentials).join(', ')}: ${(err as Error).message}\n`);
   }
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
   process.stderr.write(ok ? 'check passed\n' : 'check failed\n');

@@ -41,3 +41,11 @@ export async function connectAll(config: Config, overrides: Partial<NodeConnecti
     throw err;
   }
 }
+
+/**
+ * A server URL fit for logs: credentials written into it (`nats://user:secret@host`) are
+ * replaced, so a password never reaches a log line or an error message.
+ */
+export function withoutCredentials(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^@/\s]*@/i, '$1<redacted>@');
+}

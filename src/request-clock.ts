@@ -199,7 +199,7 @@ export class RequestClock {
   /** Learns from a request whose signature verified. */
   observe(serverId: string, iat: unknown, receivedMs: number): void {
     if (!isSeconds(iat)) return;
-    this.#server(serverId, true)!.observe({ receivedMs, lag: receivedMs - iat * 1000, iat });
+    this.#server(serverId).observe({ receivedMs, lag: receivedMs - iat * 1000, iat });
   }
 
   /**
@@ -209,22 +209,22 @@ export class RequestClock {
    */
   noteArrival(serverId: string, iat: unknown, receivedMs: number, stream = 0): boolean {
     if (!isSeconds(iat)) return false;
-    return this.#server(serverId, false)?.arrived(receivedMs, receivedMs - iat * 1000, stream) ?? false;
+    // A plain lookup: only verified requests keep a server recent (see #server).
+    return this.#servers.get(serverId)?.arrived(receivedMs, receivedMs - iat * 1000, stream) ?? false;
   }
 
   calibrated(serverId: string, nowMs: number): boolean {
     return (this.#servers.get(serverId)?.offsetAt(nowMs) ?? Infinity) !== Infinity;
   }
 
-  #server(serverId: string, create: boolean): ServerClock | undefined {
+  #server(serverId: string): ServerClock {
     let server = this.#servers.get(serverId);
     if (server) {
-      // Most recently used last, so eviction takes the server unheard of for longest.
+      // Most recently verified last, so eviction takes the server unheard of for longest.
       this.#servers.delete(serverId);
       this.#servers.set(serverId, server);
       return server;
     }
-    if (!create) return undefined;
     // Bounded: real servers are few; evicting one only costs it a recalibration.
     if (this.#servers.size >= MAX_SERVERS) this.#servers.delete(this.#servers.keys().next().value!);
     server = new ServerClock();

@@ -249,23 +249,29 @@ export class CalloutRunner {
     // Reading the service once per request: a reload mid-slice keeps one consistent config.
     const service = this.#service;
     const now = service.monotonicNow();
-    const shed = (e: Queued<Pending>, reason: ShedReason, detail?: string) => this.#shed(service, e, reason, detail);
     if (!lane.reply.connected) {
       // Its answers can only go back on this connection: whatever cannot wait for the reconnect goes.
       lane.queue.dropHopeless(now, Number.POSITIVE_INFINITY, (e, reason) =>
-        shed(e, reason, reason === 'too_late' ? `its connection to nats-server is down (connection ${lane.index})` : undefined),
+        this.#shed(service, e, reason, reason === 'too_late' ? `its connection to nats-server is down (connection ${lane.index})` : undefined),
       );
       return false;
     }
     const laneDelay = lane.reply.delayMs(now);
     const cost = this.#costMs + laneDelay;
-    const lateDetail = (e: Queued<Pending>) =>
-      `its answer could not reach the server before the deadline (${e.deadlineMs === undefined ? '?' : Math.round(e.deadlineMs - now)}ms left, connection ${lane.index} ${Math.round(laneDelay)}ms behind)`;
+    const drop = (e: Queued<Pending>, reason: ShedReason) =>
+      this.#shed(
+        service,
+        e,
+        reason,
+        reason === 'too_late'
+          ? `its answer could not reach the server before the deadline (${e.deadlineMs === undefined ? '?' : Math.round(e.deadlineMs - now)}ms left, connection ${lane.index} ${Math.round(laneDelay)}ms behind)`
+          : undefined,
+      );
     if (lane.reply.outstanding >= this.#window) {
-      lane.queue.dropHopeless(now, cost, (e, reason) => shed(e, reason, reason === 'too_late' ? lateDetail(e) : undefined));
+      lane.queue.dropHopeless(now, cost, drop);
       return false;
     }
-    const entry = lane.queue.next(now, cost, (e, reason) => shed(e, reason, reason === 'too_late' ? lateDetail(e) : undefined));
+    const entry = lane.queue.next(now, cost, drop);
     if (!entry) return false;
     this.#dequeued(entry.item);
     const started = performance.now();
@@ -355,6 +361,18 @@ export class CalloutRunner {
     this.#service = service;
   }
 
+  /** Drops, unanswered and logged, everything queued on `lanes`; returns how many. */
+  #dropQueued(lanes: readonly Lane[], detail: string): number {
+    let dropped = 0;
+    for (const lane of lanes) {
+      for (const entry of lane.queue.clear()) {
+        this.#shed(this.#service, entry, 'too_late', detail);
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+
   /** Resolves when any connection is closed for good (the process should then exit). */
   closed(): Promise<void> {
     return Promise.race(this.#lanes.map((l) => l.nc.closed().then(() => undefined)));
@@ -369,29 +387,22 @@ export class CalloutRunner {
     clearInterval(this.#statsTimer);
     await Promise.all(this.#lanes.map((l) => l.sub?.drain().catch(() => undefined)));
     // A connection that is down cannot answer what it brought before we stop.
-    for (const lane of this.#lanes) {
-      if (lane.reply.connected) continue;
-      for (const entry of lane.queue.clear()) this.#shed(this.#service, entry, 'too_late', 'its connection to nats-server was down when the service stopped');
-    }
+    this.#dropQueued(
+      this.#lanes.filter((l) => !l.reply.connected),
+      'its connection to nats-server was down when the service stopped',
+    );
     if (this.inFlight > 0) {
       let timer: NodeJS.Timeout | undefined;
-      const drained = new Promise<boolean>((resolve) => {
+      const drained = await new Promise<boolean>((resolve) => {
         this.#idle = () => resolve(true);
         timer = setTimeout(() => resolve(false), this.#drainTimeoutMs);
       });
-      if (!(await drained)) {
-        const service = this.#service;
-        let dropped = 0;
-        for (const lane of this.#lanes) {
-          for (const entry of lane.queue.clear()) {
-            this.#shed(service, entry, 'too_late', 'the service stopped before it could be answered');
-            dropped++;
-          }
-        }
-        this.#log.error('stopped with requests still waiting', { dropped, processing: this.#processing });
-      }
       clearTimeout(timer);
       clearTimeout(this.#holdTimer);
+      if (!drained) {
+        const dropped = this.#dropQueued(this.#lanes, 'the service stopped before it could be answered');
+        this.#log.error('stopped with requests still waiting', { dropped, processing: this.#processing });
+      }
     }
     await Promise.all(this.#lanes.map((l) => l.nc.drain().catch(() => undefined)));
   }

@@ -21,6 +21,11 @@ interface Result {
   stderr: string;
 }
 
+/** `run --config FILE` as its own process, its log on stdout. */
+function spawnRun(file: string): ChildProcess {
+  return spawn(process.execPath, [MAIN, 'run', '--config', file], { env: { ...process.env, TEST_NATS_PASSWORD: 'pw' }, stdio: ['ignore', 'pipe', 'inherit'] });
+}
+
 function cli(args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<Result> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -236,12 +241,9 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       const port = await freeServerPort();
       const file = join(dir, 'before-nats.yaml');
       writeFileSync(file, configYaml({ url: `nats://127.0.0.1:${port}`, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
-      const early = spawn(process.execPath, [MAIN, 'run', '--config', file], {
-        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
+      const early = spawnRun(file);
       let out = '';
-      early.stdout.on('data', (d) => (out += d));
+      early.stdout!.on('data', (d) => (out += d));
       try {
         for (let i = 0; i < 200 && !/"msg":"NATS not reachable yet; retrying"/.test(out); i++) await new Promise((r) => setTimeout(r, 25));
         assert.match(out, /"msg":"NATS not reachable yet; retrying".*"servers":\["nats:\/\/127\.0\.0\.1:\d+"\]/);
@@ -262,12 +264,9 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       slow.faults.discovery = { delayMs: 1500 };
       const file = join(dir, 'early.yaml');
       writeFileSync(file, configYaml({ url: nats.url, issuer: slow.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
-      const early = spawn(process.execPath, [MAIN, 'run', '--config', file], {
-        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
+      const early = spawnRun(file);
       let out = '';
-      early.stdout.on('data', (d) => (out += d));
+      early.stdout!.on('data', (d) => (out += d));
       try {
         // "starting" comes once the handlers are in place, while discovery keeps it from being up.
         for (let i = 0; i < 200 && !/"msg":"starting"/.test(out); i++) await new Promise((r) => setTimeout(r, 25));
@@ -284,10 +283,7 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
     it('serves, reloads on SIGHUP, keeps the running config on a bad reload, drains on SIGTERM', async () => {
       const file = join(dir, 'run.yaml');
       writeFileSync(file, configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP }));
-      service = spawn(process.execPath, [MAIN, 'run', '--config', file], {
-        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
+      service = spawnRun(file);
       service.stdout!.on('data', (d) => (log += d));
       await waitForLog(/"msg":"listening"/, 0);
       assert.equal(await account(), 'APP');
@@ -320,10 +316,7 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
 
     /** Starts `run` and resolves with the monitoring port it logged. */
     function startRun(file: string): Promise<number> {
-      service = spawn(process.execPath, [MAIN, 'run', '--config', file], {
-        env: { ...process.env, TEST_NATS_PASSWORD: 'pw' },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
+      service = spawnRun(file);
       let out = '';
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`no monitoring line in:\n${out}`)), 10_000);

@@ -50,4 +50,17 @@ describe('documentation stays true', () => {
     assert.match(readme, /npm ci && npm run demo/);
     assert.match(readme, /^npm test/m);
   });
+
+  it('ships no example that opens every inbox of a shared account', () => {
+    // Replies travel to _INBOX.<random>: granting _INBOX.> (or _INBOX.*) to users of one account
+    // lets each read the others' replies. Examples grant a private prefix, _INBOX.{{sub}}.>.
+    for (const file of [join(root, 'conf', 'oidc-callout.yaml'), join(root, 'scripts', 'demo.ts')]) {
+      const text = readFileSync(file, 'utf8')
+        .split('\n')
+        .filter((l) => !l.trim().startsWith('#') && !l.trim().startsWith('//'))
+        .join('\n');
+      assert.doesNotMatch(text, /["']_INBOX\.[>*]/, `${file} grants every inbox`);
+      assert.match(text, /_INBOX\.\{\{sub\}\}\.>/, `${file} shows the private inbox`);
+    }
+  });
 });

@@ -13,7 +13,7 @@ const seconds = (ms: number) => Math.floor(ms / 1000);
 
 describe('storm scheduler', () => {
   it('never has more than laneWindow unconfirmed answers on a lane (the window is checked before answers of the slice are sent)', async () => {
-    const { service, clock, logger } = fakeClockService();
+    const { service, clock, log, logger } = fakeClockService();
     const nc = new FakeNats();
     const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 2, drainTimeoutMs: 100 });
     await runner.start();
@@ -22,7 +22,11 @@ describe('storm scheduler', () => {
     for (let i = 0; i < 10; i++) nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
     await settle(100);
     assert.ok(nc.published.length <= 2, `${nc.published.length} answers unconfirmed on one lane, window is 2`);
-    await runner.stop(); // the queued rest is dropped after the drain timeout
+    await runner.stop(); // the queued rest is dropped after the drain timeout, and logged
+    const stopped = log.records.find((r) => r.msg === 'stopped with requests still waiting');
+    assert.equal(stopped?.dropped, 8);
+    assert.equal(runner.inFlight, 0);
+    assert.equal(log.decisions().filter((d) => d.code === 'REQUEST_TOO_LATE' && /service stopped/.test(d.reason ?? '')).length, 8);
   });
 
   it('a stalled connection does not make the requests of a healthy one too late', async () => {
