@@ -28,6 +28,11 @@ export function benchRules(issuer: string): Record<string, unknown>[] {
       name: 'tenant-services',
       issuer,
       match: { groups: ['orders-writers', 'orders-readers'], 'https://example.com/tier': ['gold', 'silver'] },
+      when: [
+        { claim: 'tenant', present: true },
+        { claim: 'region', present: true },
+        { claim: 'team', present: true },
+      ],
       account: TARGET_ACCOUNT,
       user_name_claim: 'name',
       max_lifetime: '15m',
@@ -100,7 +105,7 @@ export interface ConfigDocOptions {
 export function configDoc(o: ConfigDocOptions): Record<string, unknown> {
   return {
     nats: { servers: [o.natsUrl], user: 'auth', password: 'bench-password', ...(o.connections ? { connections: o.connections } : {}) },
-    callout: { issuer_seed: o.issuerSeed, ...(o.xkeySeed ? { xkey_seed: o.xkeySeed } : {}) },
+    callout: { account: 'AUTH', issuer_seed: o.issuerSeed, ...(o.xkeySeed ? { xkey_seed: o.xkeySeed } : {}) },
     issuers: [
       {
         issuer: o.issuer,

@@ -10,13 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decode, encodeAuthorizationResponse, encodeUser } from '@nats-io/jwt';
 import { createAccount, createCurve, fromSeed } from '@nats-io/nkeys';
-import { Accounts } from '../src/accounts.js';
 import { buildConfig, type Config } from '../src/config.js';
 import { IssuerKeys } from '../src/issuers.js';
 import { decodeNatsJwt, type DecodedNatsJwt } from '../src/nats-jwt.js';
 import { NkeySigner, publicKeyObject, verifySignature } from '../src/nkey.js';
 import { createLogger, type Logger } from '../src/log.js';
-import { Policy } from '../src/policy.js';
 import { RequestVerifier } from '../src/request.js';
 import { signResponse } from '../src/response.js';
 import { CalloutService } from '../src/service.js';
@@ -150,7 +148,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
 
     // ---- policy --------------------------------------------------------------------------
     const cfg = config(rs, 'RS256', false);
-    const policy = new Policy(cfg.rules);
+    const policy = cfg.policy;
     const claims = { ...benchClaims(42), iss: rs.issuer, iat: now, exp: now + 3600 };
     const grant = policy.decide(rs.issuer, claims);
     assert.equal(grant.rule, 'tenant-services');
@@ -158,7 +156,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
 
     // ---- user JWT + response ---------------------------------------------------------------
     {
-      const accounts = new Accounts(cfg);
+      const accounts = cfg.keys.accounts;
       const target = accounts.forAccount(TARGET_ACCOUNT)!;
       const userNkeys = Array.from({ length: 1024 }, newUserNkey);
       const request = new RequestVerifier(undefined).verifyMessage(Buffer.from(authRequestJwt(server, { now })), undefined);

@@ -55,6 +55,7 @@ async function main(): Promise<void> {
   user: auth
   password: { env: DEMO_NATS_PASSWORD }
 callout:
+  account: AUTH                 # auth_callout.account: no rule may place users into it
   issuer_seed: { file: issuer.nk }
   xkey_seed: { file: xkey.nk }
 issuers:
@@ -66,6 +67,7 @@ policy:
   rules:
     - name: order-writers
       match: { groups: orders-writers }
+      when: [{ claim: tenant, present: true }]   # a claim used in subjects must be guaranteed
       account: APP
       user_name_claim: name
       max_lifetime: 15m

@@ -1,5 +1,4 @@
-import type { Config } from './config.js';
-import { isPublicKey, NkeySigner } from './nkey.js';
+import type { NkeySigner } from './nkey.js';
 
 /** How to sign for one target account. */
 export interface AccountSigner {
@@ -10,8 +9,14 @@ export interface AccountSigner {
   readonly audience: string | undefined;
 }
 
+/** A target account of operator mode: its public key and the key that signs its users. */
+export interface AccountKey {
+  readonly publicKey: string;
+  readonly signer: NkeySigner;
+}
+
 /**
- * The keys the service signs with, built once from configuration.
+ * The keys the service signs with, decoded once when the configuration loads.
  * - server_config mode: one issuer key (the `auth_callout.issuer` seed) signs both the user JWT
  *   and the response; the target account is named by `aud`.
  * - operator mode: the callout account's key signs the response; each target account's own
@@ -19,39 +24,29 @@ export interface AccountSigner {
  */
 export class Accounts {
   readonly response: AccountSigner;
-  readonly mode: Config['callout']['mode'];
+  readonly mode: 'server_config' | 'operator';
   readonly #byName = new Map<string, AccountSigner>();
 
-  constructor(config: Config) {
-    this.mode = config.callout.mode;
-    const issuer = seedSigner(config.callout.issuerSeed.value, 'callout.issuer_seed');
-    const issuerAccount = config.callout.issuerAccount;
-    if (issuerAccount !== undefined && !isPublicKey(issuerAccount, 'account')) {
-      throw new Error('callout.issuer_account: not an account public key (A...)');
-    }
+  constructor(mode: 'server_config' | 'operator', issuer: NkeySigner, issuerAccount: string | undefined, targets: ReadonlyMap<string, AccountKey>) {
+    this.mode = mode;
     this.response = {
       signer: issuer,
       issuerAccount: issuerAccount !== undefined && issuerAccount !== issuer.publicKey ? issuerAccount : undefined,
       audience: undefined,
     };
-    for (const [name, a] of Object.entries(config.accounts)) {
-      if (!isPublicKey(a.publicKey, 'account')) throw new Error(`accounts.${name}.public_key: not an account public key (A...)`);
-      const signer = seedSigner(a.signingSeed.value, `accounts.${name}.signing_seed`);
-      this.#byName.set(name, { signer, issuerAccount: signer.publicKey === a.publicKey ? undefined : a.publicKey, audience: undefined });
+    for (const [name, a] of targets) {
+      this.#byName.set(name, { signer: a.signer, issuerAccount: a.signer.publicKey === a.publicKey ? undefined : a.publicKey, audience: undefined });
     }
+  }
+
+  /** The callout account's public key (operator mode; server_config: the issuer key). */
+  get calloutAccount(): string {
+    return this.response.issuerAccount ?? this.response.signer.publicKey;
   }
 
   /** The signer for users of account `name`; undefined when this service cannot sign for it. */
   forAccount(name: string): AccountSigner | undefined {
     if (this.mode === 'server_config') return { signer: this.response.signer, issuerAccount: undefined, audience: name };
     return this.#byName.get(name);
-  }
-}
-
-function seedSigner(seed: string, path: string): NkeySigner {
-  try {
-    return new NkeySigner(seed, 'account');
-  } catch (err) {
-    throw new Error(`${path}: ${(err as Error).message}`);
   }
 }

@@ -2,11 +2,15 @@ import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Grant } from './policy.js';
 
-/** What a verified token decided: enough to issue a user JWT without verifying it again. */
+/**
+ * A verified token: enough to decide and issue a user JWT without verifying it again. `grant`
+ * is kept when the policy does not look at the connection (the same token always gets it).
+ */
 export interface CachedDecision {
   readonly issuer: string;
   readonly subject: string;
-  readonly grant: Grant;
+  readonly claims: Readonly<Record<string, unknown>>;
+  readonly grant: Grant | undefined;
   /** The token's `exp` (seconds), undefined when the issuer allows tokens without one. */
   readonly tokenExp: number | undefined;
 }
@@ -14,7 +18,7 @@ export interface CachedDecision {
 /**
  * The fast path for reconnect storms: decisions for tokens already verified, keyed by the
  * token's SHA-256 (tokens themselves are never kept). An entry lives at most `ttlMs` and never
- * past the token's `exp`; entries are never refreshed on access, and only successes are cached.
+ * past the token's `exp`; entries are never refreshed on access, and only verified tokens are cached.
  * A new cache is built on every configuration load, so reloads flush it.
  */
 export class DecisionCache {

@@ -1,7 +1,16 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { Accounts, type AccountKey } from './accounts.js';
+import { bounded, parseDuration } from './duration.js';
 import { ConfigError } from './errors.js';
+import { isPublicKey, NkeySigner } from './nkey.js';
+import type { Policy } from './policy.js';
+import { compilePolicy } from './policy-compile.js';
+import { type ConnectionType, issuerPolicySchema, type PolicyInput, policySchema } from './policy-schema.js';
+import { XkeyBox } from './xkey.js';
+
+export { bounded, parseDuration } from './duration.js';
 
 /**
  * The service configuration: a YAML file validated by one schema (unknown keys are errors),
@@ -11,7 +20,7 @@ import { ConfigError } from './errors.js';
 /** Every default in one place; README and conf/ document these values. */
 export const DEFAULTS = deepFreeze({
   nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout', connections: 8 },
-  callout: { mode: 'server_config' as const, max_in_flight: 256 },
+  callout: { mode: 'server_config' as const, max_in_flight: 256, system_account: 'SYS' },
   token: { fields: ['auth_token'] as TokenField[], max_bytes: 16384 },
   issuer: {
     algorithms: ['RS256'],
@@ -23,7 +32,7 @@ export const DEFAULTS = deepFreeze({
     jwks_max_stale: '1h',
     http_timeout: '5s',
   },
-  rule: { max_lifetime: '1h', user_name_claim: 'sub' },
+  rule: { max_lifetime: '1h', user_name_claim: 'sub', connection_types: ['STANDARD', 'WEBSOCKET'] as ConnectionType[] },
   cache: { max_entries: 50000, ttl: '60s' },
   log: { level: 'info' as LogLevel },
 });
@@ -36,25 +45,6 @@ export const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384
 
 const secret = z.union([z.string().min(1), z.strictObject({ file: z.string().min(1) }), z.strictObject({ env: z.string().min(1) })]);
 const duration = z.union([z.string(), z.number().nonnegative()]);
-const subjectList = z.array(z.string().min(1));
-const permission = z.strictObject({ allow: subjectList.optional(), deny: subjectList.optional() });
-const claimValue = z.union([z.string(), z.number(), z.boolean()]);
-
-const ruleSchema = z.strictObject({
-  name: z.string().min(1),
-  issuer: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
-  match: z.record(z.string().min(1), z.union([claimValue, z.array(claimValue).min(1)])).optional(),
-  account: z.string().min(1),
-  user_name_claim: z.string().min(1).optional(),
-  max_lifetime: duration.optional(),
-  permissions: z
-    .strictObject({
-      pub: permission.optional(),
-      sub: permission.optional(),
-      resp: z.strictObject({ max: z.number().int().positive(), ttl: duration.optional() }).optional(),
-    })
-    .optional(),
-});
 
 const issuerSchema = z.strictObject({
   issuer: z.string().min(1),
@@ -69,6 +59,7 @@ const issuerSchema = z.strictObject({
   jwks_cooldown: duration.optional(),
   jwks_max_stale: duration.optional(),
   http_timeout: duration.optional(),
+  ...issuerPolicySchema,
 });
 
 const schema = z.strictObject({
@@ -88,6 +79,8 @@ const schema = z.strictObject({
   callout: z.strictObject({
     mode: z.enum(['server_config', 'operator']).optional(),
     issuer_seed: secret,
+    account: z.string().min(1).optional().describe('server_config mode: the auth_callout account name; no rule may place users into it'),
+    system_account: z.string().min(1).optional().describe('the system account (server_config: its name, default SYS; operator: its public key)'),
     issuer_account: z.string().optional(),
     xkey_seed: secret.optional(),
     max_in_flight: z.number().int().positive().optional(),
@@ -103,14 +96,16 @@ const schema = z.strictObject({
     })
     .optional(),
   issuers: z.array(issuerSchema).min(1),
-  policy: z.strictObject({ rules: z.array(ruleSchema).min(1) }),
+  policy: policySchema,
   cache: z.strictObject({ max_entries: z.number().int().nonnegative().optional(), ttl: duration.optional() }).optional(),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).optional() }).optional(),
   http: z.strictObject({ listen: z.string().min(1) }).optional(),
 });
 
 type RawConfig = z.infer<typeof schema>;
-export type RawRule = z.infer<typeof ruleSchema>;
+
+/** The configuration schema (the JSON Schema in conf/ is generated from it). */
+export const configSchema = schema;
 
 /** A secret value: the resolved string plus where it came from (for redacted printing). */
 export interface Secret {
@@ -139,6 +134,12 @@ export interface AccountSigning {
   readonly signingSeed: Secret;
 }
 
+/** Keys decoded at load, so a bad seed is a configuration error naming its key. */
+export interface Keys {
+  readonly accounts: Accounts;
+  readonly xkey: XkeyBox | undefined;
+}
+
 export interface Config {
   readonly nats: {
     readonly servers: readonly string[];
@@ -156,6 +157,9 @@ export interface Config {
     readonly mode: 'server_config' | 'operator';
     readonly issuerSeed: Secret;
     readonly issuerAccount: string | undefined;
+    /** server_config: the auth_callout account's name. */
+    readonly account: string | undefined;
+    readonly systemAccount: string;
     readonly xkeySeed: Secret | undefined;
     readonly maxInFlight: number;
   };
@@ -163,28 +167,15 @@ export interface Config {
   readonly accounts: Readonly<Record<string, AccountSigning>>;
   readonly token: { readonly fields: readonly TokenField[]; readonly maxBytes: number };
   readonly issuers: readonly IssuerConfig[];
-  readonly rules: readonly RawRule[];
+  /** The policy section as written (printed by `check`). */
+  readonly policyInput: PolicyInput;
+  /** The compiled policy: matchers and templates built once at load. */
+  readonly policy: Policy;
+  readonly keys: Keys;
   readonly cache: { readonly maxEntries: number; readonly ttlMs: number };
   readonly log: { readonly level: LogLevel };
   /** The monitoring endpoints (/healthz, /readyz, /metrics); off when not configured. */
   readonly http: { readonly host: string; readonly port: number } | undefined;
-}
-
-/** Refuses durations outside [min, max] milliseconds, naming the key. */
-export function bounded(ms: number, min: number, max: number, path: string): number {
-  const show = (v: number) => (v >= 1000 ? `${v / 1000}s` : `${v}ms`);
-  if (ms < min) throw new ConfigError(path, `must be at least ${show(min)}`);
-  if (ms > max) throw new ConfigError(path, `must be at most ${show(max)}`);
-  return ms;
-}
-
-/** Parses `90s`, `5m`, `1h`, `250ms`, `2d` or a number of seconds into milliseconds. */
-export function parseDuration(value: string | number, path: string): number {
-  if (typeof value === 'number') return Math.round(value * 1000);
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim());
-  if (!m) throw new ConfigError(path, `invalid duration ${JSON.stringify(value)} (use e.g. 250ms, 30s, 5m, 1h)`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
-  return Math.round(Number(m[1]) * unit);
 }
 
 function resolveSecret(value: z.infer<typeof secret>, path: string, env: NodeJS.ProcessEnv, baseDir: string): Secret {
@@ -267,6 +258,7 @@ export interface LoadOptions {
 }
 
 export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd(), options: LoadOptions = {}): Config {
+  refuseUserLimits(doc);
   const parsed = schema.safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
@@ -289,6 +281,15 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
   if (mode === 'server_config' && raw.callout.issuer_account !== undefined) {
     throw new ConfigError('callout.issuer_account', 'only used in callout.mode: operator (server_config mode signs with the auth_callout issuer key)');
   }
+  if (mode === 'server_config' && raw.callout.account === undefined) {
+    throw new ConfigError(
+      'callout.account',
+      'required in server_config mode: the name of the auth_callout account (auth_callout.account), so that no rule can place users into it',
+    );
+  }
+  if (mode === 'operator' && raw.callout.account !== undefined) {
+    throw new ConfigError('callout.account', "only used in server_config mode (in operator mode the callout account is the issuer key's account)");
+  }
 
   const issuers = raw.issuers.map(issuerConfig);
   const seen = new Set<string>();
@@ -296,43 +297,47 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     if (seen.has(iss.issuer)) throw new ConfigError(`issuers[${i}].issuer`, `duplicate issuer ${iss.issuer}`);
     seen.add(iss.issuer);
   });
-  raw.policy.rules.forEach((rule, i) => {
-    // Claims of different issuers are different namespaces: with several issuers, a rule that
-    // does not say whose tokens it is for would let one issuer mint another's groups.
-    if (rule.issuer === undefined && issuers.length > 1) {
-      throw new ConfigError(`policy.rules[${i}].issuer`, 'required when several issuers are configured (a name or a list)');
-    }
-    for (const iss of typeof rule.issuer === 'string' ? [rule.issuer] : (rule.issuer ?? [])) {
-      if (!seen.has(iss)) throw new ConfigError(`policy.rules[${i}].issuer`, `${iss} is not one of the configured issuers`);
-    }
-    if (mode === 'operator' && !Object.hasOwn(accounts, rule.account)) {
-      throw new ConfigError(`policy.rules[${i}].account`, `account ${rule.account} is not listed under accounts (operator mode signs per account)`);
-    }
+
+  const natsSettings: Config['nats'] = {
+    servers: n.servers ?? DEFAULTS.nats.servers,
+    name: n.name ?? DEFAULTS.nats.name,
+    queueGroup: n.queue_group ?? DEFAULTS.nats.queue_group,
+    connections: n.connections ?? DEFAULTS.nats.connections,
+    user: n.user,
+    password: n.password === undefined || !natsSecrets ? undefined : resolveSecret(n.password, 'nats.password', env, baseDir),
+    token: n.token === undefined || !natsSecrets ? undefined : resolveSecret(n.token, 'nats.token', env, baseDir),
+    nkeySeed: n.nkey_seed === undefined || !natsSecrets ? undefined : resolveSecret(n.nkey_seed, 'nats.nkey_seed', env, baseDir),
+    credsFile: n.creds_file === undefined ? undefined : n.creds_file.startsWith('/') ? n.creds_file : `${baseDir}/${n.creds_file}`,
+  };
+  const issuerSeed = resolveSecret(raw.callout.issuer_seed, 'callout.issuer_seed', env, baseDir);
+  const xkeySeed = raw.callout.xkey_seed === undefined ? undefined : resolveSecret(raw.callout.xkey_seed, 'callout.xkey_seed', env, baseDir);
+  const keys = decodeKeys(mode, issuerSeed, raw.callout.issuer_account, accounts, xkeySeed);
+  const systemAccount = raw.callout.system_account ?? DEFAULTS.callout.system_account;
+  const policy = compilePolicy({
+    policy: raw.policy,
+    issuers: raw.issuers,
+    accounts: mode === 'operator' ? new Set(Object.keys(accounts)) : undefined,
+    reserved: reservedAccounts(mode, raw.callout.account, systemAccount, keys, accounts),
+    defaults: { maxLifetime: DEFAULTS.rule.max_lifetime, userNameClaim: DEFAULTS.rule.user_name_claim, connectionTypes: DEFAULTS.rule.connection_types },
   });
 
   const config: Config = {
-    nats: {
-      servers: n.servers ?? DEFAULTS.nats.servers,
-      name: n.name ?? DEFAULTS.nats.name,
-      queueGroup: n.queue_group ?? DEFAULTS.nats.queue_group,
-      connections: n.connections ?? DEFAULTS.nats.connections,
-      user: n.user,
-      password: n.password === undefined || !natsSecrets ? undefined : resolveSecret(n.password, 'nats.password', env, baseDir),
-      token: n.token === undefined || !natsSecrets ? undefined : resolveSecret(n.token, 'nats.token', env, baseDir),
-      nkeySeed: n.nkey_seed === undefined || !natsSecrets ? undefined : resolveSecret(n.nkey_seed, 'nats.nkey_seed', env, baseDir),
-      credsFile: n.creds_file === undefined ? undefined : n.creds_file.startsWith('/') ? n.creds_file : `${baseDir}/${n.creds_file}`,
-    },
+    nats: natsSettings,
     callout: {
       mode,
-      issuerSeed: resolveSecret(raw.callout.issuer_seed, 'callout.issuer_seed', env, baseDir),
+      issuerSeed,
       issuerAccount: raw.callout.issuer_account,
-      xkeySeed: raw.callout.xkey_seed === undefined ? undefined : resolveSecret(raw.callout.xkey_seed, 'callout.xkey_seed', env, baseDir),
+      account: raw.callout.account,
+      systemAccount,
+      xkeySeed,
       maxInFlight: raw.callout.max_in_flight ?? DEFAULTS.callout.max_in_flight,
     },
     accounts,
     token: { fields: raw.token?.fields ?? DEFAULTS.token.fields, maxBytes: raw.token?.max_bytes ?? DEFAULTS.token.max_bytes },
     issuers,
-    rules: raw.policy.rules,
+    policyInput: raw.policy,
+    policy,
+    keys,
     cache: {
       maxEntries: raw.cache?.max_entries ?? DEFAULTS.cache.max_entries,
       ttlMs: parseDuration(raw.cache?.ttl ?? DEFAULTS.cache.ttl, 'cache.ttl'),
@@ -340,7 +345,90 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     log: { level: raw.log?.level ?? DEFAULTS.log.level },
     http: raw.http && parseListen(raw.http.listen, 'http.listen'),
   };
-  return deepFreeze(config);
+  // The compiled parts are immutable by construction; freezing them would reach into key objects.
+  const { policy: compiled, keys: decoded, ...data } = config;
+  return Object.freeze({ ...deepFreeze(data), policy: compiled, keys: decoded });
+}
+
+const LIMIT_KEYS = ['subs', 'data', 'payload', 'limits'];
+
+/** nats-server ignores per-user limits in callout-issued users: say so instead of "unknown key". */
+function refuseUserLimits(doc: unknown): void {
+  const policy = (doc as { policy?: { rules?: unknown; roles?: unknown } } | null)?.policy;
+  const places: [string, unknown][] = [];
+  if (Array.isArray(policy?.rules)) {
+    policy.rules.forEach((r: unknown, i: number) => {
+      places.push([`policy.rules[${i}]`, r], [`policy.rules[${i}].permissions`, (r as { permissions?: unknown } | null)?.permissions]);
+    });
+  }
+  if (policy?.roles && typeof policy.roles === 'object') for (const [name, r] of Object.entries(policy.roles)) places.push([`policy.roles.${name}`, r]);
+  for (const [path, value] of places) {
+    if (!value || typeof value !== 'object') continue;
+    const key = LIMIT_KEYS.find((k) => Object.hasOwn(value, k));
+    if (key) {
+      throw new ConfigError(
+        `${path}.${key}`,
+        'per-user limits are not enforced by nats-server for users issued by an auth callout; set subs, data and payload limits on the account instead',
+      );
+    }
+  }
+}
+
+function decodeKeys(
+  mode: Config['callout']['mode'],
+  issuerSeed: Secret,
+  issuerAccount: string | undefined,
+  accounts: Readonly<Record<string, AccountSigning>>,
+  xkeySeed: Secret | undefined,
+): Keys {
+  const issuer = seedSigner(issuerSeed.value, 'callout.issuer_seed');
+  if (issuerAccount !== undefined && !isPublicKey(issuerAccount, 'account')) {
+    throw new ConfigError('callout.issuer_account', 'not an account public key (A...)');
+  }
+  const targets = new Map<string, AccountKey>();
+  for (const [name, a] of Object.entries(accounts)) {
+    if (!isPublicKey(a.publicKey, 'account')) throw new ConfigError(`accounts.${name}.public_key`, 'not an account public key (A...)');
+    targets.set(name, { publicKey: a.publicKey, signer: seedSigner(a.signingSeed.value, `accounts.${name}.signing_seed`) });
+  }
+  let xkey: XkeyBox | undefined;
+  if (xkeySeed) {
+    try {
+      xkey = new XkeyBox(xkeySeed.value);
+    } catch (err) {
+      throw new ConfigError('callout.xkey_seed', (err as Error).message);
+    }
+  }
+  return { accounts: new Accounts(mode, issuer, issuerAccount, targets), xkey };
+}
+
+function seedSigner(seed: string, path: string): NkeySigner {
+  try {
+    return new NkeySigner(seed, 'account');
+  } catch (err) {
+    throw new ConfigError(path, (err as Error).message);
+  }
+}
+
+/** Accounts no rule may place users into: the callout account (it sees every login's token) and the system account. */
+function reservedAccounts(
+  mode: Config['callout']['mode'],
+  calloutAccount: string | undefined,
+  systemAccount: string,
+  keys: Keys,
+  accounts: Readonly<Record<string, AccountSigning>>,
+): Map<string, string> {
+  const reserved = new Map<string, string>();
+  if (mode === 'server_config') {
+    for (const name of ['$SYS', 'SYS', systemAccount]) reserved.set(name, 'the system account');
+    reserved.set(calloutAccount!, 'the callout account (callout.account), where every login request and its token is visible');
+    return reserved;
+  }
+  const calloutKey = keys.accounts.calloutAccount;
+  for (const [name, a] of Object.entries(accounts)) {
+    if (a.publicKey === calloutKey) reserved.set(name, 'the callout account, where every login request and its token is visible');
+    if (a.publicKey === systemAccount) reserved.set(name, 'the system account (callout.system_account)');
+  }
+  return reserved;
 }
 
 /** Reads, parses and validates a YAML configuration file. */
@@ -368,8 +456,9 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, o
 
 /** The effective configuration as plain data, every secret replaced by its source. */
 export function redactedConfig(config: Config): unknown {
+  const { policy: _compiled, keys: _keys, ...data } = config;
   return JSON.parse(
-    JSON.stringify(config, (_key, value: unknown) =>
+    JSON.stringify(data, (_key, value: unknown) =>
       value && typeof value === 'object' && 'value' in value && 'source' in value ? `<secret from ${(value as Secret).source}>` : value,
     ),
   );

@@ -34,8 +34,14 @@ export const FAILURES = {
   TOKEN_TYPE_INVALID: { outcome: 'reject', summary: "the token's typ header is not one of the issuer's token_types" },
   TOKEN_CLAIMS_INVALID: { outcome: 'reject', summary: 'a registered claim has the wrong type (e.g. exp not a number)' },
   ISSUER_UNAVAILABLE: { outcome: 'reject', summary: "the issuer's discovery document or JWKS could not be fetched" },
+  POLICY_REQUIRED_CLAIMS: { outcome: 'reject', summary: "the token does not meet its issuer's required_claims (checked before any rule)" },
   POLICY_NO_MATCH: { outcome: 'reject', summary: 'no policy rule matches the verified claims' },
-  POLICY_CLAIM_UNSAFE: { outcome: 'reject', summary: 'a claim used in a subject template is missing or not a single plain subject token' },
+  POLICY_ACCOUNT_UNMAPPED: { outcome: 'reject', summary: "the claim that chooses the rule's account holds no value, several values, or one not in its table" },
+  POLICY_CLAIM_UNSAFE: {
+    outcome: 'reject',
+    summary: 'a claim used in a subject template is missing, not a single plain subject token, or makes a reserved or malformed subject token',
+  },
+  POLICY_CLAIM_TOO_LONG: { outcome: 'reject', summary: 'a claim value a glob or regex condition reads is longer than 1024 characters' },
   OVERLOADED: { outcome: 'reject', summary: 'too many requests in flight; answered at once rather than queued past the timeout' },
   INTERNAL: { outcome: 'reject', summary: 'an unexpected error inside the service' },
 } as const satisfies Record<string, { outcome: 'reject' | 'abort'; summary: string }>;

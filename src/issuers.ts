@@ -40,10 +40,17 @@ export class IssuerKeys {
 
   readonly #observer: Pick<DecisionObserver, 'jwksFetched'> | undefined;
 
-  constructor(config: IssuerConfig, observer?: Pick<DecisionObserver, 'jwksFetched'>) {
+  /** A key set given up front (`explain --jwks`): used instead of any fetch. */
+  readonly #offline: string | undefined;
+
+  constructor(config: IssuerConfig, observer?: Pick<DecisionObserver, 'jwksFetched'>, offlineJwks?: string) {
     this.config = config;
     this.#observer = observer;
-    if (config.jwksUri) this.#jwks = this.#remote(config.jwksUri);
+    this.#offline = offlineJwks;
+    if (offlineJwks !== undefined) {
+      if (!isJwks(safeJson(offlineJwks))) throw new Error('the key set is not a JSON Web Key Set ({"keys": [...]})');
+      this.#jwks = this.#remote('offline:jwks');
+    } else if (config.jwksUri) this.#jwks = this.#remote(config.jwksUri);
   }
 
   /** Resolves the JWKS (discovering it first if needed); refuses with ISSUER_UNAVAILABLE. */
@@ -131,6 +138,7 @@ export class IssuerKeys {
    */
   async #fetchJwks(url: string, options: FetchOptions): Promise<Response> {
     const c = this.config;
+    if (this.#offline !== undefined) return new Response(this.#offline, { status: 200, headers: { 'content-type': 'application/json' } });
     if (this.#lastFailureAt !== undefined && Date.now() - this.#lastFailureAt < c.jwksCooldownMs) return this.#lastGoodOr(this.#lastError);
     this.#fetches++;
     try {
@@ -188,6 +196,14 @@ const isJwks = (v: unknown): boolean =>
   v !== null &&
   Array.isArray((v as { keys?: unknown }).keys) &&
   (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null);
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
 
 function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);

@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createAccount, createCurve } from '@nats-io/nkeys';
 import { loadConfig, redactedConfig, type Config } from './config.js';
+import type { ConnectionFacts } from './conditions.js';
 import { ConfigError } from './errors.js';
+import { explainOutput } from './explain-output.js';
 import { createLogger, type Logger } from './log.js';
 import type { IssuerKeys } from './issuers.js';
 import { Metrics, type DecisionObserver } from './metrics.js';
@@ -12,6 +15,7 @@ import { startMonitoring } from './monitoring.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectAll, connectNats, withoutCredentials } from './nats-connection.js';
 import { CalloutRunner } from './runner.js';
+import { CONNECTION_TYPES, type ConnectionType } from './policy-schema.js';
 import { CalloutService } from './service.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -19,8 +23,10 @@ const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.me
 const USAGE = `usage:
   oidc-callout run --config FILE       serve $SYS.REQ.USER.AUTH until SIGTERM (SIGHUP reloads)
   oidc-callout check --config FILE     validate config, load every issuer's keys, connect to NATS
-  oidc-callout explain --config FILE --token TOKEN|@FILE|-
-                                       verify a token and print the decision, without NATS
+  oidc-callout explain --config FILE --token TOKEN|@FILE|- [--jwks FILE] [--now TIME]
+                     [--connection-type TYPE] [--client-host ADDRESS]
+                                       verify a token and print the decision and a trace of every
+                                       rule, without NATS; --jwks and --now work offline
   oidc-callout keys [--dir DIR] [--force]
                                        write issuer.nk (SA...) and xkey.nk (SX...) seeds (mode 0600)
                                        and print the nats-server auth_callout block`;
@@ -35,6 +41,10 @@ async function main(argv: string[]): Promise<number> {
       token: { type: 'string', short: 't' },
       dir: { type: 'string' },
       force: { type: 'boolean' },
+      jwks: { type: 'string' },
+      now: { type: 'string' },
+      'connection-type': { type: 'string' },
+      'client-host': { type: 'string' },
     },
     strict: true,
   });
@@ -45,7 +55,12 @@ async function main(argv: string[]): Promise<number> {
       return check(requireConfig(values.config));
     case 'explain':
       if (!values.token) throw new UsageError('explain needs --token TOKEN, --token @FILE or --token -');
-      return explain(requireConfig(values.config), values.token);
+      return explain(requireConfig(values.config), values.token, {
+        jwks: values.jwks,
+        now: values.now,
+        connectionType: values['connection-type'],
+        clientHost: values['client-host'],
+      });
     case 'keys':
       return keys(values.dir ?? '.', values.force ?? false);
     case undefined:
@@ -67,12 +82,7 @@ function requireConfig(file: string | undefined): string {
 }
 
 function buildService(config: Config, log: Logger, observer?: DecisionObserver, previous?: CalloutService): CalloutService {
-  try {
-    return new CalloutService(config, log, { observer, previous });
-  } catch (err) {
-    if (err instanceof ConfigError) throw err;
-    throw new ConfigError('', (err as Error).message);
-  }
+  return new CalloutService(config, log, { observer, previous });
 }
 
 /** Loads issuers' keys, bounded by their HTTP timeouts; failures are logged, not fatal. */
@@ -148,7 +158,11 @@ async function run(file: string): Promise<number> {
       service = nextService;
       runner.swap(service);
       metrics.reloaded(true);
-      log.info('configuration reloaded', { issuers: config.issuers.length, rules: config.rules.length, issuers_kept: config.issuers.length - fresh.length });
+      log.info('configuration reloaded', {
+        issuers: config.issuers.length,
+        rules: config.policy.ruleNames.length,
+        issuers_kept: config.issuers.length - fresh.length,
+      });
     } catch (err) {
       // A bad new configuration keeps the running one.
       metrics.reloaded(false);
@@ -212,29 +226,51 @@ async function readToken(arg: string): Promise<string> {
   return arg.trim();
 }
 
-async function explain(file: string, tokenArg: string): Promise<number> {
+interface ExplainOptions {
+  readonly jwks: string | undefined;
+  readonly now: string | undefined;
+  readonly connectionType: string | undefined;
+  readonly clientHost: string | undefined;
+}
+
+async function explain(file: string, tokenArg: string, options: ExplainOptions): Promise<number> {
   // explain never connects to NATS: it needs none of the NATS secrets.
   const config = loadConfig(file, process.env, { natsSecrets: false });
-  const service = buildService(config, createLogger('error'));
-  const token = await readToken(tokenArg);
-  const e = await service.explain(token);
-  if (e.decision === 'refuse') {
-    const refusal = { decision: 'refuse', code: e.failure.code, reason: e.failure.message, ...(e.claims ? { issuer: e.issuer, claims: e.claims } : {}) };
-    process.stdout.write(`${JSON.stringify(refusal, null, 2)}\n`);
-    return 1;
+  const now = options.now === undefined ? undefined : parseTime(options.now);
+  let offlineJwks: string | undefined;
+  if (options.jwks !== undefined) {
+    try {
+      offlineJwks = readFileSync(options.jwks, 'utf8');
+    } catch (err) {
+      throw new UsageError(`cannot read --jwks ${options.jwks}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
   }
-  const result = {
-    decision: 'allow',
-    issuer: e.issuer,
-    claims: e.claims,
-    rule: e.grant.rule,
-    account: e.grant.account,
-    user_name: e.grant.name,
-    permissions: { pub: e.grant.pub, sub: e.grant.sub, ...(e.grant.resp ? { resp: e.grant.resp } : {}) },
-    expires: new Date(e.expires * 1000).toISOString(),
-  };
-  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-  return 0;
+  let connection: ConnectionFacts | undefined;
+  if (options.connectionType !== undefined || options.clientHost !== undefined) {
+    const type = options.connectionType?.toUpperCase();
+    if (type !== undefined && !(CONNECTION_TYPES as readonly string[]).includes(type)) {
+      throw new UsageError(`--connection-type must be one of ${CONNECTION_TYPES.join(', ')}`);
+    }
+    if (options.clientHost !== undefined && !isIP(options.clientHost)) throw new UsageError('--client-host must be an IP address');
+    connection = { type: type as ConnectionType | undefined, host: options.clientHost };
+  }
+  let service: CalloutService;
+  try {
+    service = new CalloutService(config, createLogger('error'), { ...(now !== undefined ? { now: () => now } : {}), offlineJwks });
+  } catch (err) {
+    throw new UsageError(`--jwks ${options.jwks}: ${(err as Error).message}`);
+  }
+  const token = await readToken(tokenArg);
+  const e = await service.explain(token, connection);
+  process.stdout.write(`${JSON.stringify(explainOutput(e, connection), null, 2)}\n`);
+  return e.decision === 'allow' ? 0 : 1;
+}
+
+/** `--now`: an ISO 8601 time or seconds since the epoch. */
+function parseTime(value: string): number {
+  const ms = /^\d+(\.\d+)?$/.test(value) ? Number(value) * 1000 : Date.parse(value);
+  if (!Number.isFinite(ms)) throw new UsageError(`--now ${JSON.stringify(value)}: use an ISO 8601 time (2026-01-31T12:00:00Z) or seconds since the epoch`);
+  return ms;
 }
 
 function keys(dir: string, force: boolean): number {

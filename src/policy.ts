@@ -1,9 +1,13 @@
-import { bounded, DEFAULTS, parseDuration, type RawRule } from './config.js';
-import { AuthFailure, ConfigError } from './errors.js';
+import { claimAt, claimValues } from './claims.js';
+import type { Condition, ConnectionFacts, Failed, MatchContext } from './conditions.js';
+import { AuthFailure } from './errors.js';
+import type { ConnectionType } from './policy-schema.js';
+import type { SubjectTemplate } from './subject-template.js';
 
 /**
- * Claims -> NATS grant. Rules are tried in order; the first whose issuer and claim conditions
- * all hold decides; no match is a refusal. Pure: values in, values out.
+ * Claims -> NATS user. Compiled once at load (policy-compile.ts); pure at decision time: the
+ * issuer's required claims must hold, then rules are tried in order and the first whose
+ * conditions hold decides; no match is a refusal.
  */
 
 /** Publish or subscribe permission as it goes into the user JWT. */
@@ -12,177 +16,246 @@ export interface SubjectPermission {
   readonly deny?: readonly string[];
 }
 
+export interface TimeRange {
+  readonly start: string;
+  readonly end: string;
+}
+
+/** Everything the user JWT says about the user, decided by one rule. */
 export interface Grant {
   readonly rule: string;
   readonly account: string;
   readonly name: string;
+  /** The roles granted (named permission sets), in the order first granted. */
+  readonly roles: readonly string[];
   readonly pub: SubjectPermission;
   readonly sub: SubjectPermission;
   readonly resp: { readonly max: number; readonly ttl: number } | undefined;
   readonly maxLifetimeSeconds: number;
+  readonly connectionTypes: readonly ConnectionType[];
+  readonly sourceNetworks: readonly string[] | undefined;
+  readonly times: readonly TimeRange[] | undefined;
+  readonly timesLocation: string | undefined;
+  readonly tags: readonly string[] | undefined;
 }
 
-/** Longest claim value accepted inside a subject; NATS subjects themselves should stay short. */
-export const MAX_SUBJECT_VALUE = 128;
-const MAX_NAME = 256;
-// One plain subject token: no separators, wildcards, whitespace, controls or invisible formatting.
-// Lone surrogates (\p{Cs}) are refused too: nats-server would read each as U+FFFD.
-const PLAIN_TOKEN = /^[^.*>\p{White_Space}\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]+$/u;
-/** Values that would reach reserved namespaces: `$JS`, `$KV`, `$SYS`..., and other users' inboxes. */
-const RESERVED_VALUE = /^(?:\$|_INBOX$)/;
-const PLACEHOLDER = /\{\{\s*([^{}\s]+)\s*\}\}/g;
+/** One direction of a compiled permission set. */
+export interface CompiledDirection {
+  readonly allow: readonly SubjectTemplate[];
+  readonly deny: readonly SubjectTemplate[];
+}
 
-type Part = string | { readonly claim: string; readonly raw: string };
-type Template = readonly Part[];
-
-interface CompiledRule {
+/** A named permission set: a role, or a rule's own `permissions` (named `permissions`). */
+export interface PermissionSet {
   readonly name: string;
-  readonly issuers: readonly string[] | undefined;
-  readonly match: readonly { readonly path: string; readonly values: readonly (string | number | boolean)[] }[];
-  readonly account: string;
-  readonly nameClaim: string;
-  readonly maxLifetimeSeconds: number;
-  readonly pub: { readonly allow: readonly Template[]; readonly deny: readonly Template[] } | undefined;
-  readonly sub: { readonly allow: readonly Template[]; readonly deny: readonly Template[] } | undefined;
+  readonly pub: CompiledDirection;
+  readonly sub: CompiledDirection;
+  /** ttl in nanoseconds, as nats-server reads it. */
   readonly resp: { readonly max: number; readonly ttl: number } | undefined;
 }
 
+export type AccountChoice = { readonly fixed: string } | { readonly claim: string; readonly map: ReadonlyMap<string, string> };
+
+export interface CompiledRule {
+  readonly name: string;
+  /** undefined: every configured issuer. */
+  readonly issuers: ReadonlySet<string> | undefined;
+  readonly when: Condition;
+  readonly account: AccountChoice;
+  /** Fixed roles and the rule's own permissions. */
+  readonly sets: readonly PermissionSet[];
+  readonly rolesFrom: { readonly claim: string; readonly map: ReadonlyMap<string, readonly PermissionSet[]> } | undefined;
+  readonly nameClaim: string;
+  readonly maxLifetimeSeconds: number;
+  readonly connectionTypes: readonly ConnectionType[];
+  readonly sourceNetworks: readonly string[] | undefined;
+  readonly times: readonly TimeRange[] | undefined;
+  readonly timesLocation: string | undefined;
+  readonly tags: readonly string[] | undefined;
+}
+
+export interface CompiledIssuer {
+  readonly required: Condition | undefined;
+  readonly delimiters: ReadonlyMap<string, string>;
+}
+
+/** How one rule fared, for `explain`. */
+export type RuleTrace =
+  | { readonly rule: string; readonly outcome: 'matched' }
+  | { readonly rule: string; readonly outcome: 'other_issuer' }
+  | { readonly rule: string; readonly outcome: 'failed'; readonly failed: Failed }
+  | { readonly rule: string; readonly outcome: 'no_role'; readonly claim: string; readonly saw: unknown }
+  | { readonly rule: string; readonly outcome: 'not_tried' };
+
+export interface PolicyExplanation {
+  /** Set when the issuer's required claims did not hold (no rule was tried). */
+  readonly required: Failed | undefined;
+  readonly trace: readonly RuleTrace[];
+  readonly result: { readonly grant: Grant } | { readonly failure: AuthFailure };
+}
+
+const MAX_NAME = 256;
+const NO_CONNECTION: ConnectionFacts = { type: undefined, host: undefined };
+const EMPTY_DELIMITERS: ReadonlyMap<string, string> = new Map();
+
+export class Policy {
+  readonly #rules: readonly CompiledRule[];
+  readonly #issuers: ReadonlyMap<string, CompiledIssuer>;
+  /** Whether any condition looks at the connection: decisions then cannot be reused across connections. */
+  readonly usesConnection: boolean;
+
+  constructor(rules: readonly CompiledRule[], issuers: ReadonlyMap<string, CompiledIssuer>, usesConnection: boolean) {
+    this.#rules = rules;
+    this.#issuers = issuers;
+    this.usesConnection = usesConnection;
+  }
+
+  get ruleNames(): readonly string[] {
+    return this.#rules.map((r) => r.name);
+  }
+
+  /**
+   * The grant for verified claims, or an AuthFailure (POLICY_REQUIRED_CLAIMS, POLICY_NO_MATCH,
+   * POLICY_ACCOUNT_UNMAPPED, POLICY_CLAIM_UNSAFE, POLICY_CLAIM_TOO_LONG).
+   */
+  decide(issuer: string, claims: Readonly<Record<string, unknown>>, connection: ConnectionFacts = NO_CONNECTION): Grant {
+    const ctx = this.#context(issuer, claims, connection);
+    const required = this.#issuers.get(issuer)?.required;
+    if (required && !required.test(ctx)) {
+      throw new AuthFailure('POLICY_REQUIRED_CLAIMS', `the token does not meet the required claims of ${issuer}: ${required.trace(ctx)?.condition}`);
+    }
+    for (const rule of this.#rules) {
+      if (rule.issuers !== undefined && !rule.issuers.has(issuer)) continue;
+      if (!rule.when.test(ctx)) continue;
+      const sets = grantedSets(rule, ctx);
+      if (sets) return grant(rule, sets, ctx);
+    }
+    throw new AuthFailure('POLICY_NO_MATCH', `no rule matches (issuer ${issuer})`);
+  }
+
+  /** Like decide, recording how every rule fared. */
+  explain(issuer: string, claims: Readonly<Record<string, unknown>>, connection: ConnectionFacts = NO_CONNECTION): PolicyExplanation {
+    const ctx = this.#context(issuer, claims, connection);
+    const trace: RuleTrace[] = [];
+    const fail = (failure: unknown) => ({ failure: failure instanceof AuthFailure ? failure : new AuthFailure('INTERNAL', String(failure)) });
+    const requiredCondition = this.#issuers.get(issuer)?.required;
+    let required: Failed | undefined;
+    try {
+      required = requiredCondition?.trace(ctx);
+    } catch (err) {
+      return { required: undefined, trace, result: fail(err) };
+    }
+    if (required) {
+      const failure = new AuthFailure('POLICY_REQUIRED_CLAIMS', `the token does not meet the required claims of ${issuer}: ${required.condition}`);
+      return { required, trace: this.#rules.map((r) => ({ rule: r.name, outcome: 'not_tried' })), result: { failure } };
+    }
+    let result: PolicyExplanation['result'] | undefined;
+    for (const rule of this.#rules) {
+      if (result) {
+        trace.push({ rule: rule.name, outcome: 'not_tried' });
+        continue;
+      }
+      if (rule.issuers !== undefined && !rule.issuers.has(issuer)) {
+        trace.push({ rule: rule.name, outcome: 'other_issuer' });
+        continue;
+      }
+      try {
+        const failed = rule.when.trace(ctx);
+        if (failed) {
+          trace.push({ rule: rule.name, outcome: 'failed', failed });
+          continue;
+        }
+        const sets = grantedSets(rule, ctx);
+        if (!sets) {
+          trace.push({ rule: rule.name, outcome: 'no_role', claim: rule.rolesFrom!.claim, saw: claimAt(claims, rule.rolesFrom!.claim) });
+          continue;
+        }
+        trace.push({ rule: rule.name, outcome: 'matched' });
+        result = { grant: grant(rule, sets, ctx) };
+      } catch (err) {
+        result = fail(err);
+      }
+    }
+    return { required: undefined, trace, result: result ?? { failure: new AuthFailure('POLICY_NO_MATCH', `no rule matches (issuer ${issuer})`) } };
+  }
+
+  #context(issuer: string, claims: Readonly<Record<string, unknown>>, connection: ConnectionFacts): MatchContext {
+    return { claims, delimiters: this.#issuers.get(issuer)?.delimiters ?? EMPTY_DELIMITERS, connection };
+  }
+}
+
+/** The permission sets a matching rule grants, or undefined when its roles come only from a claim and none is mapped. */
+function grantedSets(rule: CompiledRule, ctx: MatchContext): readonly PermissionSet[] | undefined {
+  if (!rule.rolesFrom) return rule.sets;
+  const sets = [...rule.sets];
+  for (const v of claimValues(claimAt(ctx.claims, rule.rolesFrom.claim), ctx.delimiters.get(rule.rolesFrom.claim))) {
+    for (const set of rule.rolesFrom.map.get(String(v)) ?? []) if (!sets.includes(set)) sets.push(set);
+  }
+  return sets.length > 0 ? sets : undefined;
+}
+
+function grant(rule: CompiledRule, sets: readonly PermissionSet[], ctx: MatchContext): Grant {
+  return {
+    rule: rule.name,
+    account: account(rule, ctx),
+    name: userName(ctx.claims, rule.nameClaim),
+    roles: sets.map((s) => s.name).filter((n) => n !== 'permissions'),
+    pub: direction(sets, 'pub', ctx.claims, rule.name),
+    sub: direction(sets, 'sub', ctx.claims, rule.name),
+    resp: response(sets),
+    maxLifetimeSeconds: rule.maxLifetimeSeconds,
+    connectionTypes: rule.connectionTypes,
+    sourceNetworks: rule.sourceNetworks,
+    times: rule.times,
+    timesLocation: rule.timesLocation,
+    tags: rule.tags,
+  };
+}
+
+function account(rule: CompiledRule, ctx: MatchContext): string {
+  const choice = rule.account;
+  if ('fixed' in choice) return choice.fixed;
+  const raw = claimAt(ctx.claims, choice.claim);
+  const values = claimValues(raw, ctx.delimiters.get(choice.claim));
+  if (values.length !== 1) {
+    throw new AuthFailure('POLICY_ACCOUNT_UNMAPPED', `rule ${rule.name}: claim ${choice.claim} holds ${values.length} values; the account needs exactly one`);
+  }
+  const v = values[0]!;
+  const name = typeof v === 'boolean' || (typeof v === 'number' && !Number.isSafeInteger(v)) ? undefined : choice.map.get(String(v));
+  if (name === undefined) {
+    throw new AuthFailure(
+      'POLICY_ACCOUNT_UNMAPPED',
+      `rule ${rule.name}: claim ${choice.claim} value ${JSON.stringify(String(v)).slice(0, 80)} is not in the account table`,
+    );
+  }
+  return name;
+}
+
 /**
- * Looks a claim up by dotted path, where a key may itself contain dots: at each level the
- * longest key that exists wins. So `realm_access.roles`, a URI-named claim
- * (`https://example.com/roles`) and Kubernetes' `kubernetes.io.namespace` (key `kubernetes.io`,
- * then `namespace`) all resolve. Only own properties are read, never the prototype chain.
+ * The union of the sets' grants in one direction. Deny by default: only allow entries grant,
+ * and nats-server reads a missing allow list as "allow everything", so a direction without
+ * allow entries is closed entirely; deny only subtracts. Load-time checks make sure no set's
+ * deny touches another set's allow, so the union is exact.
  */
-export function claimAt(claims: Readonly<Record<string, unknown>>, path: string): unknown {
-  return lookup(claims, path.split('.'));
-}
-
-function lookup(node: unknown, segments: readonly string[]): unknown {
-  if (segments.length === 0) return node;
-  if (typeof node !== 'object' || node === null || Array.isArray(node)) return undefined;
-  for (let take = segments.length; take >= 1; take--) {
-    const key = segments.slice(0, take).join('.');
-    if (Object.hasOwn(node, key)) {
-      const found = lookup((node as Record<string, unknown>)[key], segments.slice(take));
-      if (found !== undefined) return found;
-    }
+function direction(sets: readonly PermissionSet[], which: 'pub' | 'sub', claims: Readonly<Record<string, unknown>>, rule: string): SubjectPermission {
+  const allow = new Set<string>();
+  const deny = new Set<string>();
+  for (const set of sets) {
+    for (const t of set[which].allow) allow.add(t.render(claims, rule));
+    for (const t of set[which].deny) deny.add(t.render(claims, rule));
   }
-  return undefined;
+  if (allow.size === 0) return { deny: ['>'] };
+  return deny.size ? { allow: [...allow], deny: [...deny] } : { allow: [...allow] };
 }
 
-function compileTemplate(subject: string, path: string): Template {
-  const parts: Part[] = [];
-  let last = 0;
-  for (const m of subject.matchAll(PLACEHOLDER)) {
-    if (m.index > last) parts.push(subject.slice(last, m.index));
-    const ref = m[1]!;
-    if (ref !== 'sub' && !ref.startsWith('claims.')) {
-      throw new ConfigError(path, `unknown placeholder {{${ref}}}: use {{sub}} or {{claims.NAME}}`);
-    }
-    parts.push({ claim: ref === 'sub' ? 'sub' : ref.slice('claims.'.length), raw: ref });
-    last = m.index + m[0].length;
+/** Responses: the most any set allows. */
+function response(sets: readonly PermissionSet[]): Grant['resp'] {
+  let resp: Grant['resp'];
+  for (const s of sets) {
+    if (!s.resp) continue;
+    resp = resp ? { max: Math.max(resp.max, s.resp.max), ttl: Math.max(resp.ttl, s.resp.ttl) } : s.resp;
   }
-  if (last < subject.length) parts.push(subject.slice(last));
-  // The shape is checked with every placeholder standing for one plain token.
-  const shape = parts.map((p) => (typeof p === 'string' ? p : 'x')).join('');
-  if (shape.includes('{{') || shape.includes('}}')) throw new ConfigError(path, `malformed placeholder in ${JSON.stringify(subject)}`);
-  const problem = subjectProblem(shape);
-  if (problem) throw new ConfigError(path, `${JSON.stringify(subject)}: ${problem}`);
-  return parts;
-}
-
-/** Why `subject` is not a valid NATS subject (wildcards allowed), or undefined if it is. */
-export function subjectProblem(subject: string): string | undefined {
-  if (!subject) return 'empty subject';
-  if (/[\p{White_Space}\p{Cc}]/u.test(subject)) return 'subjects cannot contain whitespace or control characters';
-  const tokens = subject.split('.');
-  for (let i = 0; i < tokens.length; i++) {
-    const t = tokens[i]!;
-    if (!t) return 'empty token (leading, trailing or double dot)';
-    if (t === '>' && i !== tokens.length - 1) return '">" must be the last token';
-    if ((t.includes('*') || t.includes('>')) && t.length > 1) return 'wildcards must be whole tokens';
-  }
-  return undefined;
-}
-
-function compilePermission(p: { allow?: string[] | undefined; deny?: string[] | undefined } | undefined, path: string) {
-  if (!p) return undefined;
-  return {
-    allow: (p.allow ?? []).map((s, i) => compileTemplate(s, `${path}.allow[${i}]`)),
-    deny: (p.deny ?? []).map((s, i) => compileTemplate(s, `${path}.deny[${i}]`)),
-  };
-}
-
-function compileRule(rule: RawRule, i: number): CompiledRule {
-  const path = `policy.rules[${i}]`;
-  const perms = rule.permissions;
-  return {
-    name: rule.name,
-    issuers: typeof rule.issuer === 'string' ? [rule.issuer] : rule.issuer,
-    match: Object.entries(rule.match ?? {}).map(([claim, v]) => ({ path: claim, values: Array.isArray(v) ? v : [v] })),
-    account: rule.account,
-    nameClaim: rule.user_name_claim ?? DEFAULTS.rule.user_name_claim,
-    maxLifetimeSeconds: Math.floor(
-      bounded(parseDuration(rule.max_lifetime ?? DEFAULTS.rule.max_lifetime, `${path}.max_lifetime`), 1000, Infinity, `${path}.max_lifetime`) / 1000,
-    ),
-    pub: compilePermission(perms?.pub, `${path}.permissions.pub`),
-    sub: compilePermission(perms?.sub, `${path}.permissions.sub`),
-    resp: perms?.resp && {
-      max: perms.resp.max,
-      // nats-server reads the response ttl in nanoseconds.
-      ttl: parseDuration(perms.resp.ttl ?? 0, `${path}.permissions.resp.ttl`) * 1_000_000,
-    },
-  };
-}
-
-/** Claims that carry several values in one space-separated string (RFC 6749 scope, RFC 9068 scp). */
-const SPACE_DELIMITED = new Set(['scope', 'scp']);
-
-function matches(rule: CompiledRule, issuer: string, claims: Readonly<Record<string, unknown>>): boolean {
-  if (rule.issuers !== undefined && !rule.issuers.includes(issuer)) return false;
-  return rule.match.every(({ path, values }) => {
-    let actual = claimAt(claims, path);
-    if (typeof actual === 'string' && SPACE_DELIMITED.has(path.slice(path.lastIndexOf('.') + 1))) {
-      actual = actual.split(' ').filter(Boolean);
-    }
-    if (Array.isArray(actual)) return actual.some((a) => values.includes(a as never));
-    return actual !== undefined && values.includes(actual as never);
-  });
-}
-
-function render(template: Template, claims: Readonly<Record<string, unknown>>, rule: string): string {
-  let out = '';
-  for (const part of template) {
-    if (typeof part === 'string') {
-      out += part;
-      continue;
-    }
-    const value = claimAt(claims, part.claim);
-    const text = typeof value === 'string' ? value : typeof value === 'number' && Number.isSafeInteger(value) ? String(value) : undefined;
-    // A value that is not one plain token would widen or reshape the grant: refuse instead.
-    if (text === undefined || text.length > MAX_SUBJECT_VALUE || !PLAIN_TOKEN.test(text) || RESERVED_VALUE.test(text)) {
-      const why =
-        value === undefined
-          ? 'is missing'
-          : typeof value !== 'string' && typeof value !== 'number'
-            ? `is a ${Array.isArray(value) ? 'list' : typeof value}`
-            : text !== undefined && RESERVED_VALUE.test(text)
-              ? 'would reach a reserved namespace ($... or _INBOX)'
-              : 'is not a single plain subject token';
-      throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${part.raw} ${why}`);
-    }
-    out += text;
-  }
-  return out;
-}
-
-function renderPermission(p: CompiledRule['pub'], claims: Readonly<Record<string, unknown>>, rule: string): SubjectPermission {
-  // Deny by default: only allow entries grant. nats-server reads a missing allow list as "allow
-  // everything", so a direction without allow entries is closed entirely; deny only subtracts.
-  const allow = [...new Set((p?.allow ?? []).map((t) => render(t, claims, rule)))];
-  const deny = [...new Set((p?.deny ?? []).map((t) => render(t, claims, rule)))];
-  if (allow.length === 0) return { deny: ['>'] };
-  return { allow, ...(deny.length ? { deny } : {}) };
+  return resp;
 }
 
 function userName(claims: Readonly<Record<string, unknown>>, claim: string): string {
@@ -192,28 +265,4 @@ function userName(claims: Readonly<Record<string, unknown>>, claim: string): str
   return Array.from(s.replace(/[\p{Cc}\p{Cf}]/gu, ''))
     .slice(0, MAX_NAME)
     .join('');
-}
-
-/** Compiled policy rules; construction validates every template and duration. */
-export class Policy {
-  readonly #rules: readonly CompiledRule[];
-
-  constructor(rules: readonly RawRule[]) {
-    this.#rules = rules.map(compileRule);
-  }
-
-  /** The grant for verified claims, or an AuthFailure (POLICY_NO_MATCH, POLICY_CLAIM_UNSAFE). */
-  decide(issuer: string, claims: Readonly<Record<string, unknown>>): Grant {
-    const rule = this.#rules.find((r) => matches(r, issuer, claims));
-    if (!rule) throw new AuthFailure('POLICY_NO_MATCH', `no rule matches (issuer ${issuer})`);
-    return {
-      rule: rule.name,
-      account: rule.account,
-      name: userName(claims, rule.nameClaim),
-      pub: renderPermission(rule.pub, claims, rule.name),
-      sub: renderPermission(rule.sub, claims, rule.name),
-      resp: rule.resp,
-      maxLifetimeSeconds: rule.maxLifetimeSeconds,
-    };
-  }
 }

@@ -1,4 +1,4 @@
-import { Accounts } from './accounts.js';
+import type { Accounts } from './accounts.js';
 import { DecisionCache, type CachedDecision } from './cache.js';
 import type { Config } from './config.js';
 import { AuthFailure, asAuthFailure, GENERIC_REJECTION, type FailureCode } from './errors.js';
@@ -6,14 +6,16 @@ import { IssuerKeys, type IssuerStatus } from './issuers.js';
 import type { Logger } from './log.js';
 import type { DecisionObserver } from './metrics.js';
 import { isPublicKey } from './nkey.js';
-import { Policy, type Grant } from './policy.js';
+import type { ConnectionFacts } from './conditions.js';
+import type { Grant, Policy, PolicyExplanation } from './policy.js';
+import type { ConnectionType } from './policy-schema.js';
 import { RequestClock, type RequestTiming } from './request-clock.js';
 import type { ShedReason } from './request-queue.js';
 import { RequestVerifier, type AuthRequest, type OpenedRequest } from './request.js';
 import { signResponse } from './response.js';
 import { TokenVerifier } from './token.js';
-import { signUserJwt } from './user-jwt.js';
-import { XkeyBox } from './xkey.js';
+import { signUserJwt, userClaims } from './user-jwt.js';
+import type { XkeyBox } from './xkey.js';
 
 /** The outcome of one authorization request, as logged and counted. */
 export interface Decision {
@@ -50,13 +52,23 @@ export function monotonicNow(): number {
 
 /** What `explain` prints: the decision for a token without any NATS request around it. */
 export type Explanation =
-  | { readonly decision: 'allow'; readonly issuer: string; readonly claims: Readonly<Record<string, unknown>>; readonly grant: Grant; readonly expires: number }
+  | {
+      readonly decision: 'allow';
+      readonly issuer: string;
+      readonly claims: Readonly<Record<string, unknown>>;
+      readonly grant: Grant;
+      readonly expires: number;
+      readonly policy: PolicyExplanation;
+      /** The user JWT's claims as they would be issued (unsigned; `sub` stands for the connection's key). */
+      readonly userJwt: Record<string, unknown>;
+    }
   | {
       readonly decision: 'refuse';
       readonly failure: AuthFailure;
-      /** Set once the token verified: the claims the policy saw. */
+      /** Set once the token verified: the claims the policy saw, and how each rule fared. */
       readonly issuer?: string;
       readonly claims?: Readonly<Record<string, unknown>>;
+      readonly policy?: PolicyExplanation;
     };
 
 /**
@@ -98,6 +110,8 @@ export class CalloutService {
       readonly monotonic?: () => number;
       readonly observer?: DecisionObserver;
       readonly previous?: CalloutService;
+      /** A key set (JWKS JSON) used for every issuer instead of fetching: `explain --jwks`. */
+      readonly offlineJwks?: string;
     } = {},
   ) {
     this.config = config;
@@ -106,13 +120,15 @@ export class CalloutService {
     this.#mono = options.monotonic ?? options.now ?? monotonicNow;
     this.requestClock = options.previous?.requestClock ?? new RequestClock();
     this.#observer = options.observer;
-    this.#policy = new Policy(config.rules);
-    this.#accounts = new Accounts(config);
-    this.#xkey = config.callout.xkeySeed ? newXkey(config.callout.xkeySeed.value) : undefined;
+    this.#policy = config.policy;
+    this.#accounts = config.keys.accounts;
+    this.#xkey = config.keys.xkey;
     this.#requests = new RequestVerifier(this.#xkey);
     // A reload keeps the loaded keys of every issuer whose settings did not change.
     const kept = new Map((options.previous?.issuers ?? []).map((k) => [JSON.stringify(k.config), k]));
-    this.issuers = config.issuers.map((c) => kept.get(JSON.stringify(c)) ?? new IssuerKeys(c, options.observer));
+    this.issuers = config.issuers.map(
+      (c) => (options.offlineJwks === undefined ? kept.get(JSON.stringify(c)) : undefined) ?? new IssuerKeys(c, options.observer, options.offlineJwks),
+    );
     this.#tokens = new TokenVerifier(this.issuers, config.token.maxBytes);
     this.cache = new DecisionCache(config.cache.maxEntries, config.cache.ttlMs);
   }
@@ -257,7 +273,7 @@ export class CalloutService {
    * Verifies a token and applies the policy exactly as a connection would, without NATS. A
    * refusal after the token verified carries its claims, so the user sees why no rule matched.
    */
-  async explain(token: string): Promise<Explanation> {
+  async explain(token: string, connection?: ConnectionFacts): Promise<Explanation> {
     const now = this.#now();
     let verified: Awaited<ReturnType<TokenVerifier['verify']>>;
     try {
@@ -266,11 +282,17 @@ export class CalloutService {
       return { decision: 'refuse', failure: asAuthFailure(err) };
     }
     const issuer = verified.issuer.issuer;
+    const policy = this.#policy.explain(issuer, verified.claims, connection);
+    if ('failure' in policy.result) return { decision: 'refuse', failure: policy.result.failure, issuer, claims: verified.claims, policy };
+    const grant = policy.result.grant;
     try {
-      const grant = this.#policy.decide(issuer, verified.claims);
-      return { decision: 'allow', issuer, claims: verified.claims, grant, expires: expiry(verified.exp, grant, now) };
+      const expires = expiry(verified.exp, grant, now);
+      const account = this.#accounts.forAccount(grant.account);
+      if (!account) throw new AuthFailure('INTERNAL', `no signing key for account ${grant.account}`);
+      const userJwt = userClaims(grant, "U... (the connection's own key, chosen by nats-server)", account, Math.floor(now / 1000), expires);
+      return { decision: 'allow', issuer, claims: verified.claims, grant, expires, policy, userJwt };
     } catch (err) {
-      return { decision: 'refuse', failure: asAuthFailure(err), issuer, claims: verified.claims };
+      return { decision: 'refuse', failure: asAuthFailure(err), issuer, claims: verified.claims, policy };
     }
   }
 
@@ -317,15 +339,30 @@ export class CalloutService {
 
   async #verifyAndDecide(token: string, key: string): Promise<CachedDecision> {
     const verified = await this.#tokens.verify(token, this.#now());
-    const grant = this.#policy.decide(verified.issuer.issuer, verified.claims);
+    const issuer = verified.issuer.issuer;
     const sub = verified.claims.sub;
-    const entry = { issuer: verified.issuer.issuer, subject: typeof sub === 'string' ? sub : '', grant, tokenExp: verified.exp };
+    // A policy that does not look at the connection decides once per token; a refusal is
+    // cached as the verified token, so retries skip the signature check but are decided again.
+    let grant: Grant | undefined;
+    if (!this.#policy.usesConnection) {
+      try {
+        grant = this.#policy.decide(issuer, verified.claims);
+      } catch (err) {
+        this.cache.set(
+          key,
+          { issuer, subject: typeof sub === 'string' ? sub : '', claims: verified.claims, grant: undefined, tokenExp: verified.exp },
+          this.#now(),
+        );
+        throw err;
+      }
+    }
+    const entry = { issuer, subject: typeof sub === 'string' ? sub : '', claims: verified.claims, grant, tokenExp: verified.exp };
     this.cache.set(key, entry, this.#now());
     return entry;
   }
 
   #issue(request: AuthRequest, entry: CachedDecision, cached: boolean, nowMs: number): { decision: Decision; reply: Uint8Array } {
-    const { grant } = entry;
+    const grant = entry.grant ?? this.#policy.decide(entry.issuer, entry.claims, connectionFacts(request));
     const now = Math.floor(nowMs / 1000);
     const exp = expiry(entry.tokenExp, grant, nowMs);
     const account = this.#accounts.forAccount(grant.account);
@@ -352,17 +389,26 @@ export class CalloutService {
  * The user JWT's expiry: the token's own `exp`, capped by the rule's lifetime. A token that
  * is already past its `exp` (accepted within the leeway) cannot yield a usable user.
  */
+/** What the request says about the connection, in the terms of the user JWT's connection types. */
+export function connectionFacts(request: Pick<AuthRequest, 'clientKind' | 'clientType' | 'clientHost'>): ConnectionFacts {
+  return { type: connectionType(request.clientKind, request.clientType), host: request.clientHost || undefined };
+}
+
+const CONNECTION_TYPE = new Map<string, ConnectionType>([
+  ['Client/nats', 'STANDARD'],
+  ['Client/websocket', 'WEBSOCKET'],
+  ['Client/mqtt', 'MQTT'],
+  ['Leafnode/nats', 'LEAFNODE'],
+  ['Leafnode/websocket', 'LEAFNODE_WS'],
+]);
+
+function connectionType(kind: string, type: string): ConnectionType | undefined {
+  return CONNECTION_TYPE.get(`${kind}/${type}`);
+}
+
 function expiry(tokenExp: number | undefined, grant: Grant, nowMs: number): number {
   const now = Math.floor(nowMs / 1000);
   const exp = Math.min(tokenExp ?? Number.POSITIVE_INFINITY, now + grant.maxLifetimeSeconds);
   if (exp <= now) throw new AuthFailure('TOKEN_EXPIRED', 'the token expires before a user could connect');
   return exp;
-}
-
-function newXkey(seed: string): XkeyBox {
-  try {
-    return new XkeyBox(seed);
-  } catch (err) {
-    throw new Error(`callout.xkey_seed: ${(err as Error).message}`);
-  }
 }

@@ -158,7 +158,7 @@ export async function startCalloutFixture(opts: CalloutFixtureOptions): Promise<
   const logger = createLogger('debug', log.write);
   const doc: Record<string, any> = {
     nats: { servers: [nats.url], user: 'auth', password },
-    callout: { issuer_seed: seedOf(account), ...(xkey ? { xkey_seed: seedOf(xkey) } : {}) },
+    callout: { account: 'AUTH', issuer_seed: seedOf(account), ...(xkey ? { xkey_seed: seedOf(xkey) } : {}) },
     issuers: opts.issuers,
     policy: { rules: opts.rules },
     ...(opts.token ? { token: opts.token } : {}),

@@ -116,9 +116,9 @@ export function fakeClockService(opts: { observer?: Metrics; token?: Record<stri
   const config = buildConfig(
     {
       nats: {},
-      callout: { issuer_seed: seedOf(createAccount()) },
+      callout: { account: 'AUTH', issuer_seed: seedOf(createAccount()) },
       issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
-      policy: { rules: [{ name: 'all', account: 'APP', permissions: { pub: { allow: ['app.>'] } } }] },
+      policy: { rules: [{ name: 'all', allow_broad: true, account: 'APP', permissions: { pub: { allow: ['app.>'] } } }] },
       ...(opts.token ? { token: opts.token } : {}),
     },
     {},

@@ -44,6 +44,7 @@ function configYaml(o: { url: string; issuer: string; seedFile: string; rules: s
   user: auth
   password: { env: TEST_NATS_PASSWORD }
 callout:
+  account: AUTH
   issuer_seed: { file: ${o.seedFile} }
 issuers:
   - issuer: ${o.issuer}

@@ -265,7 +265,7 @@ async function startRelayedService(xkey: KeyPair | undefined, issuer: LocalIssue
     buildConfig(
       {
         nats: { servers: ['nats://127.0.0.1:1'], user: 'auth', password },
-        callout: { issuer_seed: seedOf(account), ...(xkey ? { xkey_seed: seedOf(xkey) } : {}) },
+        callout: { account: 'AUTH', issuer_seed: seedOf(account), ...(xkey ? { xkey_seed: seedOf(xkey) } : {}) },
         issuers: [issuerDoc(issuer)],
         policy: { rules },
       },

@@ -15,7 +15,7 @@ function configFor(url: string, nats: Record<string, unknown>, env: NodeJS.Proce
   return buildConfig(
     {
       nats: { servers: [url], ...nats },
-      callout: { issuer_seed: text(createAccount().getSeed()) },
+      callout: { account: 'AUTH', issuer_seed: text(createAccount().getSeed()) },
       issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
       policy: { rules: [{ name: 'r', account: 'APP' }] },
     },

@@ -56,9 +56,9 @@ describe('answers on the connection that received the request', () => {
     const config = buildConfig(
       {
         nats: { servers: [nats.url], user: 'auth', password, connections: 4 },
-        callout: { issuer_seed: seedOf(account) },
+        callout: { account: 'AUTH', issuer_seed: seedOf(account) },
         issuers: [{ issuer: issuer.issuer, audiences: ['nats'], jwks_uri: issuer.jwksUri, allow_insecure_http: true }],
-        policy: { rules: [{ name: 'all', account: 'APP', permissions: { pub: { allow: ['app.>'] } } }] },
+        policy: { rules: [{ name: 'all', allow_broad: true, account: 'APP', permissions: { pub: { allow: ['app.>'] } } }] },
       },
       {},
     );

@@ -23,7 +23,7 @@ import { startNatsServer, type RunningNats } from '../helpers/nats-server.js';
 const binaries = await natsServerBinaries();
 const newest = binaries[binaries.length - 1]!;
 const PASSWORD = 'shedding-password';
-const rules = [{ name: 'all', account: 'APP', permissions: { pub: { allow: ['app.>'] } } }];
+const rules = [{ name: 'all', allow_broad: true, account: 'APP', permissions: { pub: { allow: ['app.>'] } } }];
 
 describe('shedding requests the server no longer waits for', () => {
   let issuer: LocalIssuer;
@@ -42,7 +42,7 @@ describe('shedding requests the server no longer waits for', () => {
         // One connection: it delivers in order, so the stale requests mixed into the burst below
         // are each contradicted by the next prompt one and never taken for a clock step.
         nats: { servers: [nats.url], user: 'auth', password: PASSWORD, connections: 1 },
-        callout: { issuer_seed: seedOf(createAccount()) },
+        callout: { account: 'AUTH', issuer_seed: seedOf(createAccount()) },
         issuers: [{ issuer: issuer.issuer, audiences: ['nats'], jwks_uri: issuer.jwksUri, allow_insecure_http: true }],
         policy: { rules },
       },

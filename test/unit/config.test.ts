@@ -6,16 +6,15 @@ import { describe, it } from 'node:test';
 import { createAccount } from '@nats-io/nkeys';
 import { buildConfig, DEFAULTS, loadConfig, parseDuration, redactedConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
-import { Policy } from '../../src/policy.js';
 
 const SEED = new TextDecoder().decode(createAccount().getSeed());
 
 function minimal(): Record<string, any> {
   return {
     nats: { servers: ['nats://127.0.0.1:4222'], user: 'auth', password: 'pw' },
-    callout: { issuer_seed: SEED },
+    callout: { account: 'AUTH', issuer_seed: SEED },
     issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
-    policy: { rules: [{ name: 'all', account: 'APP', permissions: { sub: { allow: ['>'] } } }] },
+    policy: { rules: [{ name: 'all', allow_broad: true, account: 'APP', permissions: { sub: { allow: ['>'] } } }] },
   };
 }
 
@@ -73,7 +72,7 @@ describe('config', () => {
     doc.issuers.push({ issuer: 'https://ci.example.com', audiences: ['nats'] });
     configError(doc, 'policy.rules[0].issuer', /required when several issuers are configured/);
     doc.policy.rules[0].issuer = ['https://idp.example.com', 'https://ci.example.com'];
-    assert.equal(buildConfig(doc).rules.length, 1);
+    assert.equal(buildConfig(doc).policy.ruleNames.length, 1);
     doc.policy.rules[0].issuer = ['https://idp.example.com', 'https://nope.example.com'];
     configError(doc, 'policy.rules[0].issuer', /https:\/\/nope.example.com is not one of the configured issuers/);
   });
@@ -119,7 +118,7 @@ describe('config', () => {
     configError({ ...minimal(), accounts: { APP: { public_key: 'A', signing_seed: SEED } } }, 'accounts', /only used in callout.mode: operator/);
     const doc = { ...minimal(), callout: { mode: 'operator', issuer_seed: SEED } };
     configError(doc, 'policy.rules[0].account', /not listed under accounts/);
-    const proto = { ...doc, policy: { rules: [{ name: 'r', account: 'toString' }] } };
+    const proto = { ...doc, policy: { rules: [{ name: 'r', allow_broad: true, account: 'toString', permissions: { sub: { allow: ['x'] } } }] } };
     configError(proto, 'policy.rules[0].account', /not listed under accounts/);
   });
 
@@ -134,7 +133,7 @@ describe('config', () => {
   it('refuses durations that could never work', () => {
     const rule = minimal();
     rule.policy.rules[0].max_lifetime = '500ms';
-    assert.throws(() => new Policy(buildConfig(rule).rules), /policy.rules\[0\].max_lifetime: must be at least 1s/);
+    assert.throws(() => buildConfig(rule), /policy.rules\[0\].max_lifetime: must be at least 1s/);
     const t = minimal();
     t.issuers[0].http_timeout = 0;
     configError(t, 'issuers[0].http_timeout', /must be at least 100ms/);
@@ -163,9 +162,9 @@ describe('config', () => {
     const file = join(dir, 'c.yaml');
     writeFileSync(
       file,
-      `nats: {user: auth, password: pw}\ncallout: {issuer_seed: ${SEED}}\nissuers: [{issuer: "https://i", audiences: [a]}]\npolicy: {rules: [{name: r, account: APP}]}\n`,
+      `nats: {user: auth, password: pw}\ncallout: {account: AUTH, issuer_seed: ${SEED}}\nissuers: [{issuer: "https://i", audiences: [a]}]\npolicy: {rules: [{name: r, account: APP, allow_broad: true, permissions: {sub: {allow: [public.>]}}}]}\n`,
     );
-    assert.equal(loadConfig(file).rules[0]!.name, 'r');
+    assert.equal(loadConfig(file).policy.ruleNames[0], 'r');
     writeFileSync(file, 'nats: {}\nnats: {}\n');
     assert.throws(() => loadConfig(file), /not valid YAML: Map keys must be unique \(line 2, column 1\)/);
     // The parser quotes the bad line; an inline secret on it must not reach the message.
@@ -179,9 +178,9 @@ describe('config', () => {
 
   it('takes the nats section as optional: every key has a default', () => {
     const doc = {
-      callout: { issuer_seed: 'SAAB' },
+      callout: { account: 'AUTH', issuer_seed: SEED },
       issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
-      policy: { rules: [{ name: 'r', account: 'A' }] },
+      policy: { rules: [{ name: 'r', allow_broad: true, account: 'A', permissions: { sub: { allow: ['x'] } } }] },
     };
     const config = buildConfig(doc, {});
     assert.deepEqual(config.nats.servers, ['nats://127.0.0.1:4222']);

@@ -1,17 +1,19 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { RawRule } from '../../src/config.js';
+import { claimAt } from '../../src/claims.js';
 import { AuthFailure, ConfigError } from '../../src/errors.js';
-import { claimAt, Policy, subjectProblem } from '../../src/policy.js';
+import { subjectProblem } from '../../src/subject.js';
+import { policyOf, TEST_ISSUER as ISS } from '../helpers/policy.js';
 
-const ISS = 'https://idp.example.com';
+const OTHER = 'https://other.example.com';
+const ISSUERS = [{ issuer: ISS }, { issuer: OTHER }];
 
 function refused(fn: () => unknown, code: string, message?: RegExp): void {
   assert.throws(fn, (err: unknown) => err instanceof AuthFailure && err.code === code && (!message || message.test(err.message)));
 }
 
 describe('policy', () => {
-  const rules: RawRule[] = [
+  const rules: Record<string, unknown>[] = [
     {
       name: 'admins',
       issuer: ISS,
@@ -21,19 +23,21 @@ describe('policy', () => {
     },
     {
       name: 'tenants',
+      issuer: [ISS, OTHER],
       match: { groups: ['dev', 'ops'], active: true },
+      when: [{ claim: 'tenant', present: true }],
       account: 'APP',
       user_name_claim: 'email',
       max_lifetime: '10m',
       permissions: {
         pub: { allow: ['app.{{claims.tenant}}.>', 'user.{{sub}}.out'], deny: ['app.{{claims.tenant}}.admin.>'] },
-        sub: { allow: ['_INBOX.>', 'user.{{sub}}.in'] },
+        sub: { allow: ['_INBOX.{{sub}}.>', 'user.{{sub}}.in'] },
         resp: { max: 1, ttl: '5s' },
       },
     },
-    { name: 'readers', match: { 'https://example.com/roles': 'reader' }, account: 'APP', permissions: { sub: { allow: ['public.>'] } } },
+    { name: 'readers', issuer: ISS, match: { 'https://example.com/roles': 'reader' }, account: 'APP', permissions: { sub: { allow: ['public.>'] } } },
   ];
-  const policy = new Policy(rules);
+  const policy = policyOf(rules, { issuers: ISSUERS });
 
   it('takes the first matching rule, nested claims by dotted path', () => {
     const g = policy.decide(ISS, { sub: 'alice', realm_access: { roles: ['nats-admin'] }, groups: ['dev'], active: true, tenant: 'x' });
@@ -42,11 +46,11 @@ describe('policy', () => {
   });
 
   it('renders claim templates, response permissions and lifetime', () => {
-    const g = policy.decide('https://other', { sub: 'bob', email: 'bob@example.com', groups: ['ops'], active: true, tenant: 'acme' });
+    const g = policy.decide(OTHER, { sub: 'bob', email: 'bob@example.com', groups: ['ops'], active: true, tenant: 'acme' });
     assert.equal(g.rule, 'tenants');
     assert.equal(g.name, 'bob@example.com');
     assert.deepEqual(g.pub, { allow: ['app.acme.>', 'user.bob.out'], deny: ['app.acme.admin.>'] });
-    assert.deepEqual(g.sub, { allow: ['_INBOX.>', 'user.bob.in'] });
+    assert.deepEqual(g.sub, { allow: ['_INBOX.bob.>', 'user.bob.in'] });
     assert.deepEqual(g.resp, { max: 1, ttl: 5_000_000_000 });
     assert.equal(g.maxLifetimeSeconds, 600);
   });
@@ -64,16 +68,18 @@ describe('policy', () => {
 
   it('refuses when no rule matches, including a rule bound to another issuer', () => {
     refused(() => policy.decide(ISS, { sub: 'x', groups: ['qa'] }), 'POLICY_NO_MATCH');
-    refused(() => policy.decide('https://other', { sub: 'x', realm_access: { roles: ['nats-admin'] } }), 'POLICY_NO_MATCH');
+    refused(() => policy.decide(OTHER, { sub: 'x', realm_access: { roles: ['nats-admin'] } }), 'POLICY_NO_MATCH');
     refused(() => policy.decide(ISS, { sub: 'x', groups: ['dev'], active: 'true', tenant: 't' }), 'POLICY_NO_MATCH');
   });
 
   it('refuses claim values that would inject subject wildcards or separators', () => {
-    for (const tenant of ['a.b', '*', '>', 'a b', 'a\tb', 'a\u0000b', 'x\u200by', '', 'a'.repeat(129), ['a'], { a: 1 }, 1.5, true]) {
+    for (const tenant of ['a.b', '*', '>', 'a b', 'a\tb', 'a\u0000b', 'x\u200by', 'a'.repeat(129), ['a'], { a: 1 }, 1.5, true]) {
       refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant }), 'POLICY_CLAIM_UNSAFE', /claim claims.tenant/);
     }
     refused(() => policy.decide(ISS, { sub: 'bob.>', groups: ['dev'], active: true, tenant: 'ok' }), 'POLICY_CLAIM_UNSAFE', /claim sub/);
-    refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true }), 'POLICY_CLAIM_UNSAFE', /is missing/);
+    // A template claim must be guaranteed by a condition, so a missing one means no match.
+    refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true }), 'POLICY_NO_MATCH');
+    refused(() => policy.decide(ISS, { sub: 'bob', groups: ['dev'], active: true, tenant: '' }), 'POLICY_NO_MATCH');
   });
 
   it('refuses claim values that would reach reserved namespaces or are not well-formed text', () => {
@@ -84,7 +90,7 @@ describe('policy', () => {
   });
 
   it('closes a direction that has deny entries but nothing allowed (nats-server would open it)', () => {
-    const p = new Policy([{ name: 'deny-only', account: 'A', permissions: { pub: { deny: ['secret.>'] }, sub: { allow: [], deny: ['x'] } } }]);
+    const p = policyOf([{ name: 'deny-only', allow_broad: true, account: 'A', permissions: { pub: { deny: ['secret.>'] }, sub: { allow: [], deny: ['x'] } } }]);
     const g = p.decide(ISS, { sub: 's' });
     assert.deepEqual(g.pub, { deny: ['>'] });
     assert.deepEqual(g.sub, { deny: ['>'] });
@@ -102,7 +108,7 @@ describe('policy', () => {
   });
 
   it('refuses invalid subjects and placeholders at load time', () => {
-    const bad = (subject: string) => () => new Policy([{ name: 'r', account: 'A', permissions: { pub: { allow: [subject] } } }]);
+    const bad = (subject: string) => () => policyOf([{ name: 'r', allow_broad: true, account: 'A', permissions: { pub: { allow: [subject] } } }]);
     assert.throws(bad('a..b'), (e: unknown) => e instanceof ConfigError && /policy\.rules\[0\]\.permissions\.pub\.allow\[0\]/.test(e.message));
     assert.throws(bad('a.>.b'), ConfigError);
     assert.throws(bad('a.b*'), ConfigError);
@@ -124,7 +130,7 @@ describe('policy', () => {
     assert.equal(claimAt(k8s, 'kubernetes.io.serviceaccount.name'), 'orders');
     assert.equal(claimAt({ 'a.b': 1, a: { b: 2 } }, 'a.b'), 1, 'the longest existing key wins');
     assert.equal(claimAt({ 'a.b': {}, a: { b: { c: 3 } } }, 'a.b.c'), 3, 'falls back when the longer key leads nowhere');
-    const p = new Policy([
+    const p = policyOf([
       { name: 'ns', match: { 'kubernetes.io.namespace': 'shop' }, account: 'A', permissions: { pub: { allow: ['ns.{{claims.kubernetes.io.namespace}}.>'] } } },
     ]);
     assert.deepEqual(p.decide(ISS, k8s).pub, { allow: ['ns.shop.>'] });
@@ -137,20 +143,20 @@ describe('policy', () => {
   });
 
   it('matches scope and scp as space-separated lists (RFC 6749, RFC 9068), nothing else', () => {
-    const policy = new Policy([
+    const policy = policyOf([
       { name: 'scoped', match: { scope: 'nats' }, account: 'APP', permissions: { pub: { allow: ['a'] } } },
       { name: 'scp', match: { scp: ['nats:write'] }, account: 'APP', permissions: { pub: { allow: ['b'] } } },
       { name: 'groups', match: { groups: 'a' }, account: 'APP', permissions: { pub: { allow: ['c'] } } },
     ]);
-    assert.equal(policy.decide('i', { scope: 'openid nats profile' }).rule, 'scoped');
-    assert.equal(policy.decide('i', { scope: 'nats' }).rule, 'scoped');
-    assert.equal(policy.decide('i', { scp: 'nats:read nats:write' }).rule, 'scp');
-    assert.equal(policy.decide('i', { scp: ['nats:write'] }).rule, 'scp');
+    assert.equal(policy.decide(ISS, { scope: 'openid nats profile' }).rule, 'scoped');
+    assert.equal(policy.decide(ISS, { scope: 'nats' }).rule, 'scoped');
+    assert.equal(policy.decide(ISS, { scp: 'nats:read nats:write' }).rule, 'scp');
+    assert.equal(policy.decide(ISS, { scp: ['nats:write'] }).rule, 'scp');
     // A scope is a whole token: no prefix, substring or other separator matches.
     for (const scope of ['nats-admin', 'natsx openid', 'openid,nats', 'xnats']) {
-      assert.throws(() => policy.decide('i', { scope }), /no rule matches/);
+      assert.throws(() => policy.decide(ISS, { scope }), /no rule matches/);
     }
     // Other claims keep their exact string semantics: "a b" is not the list [a, b].
-    assert.throws(() => policy.decide('i', { groups: 'a b' }), /no rule matches/);
+    assert.throws(() => policy.decide(ISS, { groups: 'a b' }), /no rule matches/);
   });
 });

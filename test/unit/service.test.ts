@@ -32,7 +32,7 @@ describe('callout service', () => {
   function make(extra: Record<string, any> = {}): CalloutService {
     const config = buildConfig({
       nats: {},
-      callout: { issuer_seed: text(account.getSeed()), max_in_flight: 4, ...(extra.callout ?? {}) },
+      callout: { account: 'AUTH', issuer_seed: text(account.getSeed()), max_in_flight: 4, ...(extra.callout ?? {}) },
       token: { fields: ['auth_token', 'pass'], max_bytes: 8192 },
       issuers: [{ issuer: idp.issuer, audiences: ['nats'], allow_insecure_http: true, ...(extra.issuer ?? {}) }],
       policy: {

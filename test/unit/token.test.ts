@@ -3,20 +3,21 @@ import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { createAccount } from '@nats-io/nkeys';
 import { buildConfig, type IssuerConfig } from '../../src/config.js';
 import { AuthFailure } from '../../src/errors.js';
 import { IssuerKeys } from '../../src/issuers.js';
 import { TokenVerifier } from '../../src/token.js';
 import { fakeJwe, hs256WithSecret, startLocalIssuer, unsignedToken, type LocalIssuer } from '../helpers/local-issuer.js';
 
-const SEED = 'SAAJRVXR3MV7ES5TDCQY2FQSX6NPS5GYNKZGRDEBNY56G5ZUXHERMYVWNY';
+const SEED = new TextDecoder().decode(createAccount().getSeed());
 
 function issuerConfig(issuer: string, extra: Record<string, unknown> = {}): IssuerConfig {
   return buildConfig({
     nats: {},
-    callout: { issuer_seed: SEED },
+    callout: { account: 'AUTH', issuer_seed: SEED },
     issuers: [{ issuer, audiences: ['nats'], allow_insecure_http: true, ...extra }],
-    policy: { rules: [{ name: 'r', account: 'APP' }] },
+    policy: { rules: [{ name: 'r', allow_broad: true, account: 'APP', permissions: { sub: { allow: ['x'] } } }] },
   }).issuers[0]!;
 }
 
