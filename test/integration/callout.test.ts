@@ -80,6 +80,7 @@ for (const { version, path } of binaries) {
               name: 'developers',
               issuer: everyIssuer(),
               match: { groups: 'dev' },
+              when: [{ claim: 'tenant', present: true }],
               account: 'APP',
               user_name_claim: 'name',
               permissions: {

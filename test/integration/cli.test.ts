@@ -59,6 +59,7 @@ ${o.rules}
 
 const RULE_APP = `    - name: app
       match: { groups: dev }
+      when: [{ claim: tenant, present: true }]
       account: APP
       permissions:
         pub: { allow: ["app.{{claims.tenant}}.>", "$SYS.REQ.USER.INFO"] }

@@ -37,6 +37,7 @@ const rules = [
   {
     name: 'developers',
     match: { groups: 'dev' },
+    when: [{ claim: 'tenant', present: true }],
     account: 'APP',
     user_name_claim: 'name',
     permissions: { pub: { allow: ['app.{{claims.tenant}}.>'] }, sub: { allow: ['_INBOX.>'] } },

@@ -17,7 +17,7 @@ function configFor(url: string, nats: Record<string, unknown>, env: NodeJS.Proce
       nats: { servers: [url], ...nats },
       callout: { account: 'AUTH', issuer_seed: text(createAccount().getSeed()) },
       issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
-      policy: { rules: [{ name: 'r', account: 'APP' }] },
+      policy: { rules: [{ name: 'r', allow_broad: true, account: 'APP', permissions: { sub: { allow: ['x'] } } }] },
     },
     env,
     baseDir,

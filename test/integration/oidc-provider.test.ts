@@ -33,6 +33,7 @@ for (const { version, path } of binaries) {
             name: 'developers',
             issuer: idp.issuer,
             match: { groups: 'dev' },
+            when: [{ claim: 'tenant', present: true }],
             account: 'APP',
             user_name_claim: 'name',
             permissions: {

@@ -40,6 +40,7 @@ describe('callout service', () => {
           {
             name: 'devs',
             match: { groups: 'dev' },
+            when: [{ claim: 'tenant', present: true }],
             account: 'APP',
             user_name_claim: 'name',
             max_lifetime: '10m',
