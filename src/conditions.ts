@@ -116,7 +116,9 @@ function textValues(ctx: MatchContext, claim: string): string[] {
 }
 
 function globCondition(claim: string, patterns: readonly string[], path: string): Condition {
-  patterns.forEach((p, i) => checkPatternLength(p, patterns.length > 1 ? `${path}[${i}]` : path));
+  patterns.forEach((p, i) => {
+    checkPatternLength(p, patterns.length > 1 ? `${path}[${i}]` : path);
+  });
   const matches = (s: string) => patterns.some((p) => globMatches(p, s));
   const test = (ctx: MatchContext) => textValues(ctx, claim).some(matches);
   const narrows = !PROBES.every(matches);
