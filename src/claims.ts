@@ -16,6 +16,13 @@ export function claimAt(claims: Readonly<Record<string, unknown>>, path: string)
   return lookup(claims, path.split('.'));
 }
 
+/** `claimAt` for one path, split once (conditions run on every decision). */
+export function claimReader(path: string): (claims: Readonly<Record<string, unknown>>) => unknown {
+  const segments = path.split('.');
+  if (segments.length === 1) return (claims) => (Object.hasOwn(claims, path) ? claims[path] : undefined);
+  return (claims) => lookup(claims, segments);
+}
+
 function lookup(node: unknown, segments: readonly string[]): unknown {
   if (segments.length === 0) return node;
   if (typeof node !== 'object' || node === null || Array.isArray(node)) return undefined;

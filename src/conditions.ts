@@ -1,6 +1,6 @@
 import { BlockList, isIP } from 'node:net';
 import { RE2JS } from 're2js';
-import { claimAt, claimValues, type Scalar, scalarEquals } from './claims.js';
+import { claimAt, claimReader, claimValues, type Scalar, scalarEquals } from './claims.js';
 import { AuthFailure, ConfigError } from './errors.js';
 import { globMatches } from './glob.js';
 import type { ClaimMatchInput, ConditionInput, ConnectionType } from './policy-schema.js';
@@ -87,8 +87,11 @@ function list<T>(v: T | T[]): T[] {
   return Array.isArray(v) ? v : [v];
 }
 
-function valuesOf(ctx: MatchContext, claim: string): Scalar[] {
-  return claimValues(claimAt(ctx.claims, claim), ctx.delimiters.get(claim));
+type ValuesOf = (ctx: MatchContext) => Scalar[];
+
+function valuesOf(claim: string): ValuesOf {
+  const read = claimReader(claim);
+  return (ctx) => claimValues(read(ctx.claims), ctx.delimiters.get(claim));
 }
 
 function equalsCondition(claim: string, expected: readonly Scalar[], path: string): Condition {
@@ -97,14 +100,15 @@ function equalsCondition(claim: string, expected: readonly Scalar[], path: strin
       throw new ConfigError(`${path}${expected.length > 1 ? `[${i}]` : ''}`, `${v} is not a safe integer: compare numbers exactly or quote the value`);
     }
   });
-  const test = (ctx: MatchContext) => valuesOf(ctx, claim).some((a) => expected.some((e) => scalarEquals(e, a)));
+  const values = valuesOf(claim);
+  const test = (ctx: MatchContext) => values(ctx).some((a) => expected.some((e) => scalarEquals(e, a)));
   const text = `${claim} equals ${expected.map((v) => JSON.stringify(v)).join(' or ')}`;
   return claimCondition(claim, text, test, true, `eq:${claim}:${JSON.stringify([...expected].map(String).sort())}`, { claim, values: expected });
 }
 
-function textValues(ctx: MatchContext, claim: string): string[] {
+function textValues(values: ValuesOf, ctx: MatchContext, claim: string): string[] {
   const out: string[] = [];
-  for (const v of valuesOf(ctx, claim)) {
+  for (const v of values(ctx)) {
     if (typeof v === 'boolean' || (typeof v === 'number' && !Number.isSafeInteger(v))) continue;
     const s = String(v);
     // A value too long to match is refused outright: under `not`, "does not match" would grant.
@@ -120,7 +124,8 @@ function globCondition(claim: string, patterns: readonly string[], path: string)
     checkPatternLength(p, patterns.length > 1 ? `${path}[${i}]` : path);
   });
   const matches = (s: string) => patterns.some((p) => globMatches(p, s));
-  const test = (ctx: MatchContext) => textValues(ctx, claim).some(matches);
+  const values = valuesOf(claim);
+  const test = (ctx: MatchContext) => textValues(values, ctx, claim).some(matches);
   const narrows = !PROBES.every(matches);
   return claimCondition(
     claim,
@@ -143,7 +148,8 @@ function regexCondition(claim: string, patterns: readonly string[], path: string
   });
   // RE2's matches() is a whole-value match: patterns are anchored whether or not they say ^...$.
   const matches = (s: string) => compiled.some((r) => r.matches(s));
-  const test = (ctx: MatchContext) => textValues(ctx, claim).some(matches);
+  const values = valuesOf(claim);
+  const test = (ctx: MatchContext) => textValues(values, ctx, claim).some(matches);
   const narrows = !PROBES.every(matches);
   return claimCondition(
     claim,
@@ -159,8 +165,9 @@ function checkPatternLength(p: string, path: string): void {
 }
 
 function presentCondition(claim: string, present: boolean): Condition {
+  const read = claimReader(claim);
   const has = (ctx: MatchContext) => {
-    const v = claimAt(ctx.claims, claim);
+    const v = read(ctx.claims);
     return v !== undefined && v !== null && v !== '' && !(Array.isArray(v) && v.length === 0);
   };
   const test = present ? has : (ctx: MatchContext) => !has(ctx);
