@@ -1,3 +1,5 @@
+import { AuthFailure } from './errors.js';
+
 /**
  * Reading claims: lookup by dotted path, and the values a claim holds whatever its shape
  * (a scalar, an array, or one string of delimited values).
@@ -26,24 +28,37 @@ export function claimReader(path: string): (claims: Readonly<Record<string, unkn
 function lookup(node: unknown, segments: readonly string[]): unknown {
   if (segments.length === 0) return node;
   if (typeof node !== 'object' || node === null || Array.isArray(node)) return undefined;
+  let found: unknown;
   for (let take = segments.length; take >= 1; take--) {
     const key = take === 1 ? segments[0]! : segments.slice(0, take).join('.');
-    if (Object.hasOwn(node, key)) {
-      const found = lookup((node as Record<string, unknown>)[key], segments.slice(take));
-      if (found !== undefined) return found;
-    }
+    if (!Object.hasOwn(node, key)) continue;
+    const value = lookup((node as Record<string, unknown>)[key], segments.slice(take));
+    if (value === undefined) continue;
+    // Two claims spelled the same path (a flat "a.b" beside a nested a.b): which one the IdP
+    // meant cannot be known, and a token could add the flat one to shadow the real claim.
+    if (found !== undefined) throw new AuthFailure('POLICY_CLAIM_AMBIGUOUS', `claim path ${segments.join('.')} names two different claims`);
+    found = value;
   }
-  return undefined;
+  return found;
 }
 
 /**
- * Every value a claim holds: an array's scalar elements, a delimited string's parts (trimmed,
- * empty parts dropped), or the scalar itself. Objects, nulls and nested arrays hold nothing a
- * condition can compare, so they contribute no value.
+ * Every value a claim holds: an array's elements, a delimited string's parts (trimmed, empty
+ * parts dropped), or the scalar itself; null (also as an element) holds no value. An object, a
+ * nested list or a non-finite number cannot be compared: the token is refused
+ * (POLICY_CLAIM_SHAPE) rather than read as "no such value", which under `not` would grant.
  */
-export function claimValues(value: unknown, delimiter: string | undefined): Scalar[] {
+export function claimValues(value: unknown, delimiter: string | undefined, claim = 'the claim'): Scalar[] {
   if (value === undefined || value === null) return [];
-  if (Array.isArray(value)) return value.filter(isScalar);
+  if (Array.isArray(value)) {
+    const out: Scalar[] = [];
+    for (const v of value) {
+      if (v === null) continue;
+      if (!isScalar(v)) throw shapeFailure(claim);
+      out.push(v);
+    }
+    return out;
+  }
   if (typeof value === 'string' && delimiter !== undefined) {
     const out: string[] = [];
     for (const part of value.split(delimiter)) {
@@ -52,7 +67,22 @@ export function claimValues(value: unknown, delimiter: string | undefined): Scal
     }
     return out;
   }
-  return isScalar(value) ? [value] : [];
+  if (!isScalar(value)) throw shapeFailure(claim);
+  return [value];
+}
+
+function shapeFailure(claim: string): AuthFailure {
+  return new AuthFailure('POLICY_CLAIM_SHAPE', `claim ${claim} holds an object or a nested list where a condition compares values`);
+}
+
+/**
+ * The key under which equal scalars meet (see scalarEquals): a safe integer and its decimal
+ * string share one; undefined for values that equal nothing.
+ */
+export function equalityKey(v: Scalar): string | undefined {
+  if (typeof v === 'string') return `s${v}`;
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  return Number.isSafeInteger(v) ? `s${v}` : undefined;
 }
 
 function isScalar(v: unknown): v is Scalar {

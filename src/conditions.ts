@@ -1,6 +1,6 @@
 import { BlockList, isIP } from 'node:net';
 import { RE2JS } from 're2js';
-import { claimAt, claimReader, claimValues, type Scalar, scalarEquals } from './claims.js';
+import { claimAt, claimReader, claimValues, equalityKey, type Scalar } from './claims.js';
 import { AuthFailure, ConfigError } from './errors.js';
 import { globMatches } from './glob.js';
 import type { ClaimMatchInput, ConditionInput, ConnectionType } from './policy-schema.js';
@@ -13,6 +13,8 @@ import type { ClaimMatchInput, ConditionInput, ConnectionType } from './policy-s
 /** What a condition is evaluated against. */
 export interface MatchContext {
   readonly claims: Readonly<Record<string, unknown>>;
+  /** Values already read in this decision, by claim path (many rules read the same claims). */
+  readonly values?: Map<string, Scalar[]>;
   /** Claims the token's issuer writes as one delimited string, by path. */
   readonly delimiters: ReadonlyMap<string, string>;
   readonly connection: ConnectionFacts;
@@ -45,14 +47,22 @@ export interface Condition {
   readonly equals?: { readonly claim: string; readonly values: readonly Scalar[] };
   /** For a conjunction: its conditions. */
   readonly parts?: readonly Condition[];
+  /** True when a fact the condition reads is unknown: `not` must not turn that into a match. */
+  readonly unknown?: (ctx: MatchContext) => boolean;
 }
+
+/**
+ * Claims every verified token holds (`iss`, `aud` and the times are checked before any rule): a
+ * condition on them narrows nothing.
+ */
+export const REGISTERED_CLAIMS: ReadonlySet<string> = new Set(['iss', 'aud', 'exp', 'iat', 'nbf', 'jti']);
 
 /** Longest pattern accepted for glob and regex conditions. */
 export const MAX_PATTERN = 256;
 /** Longest claim value a glob or regex is run on; a longer value refuses the token. */
 export const MAX_MATCHED_VALUE = 1024;
 /** Values that every reasonable claim value resembles: a pattern matching them all narrows nothing. */
-const PROBES = ['', 'a', 'Z', '0', 'x-y_z', 'user@example.com', '/group/sub', 'repo:org/name:ref:refs/heads/main', 'ñ'];
+const PROBES = ['a', 'Z', '0', 'x-y_z', 'user@example.com', '/group/sub', 'repo:org/name:ref:refs/heads/main', 'ñ'];
 
 /** `match: {claim: value(s)}` as conditions. */
 export function compileMatch(match: ClaimMatchInput | undefined, path: string): Condition[] {
@@ -91,7 +101,14 @@ type ValuesOf = (ctx: MatchContext) => Scalar[];
 
 function valuesOf(claim: string): ValuesOf {
   const read = claimReader(claim);
-  return (ctx) => claimValues(read(ctx.claims), ctx.delimiters.get(claim));
+  return (ctx) => {
+    let values = ctx.values?.get(claim);
+    if (values === undefined) {
+      values = claimValues(read(ctx.claims), ctx.delimiters.get(claim), claim);
+      ctx.values?.set(claim, values);
+    }
+    return values;
+  };
 }
 
 function equalsCondition(claim: string, expected: readonly Scalar[], path: string): Condition {
@@ -101,7 +118,9 @@ function equalsCondition(claim: string, expected: readonly Scalar[], path: strin
     }
   });
   const values = valuesOf(claim);
-  const test = (ctx: MatchContext) => values(ctx).some((a) => expected.some((e) => scalarEquals(e, a)));
+  // A set of equality keys: long lists of groups against long lists of values stay cheap.
+  const keys = new Set(expected.map(equalityKey));
+  const test = (ctx: MatchContext) => values(ctx).some((a) => keys.has(equalityKey(a)));
   const text = `${claim} equals ${expected.map((v) => JSON.stringify(v)).join(' or ')}`;
   return claimCondition(claim, text, test, true, `eq:${claim}:${JSON.stringify([...expected].map(String).sort())}`, { claim, values: expected });
 }
@@ -109,7 +128,9 @@ function equalsCondition(claim: string, expected: readonly Scalar[], path: strin
 function textValues(values: ValuesOf, ctx: MatchContext, claim: string): string[] {
   const out: string[] = [];
   for (const v of values(ctx)) {
-    if (typeof v === 'boolean' || (typeof v === 'number' && !Number.isSafeInteger(v))) continue;
+    if (typeof v === 'boolean' || (typeof v === 'number' && !Number.isSafeInteger(v))) {
+      throw new AuthFailure('POLICY_CLAIM_SHAPE', `claim ${claim} holds ${String(v)}, which a pattern cannot match`);
+    }
     const s = String(v);
     // A value too long to match is refused outright: under `not`, "does not match" would grant.
     if (s.length > MAX_MATCHED_VALUE)
@@ -188,7 +209,7 @@ function claimCondition(
     trace: (ctx) => (test(ctx) ? undefined : { condition: text, saw: claimAt(ctx.claims, claim) }),
     text,
     guarantees: [claim],
-    narrows,
+    narrows: narrows && !REGISTERED_CLAIMS.has(claim),
     key,
     ...(equals ? { equals } : {}),
   };
@@ -213,6 +234,7 @@ export function allOf(conditions: readonly Condition[]): Condition {
       .sort()
       .join(',')}]`,
     parts: conditions,
+    unknown: (ctx) => conditions.some((c) => c.unknown?.(ctx) ?? false),
   };
 }
 
@@ -230,15 +252,19 @@ function anyOf(conditions: readonly Condition[]): Condition {
       .map((c) => c.key)
       .sort()
       .join(',')}]`,
+    unknown: (ctx) => conditions.some((c) => c.unknown?.(ctx) ?? false),
   };
 }
 
 function notOf(inner: Condition): Condition {
   const text = `not (${inner.text})`;
-  const test = (ctx: MatchContext) => !inner.test(ctx);
+  // An unknown fact (no client address, an unknown connection type) never makes `not` hold.
+  const test = (ctx: MatchContext) => !inner.test(ctx) && !(inner.unknown?.(ctx) ?? false);
   return {
     test,
-    trace: (ctx) => (test(ctx) ? undefined : { condition: text, saw: 'the inner condition holds' }),
+    trace: (ctx) =>
+      test(ctx) ? undefined : { condition: text, saw: inner.unknown?.(ctx) ? 'unknown (the request does not say)' : 'the inner condition holds' },
+    unknown: (ctx) => inner.unknown?.(ctx) ?? false,
     text,
     guarantees: [],
     // Excluding some tokens still admits nearly all of them.
@@ -257,6 +283,7 @@ function connectionTypeCondition(types: readonly ConnectionType[]): Condition {
     guarantees: [],
     narrows: false,
     key: `ctype:${[...types].sort().join(',')}`,
+    unknown: (ctx) => ctx.connection.type === undefined,
   };
 }
 
@@ -271,12 +298,27 @@ function sourceNetworkCondition(networks: readonly string[], path: string): Cond
     guarantees: [],
     narrows: false,
     key: `src:${[...networks].sort().join(',')}`,
+    unknown: (ctx) => !isIP(ctx.connection.host ?? ''),
   };
 }
 
 /** Parses CIDR networks (`10.0.0.0/8`, `2001:db8::/32`, or one address) into a BlockList. */
 export function networkList(networks: readonly string[], path: string): BlockList {
   const blocks = new BlockList();
+  for (const [address, prefix, family] of parseNetworks(networks, path)) blocks.addSubnet(address, prefix, family);
+  return blocks;
+}
+
+/**
+ * The networks as nats-server reads a user JWT's `src`: always with a prefix length (it
+ * refuses a bare address), `192.0.2.7` becoming `192.0.2.7/32`.
+ */
+export function canonicalNetworks(networks: readonly string[], path: string): string[] {
+  return parseNetworks(networks, path).map(([address, prefix]) => `${address}/${prefix}`);
+}
+
+function parseNetworks(networks: readonly string[], path: string): [string, number, 'ipv4' | 'ipv6'][] {
+  const out: [string, number, 'ipv4' | 'ipv6'][] = [];
   networks.forEach((n, i) => {
     const at = networks.length > 1 ? `${path}[${i}]` : path;
     const [address, prefixText, extra] = n.split('/');
@@ -286,9 +328,9 @@ export function networkList(networks: readonly string[], path: string): BlockLis
     if (!family || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
       throw new ConfigError(at, `${JSON.stringify(n)} is not an IP network (e.g. 10.0.0.0/8, 192.0.2.7, 2001:db8::/32)`);
     }
-    blocks.addSubnet(address!, prefix, family === 4 ? 'ipv4' : 'ipv6');
+    out.push([address!, prefix, family === 4 ? 'ipv4' : 'ipv6']);
   });
-  return blocks;
+  return out;
 }
 
 /** Whether `host` (an IP address as nats-server reports it) is in `blocks`. */
@@ -306,7 +348,7 @@ export function addressIn(blocks: BlockList, host: string | undefined): boolean 
 export function implies(a: Condition, b: Condition): boolean {
   if (a.key === b.key) return true;
   if (a.equals && b.equals && a.equals.claim === b.equals.claim) {
-    return a.equals.values.every((v) => b.equals!.values.some((w) => scalarEquals(w, v) && scalarEquals(v, w)));
+    return a.equals.values.every((v) => b.equals!.values.some((w) => equalityKey(w) === equalityKey(v) && equalityKey(v) !== undefined));
   }
   return false;
 }

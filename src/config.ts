@@ -159,7 +159,7 @@ export interface Config {
     readonly issuerAccount: string | undefined;
     /** server_config: the auth_callout account's name. */
     readonly account: string | undefined;
-    readonly systemAccount: string;
+    readonly systemAccount: string | undefined;
     readonly xkeySeed: Secret | undefined;
     readonly maxInFlight: number;
   };
@@ -312,7 +312,22 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
   const issuerSeed = resolveSecret(raw.callout.issuer_seed, 'callout.issuer_seed', env, baseDir);
   const xkeySeed = raw.callout.xkey_seed === undefined ? undefined : resolveSecret(raw.callout.xkey_seed, 'callout.xkey_seed', env, baseDir);
   const keys = decodeKeys(mode, issuerSeed, raw.callout.issuer_account, accounts, xkeySeed);
-  const systemAccount = raw.callout.system_account ?? DEFAULTS.callout.system_account;
+  // server_config names accounts; operator mode knows them by public key, and has no default:
+  // without it nothing would keep a rule from placing users into the system account.
+  const systemAccount = raw.callout.system_account ?? (mode === 'server_config' ? DEFAULTS.callout.system_account : undefined);
+  if (mode === 'operator' && (systemAccount === undefined || !isPublicKey(systemAccount, 'account'))) {
+    throw new ConfigError(
+      'callout.system_account',
+      "required in operator mode: the system account's public key (A...), so that no rule can place users into it",
+    );
+  }
+  for (const [key, name] of [
+    ['callout.account', raw.callout.account],
+    ['callout.system_account', systemAccount],
+  ] as const) {
+    if (name !== undefined && /[\p{White_Space}\p{Cc}]/u.test(name))
+      throw new ConfigError(key, `${JSON.stringify(name)}: account names have no whitespace or control characters`);
+  }
   const policy = compilePolicy({
     policy: raw.policy,
     issuers: raw.issuers,
@@ -413,13 +428,13 @@ function seedSigner(seed: string, path: string): NkeySigner {
 function reservedAccounts(
   mode: Config['callout']['mode'],
   calloutAccount: string | undefined,
-  systemAccount: string,
+  systemAccount: string | undefined,
   keys: Keys,
   accounts: Readonly<Record<string, AccountSigning>>,
 ): Map<string, string> {
   const reserved = new Map<string, string>();
   if (mode === 'server_config') {
-    for (const name of ['$SYS', 'SYS', systemAccount]) reserved.set(name, 'the system account');
+    for (const name of ['$SYS', 'SYS', systemAccount ?? '$SYS']) reserved.set(name, 'the system account');
     reserved.set(calloutAccount!, 'the callout account (callout.account), where every login request and its token is visible');
     return reserved;
   }

@@ -41,6 +41,8 @@ export const FAILURES = {
     outcome: 'reject',
     summary: 'a claim used in a subject template is missing, not a single plain subject token, or makes a reserved or malformed subject token',
   },
+  POLICY_CLAIM_SHAPE: { outcome: 'reject', summary: 'a claim a condition reads holds an object or a nested list instead of values it can compare' },
+  POLICY_CLAIM_AMBIGUOUS: { outcome: 'reject', summary: 'a dotted claim path names two claims (a flat key beside a nested one)' },
   POLICY_CLAIM_TOO_LONG: { outcome: 'reject', summary: 'a claim value a glob or regex condition reads is longer than 1024 characters' },
   OVERLOADED: { outcome: 'reject', summary: 'too many requests in flight; answered at once rather than queued past the timeout' },
   INTERNAL: { outcome: 'reject', summary: 'an unexpected error inside the service' },

@@ -11,7 +11,7 @@ export function explainOutput(e: Explanation, connection: ConnectionFacts | unde
   const common = {
     ...(e.issuer !== undefined ? { issuer: e.issuer, claims: e.claims } : {}),
     ...(connection ? { connection: { type: connection.type ?? 'unknown', client_host: connection.host ?? 'unknown' } } : {}),
-    ...(e.policy?.required ? { required_claims: { failed: e.policy.required.condition, saw: e.policy.required.saw } } : {}),
+    ...(e.policy?.required ? { required_claims: { failed: e.policy.required.condition, saw: e.policy.required.saw ?? null } } : {}),
     ...(e.policy ? { rules: e.policy.trace.map(traceLine) } : {}),
   };
   if (e.decision === 'refuse') return { decision: 'refuse', code: e.failure.code, reason: e.failure.message, ...common };
@@ -33,6 +33,8 @@ function traceLine(t: RuleTrace): Record<string, unknown> {
   switch (t.outcome) {
     case 'matched':
       return { rule: t.rule, result: 'matched' };
+    case 'refused':
+      return { rule: t.rule, result: 'matched, but refused', code: t.code, reason: t.reason };
     case 'other_issuer':
       return { rule: t.rule, result: 'skipped: for other issuers' };
     case 'failed':

@@ -1,4 +1,4 @@
-import { allOf, type Condition, compileCondition, compileMatch, implies, networkList } from './conditions.js';
+import { allOf, type Condition, canonicalNetworks, compileCondition, compileMatch, implies, REGISTERED_CLAIMS } from './conditions.js';
 import { bounded, parseDuration } from './duration.js';
 import { ConfigError } from './errors.js';
 import { type AccountChoice, type CompiledDirection, type CompiledIssuer, type CompiledRule, type PermissionSet, Policy, type TimeRange } from './policy.js';
@@ -33,6 +33,7 @@ export interface PolicySource {
 const DEFAULT_DELIMITERS: Readonly<Record<string, string>> = { scope: ' ', scp: ' ' };
 /** Always present in a usable token in practice; a missing `sub` still refuses at render time. */
 const ALWAYS_GUARANTEED = new Set(['sub']);
+const ACCOUNT_NAME = /^[^\p{White_Space}\p{Cc}\p{Cf}]+$/u;
 const TIME = /^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$/;
 const MAX_TAG = 255;
 
@@ -129,8 +130,9 @@ function compileRule(
     }
     rolesFrom = { claim: raw.roles_from.claim, map };
   }
-  if (sets.length === 0 && !rolesFrom) {
-    throw new ConfigError(path, 'grants nothing: give it roles, roles_from or permissions (a user with no permissions cannot do anything)');
+  const grantable = [...sets, ...[...(rolesFrom?.map.values() ?? [])].flat()];
+  if (!grantable.some((s) => s.pub.allow.length || s.sub.allow.length || s.resp)) {
+    throw new ConfigError(path, 'grants nothing: give it roles, roles_from or permissions with allow entries (a user with no permissions cannot do anything)');
   }
 
   const maxLifetime = `${path}.max_lifetime`;
@@ -144,7 +146,7 @@ function compileRule(
     nameClaim: raw.user_name_claim ?? source.defaults.userNameClaim,
     maxLifetimeSeconds: Math.floor(bounded(parseDuration(raw.max_lifetime ?? source.defaults.maxLifetime, maxLifetime), 1000, Infinity, maxLifetime) / 1000),
     connectionTypes: raw.connection_types ? [...new Set(raw.connection_types)] : source.defaults.connectionTypes,
-    sourceNetworks: raw.source_networks && checkedNetworks(raw.source_networks, `${path}.source_networks`),
+    sourceNetworks: raw.source_networks && canonicalNetworks(raw.source_networks, `${path}.source_networks`),
     times: raw.times && raw.times.map((t, i) => timeRange(t, `${path}.times[${i}]`)),
     timesLocation: raw.times_location && timeZone(raw.times_location, `${path}.times_location`, raw.times !== undefined),
     tags: raw.tags && raw.tags.map((t, i) => tag(t, `${path}.tags[${i}]`)),
@@ -153,6 +155,7 @@ function compileRule(
 
 function accountChoice(raw: RuleInput['account'], path: string, source: PolicySource): AccountChoice {
   const check = (name: string, at: string) => {
+    if (!ACCOUNT_NAME.test(name)) throw new ConfigError(at, `${JSON.stringify(name)} is not an account name (no whitespace or control characters)`);
     const why = source.reserved.get(name);
     if (why) throw new ConfigError(at, `users can never be placed into ${name}: it is ${why}`);
     if (source.accounts && !source.accounts.has(name)) {
@@ -195,19 +198,29 @@ function checkGuarantees(
   rule: CompiledRule,
   raw: RuleInput,
   path: string,
-  issuers: ReadonlyMap<string, { readonly guarantees: readonly string[] }>,
+  issuers: ReadonlyMap<string, { readonly guarantees: readonly string[]; readonly delimiters: ReadonlyMap<string, string> }>,
   issuerNames: readonly string[],
 ): void {
   const ruleIssuers = rule.issuers ? [...rule.issuers] : issuerNames;
   const fromIssuers = ruleIssuers.map((i) => issuers.get(i)?.guarantees ?? []).reduce((a, b) => a.filter((x) => b.includes(x)));
   const guaranteed = new Set([...rule.when.guarantees, ...fromIssuers, ...ALWAYS_GUARANTEED]);
   if ('claim' in rule.account) guaranteed.add(rule.account.claim);
+  // A rule granting only roles mapped from a claim matches only when that claim holds a mapped value.
+  if (rule.sets.length === 0 && rule.rolesFrom) guaranteed.add(rule.rolesFrom.claim);
+  const delimitedBy = (claim: string) => ruleIssuers.find((i) => issuers.get(i)?.delimiters.has(claim));
   for (const set of allSets(rule)) {
     for (const which of ['pub', 'sub'] as const) {
       for (const t of [...set[which].allow, ...set[which].deny]) {
         for (const claim of t.claims) {
-          if (guaranteed.has(claim)) continue;
           const where = set.name === 'permissions' ? `${path}.permissions.${which}` : `role ${set.name}`;
+          const delimited = delimitedBy(claim);
+          if (delimited !== undefined) {
+            throw new ConfigError(
+              path,
+              `rule ${JSON.stringify(raw.name)}: ${where} uses claims.${claim}, which ${delimited} writes as a delimited list (claim_delimiters): a list cannot be one subject token`,
+            );
+          }
+          if (guaranteed.has(claim)) continue;
           throw new ConfigError(
             path,
             `rule ${JSON.stringify(raw.name)}: ${where} uses claims.${claim}, which no condition of the rule guarantees; add {claim: ${claim}, present: true} to when (or match on it)`,
@@ -252,8 +265,8 @@ function label(set: PermissionSet): string {
 /** A rule every token of its issuers would match must say so. */
 function checkBroad(rule: CompiledRule, raw: RuleInput, path: string): void {
   if (raw.allow_broad) return;
-  const narrowedByRoles = rule.sets.length === 0 && rule.rolesFrom !== undefined;
-  const narrowedByAccount = 'claim' in rule.account;
+  const narrowedByRoles = rule.sets.length === 0 && rule.rolesFrom !== undefined && !REGISTERED_CLAIMS.has(rule.rolesFrom.claim);
+  const narrowedByAccount = 'claim' in rule.account && !REGISTERED_CLAIMS.has(rule.account.claim);
   if (rule.when.narrows || narrowedByRoles || narrowedByAccount) return;
   throw new ConfigError(
     path,
@@ -284,11 +297,6 @@ function checkShadowed(rules: readonly CompiledRule[], raws: readonly RuleInput[
 /** The top-level conditions of a rule (its `match` entries and `when` items). */
 function conjuncts(c: Condition): readonly Condition[] {
   return c.parts ? c.parts.flatMap(conjuncts) : [c];
-}
-
-function checkedNetworks(networks: readonly string[], path: string): string[] {
-  networkList(networks, path);
-  return [...networks];
 }
 
 function timeRange(t: { start: string; end: string }, path: string): TimeRange {

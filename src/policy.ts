@@ -82,6 +82,7 @@ export interface CompiledIssuer {
 /** How one rule fared, for `explain`. */
 export type RuleTrace =
   | { readonly rule: string; readonly outcome: 'matched' }
+  | { readonly rule: string; readonly outcome: 'refused'; readonly code: string; readonly reason: string }
   | { readonly rule: string; readonly outcome: 'other_issuer' }
   | { readonly rule: string; readonly outcome: 'failed'; readonly failed: Failed }
   | { readonly rule: string; readonly outcome: 'no_role'; readonly claim: string; readonly saw: unknown }
@@ -170,17 +171,18 @@ export class Policy {
           trace.push({ rule: rule.name, outcome: 'no_role', claim: rule.rolesFrom!.claim, saw: claimAt(claims, rule.rolesFrom!.claim) });
           continue;
         }
-        trace.push({ rule: rule.name, outcome: 'matched' });
         result = { grant: grant(rule, sets, ctx) };
+        trace.push({ rule: rule.name, outcome: 'matched' });
       } catch (err) {
         result = fail(err);
+        trace.push({ rule: rule.name, outcome: 'refused', code: result.failure.code, reason: result.failure.message });
       }
     }
     return { required: undefined, trace, result: result ?? { failure: new AuthFailure('POLICY_NO_MATCH', `no rule matches (issuer ${issuer})`) } };
   }
 
   #context(issuer: string, claims: Readonly<Record<string, unknown>>, connection: ConnectionFacts): MatchContext {
-    return { claims, delimiters: this.#issuers.get(issuer)?.delimiters ?? EMPTY_DELIMITERS, connection };
+    return { claims, delimiters: this.#issuers.get(issuer)?.delimiters ?? EMPTY_DELIMITERS, connection, values: new Map() };
   }
 }
 
@@ -188,7 +190,9 @@ export class Policy {
 function grantedSets(rule: CompiledRule, ctx: MatchContext): readonly PermissionSet[] | undefined {
   if (!rule.rolesFrom) return rule.sets;
   const sets = [...rule.sets];
-  for (const v of claimValues(claimAt(ctx.claims, rule.rolesFrom.claim), ctx.delimiters.get(rule.rolesFrom.claim))) {
+  for (const v of claimValues(claimAt(ctx.claims, rule.rolesFrom.claim), ctx.delimiters.get(rule.rolesFrom.claim), rule.rolesFrom.claim)) {
+    // As in equality: booleans and numbers other than safe integers are never table keys.
+    if (typeof v === 'boolean' || (typeof v === 'number' && !Number.isSafeInteger(v))) continue;
     for (const set of rule.rolesFrom.map.get(String(v)) ?? []) if (!sets.includes(set)) sets.push(set);
   }
   return sets.length > 0 ? sets : undefined;
@@ -216,7 +220,7 @@ function account(rule: CompiledRule, ctx: MatchContext): string {
   const choice = rule.account;
   if ('fixed' in choice) return choice.fixed;
   const raw = claimAt(ctx.claims, choice.claim);
-  const values = claimValues(raw, ctx.delimiters.get(choice.claim));
+  const values = claimValues(raw, ctx.delimiters.get(choice.claim), choice.claim);
   if (values.length !== 1) {
     throw new AuthFailure('POLICY_ACCOUNT_UNMAPPED', `rule ${rule.name}: claim ${choice.claim} holds ${values.length} values; the account needs exactly one`);
   }

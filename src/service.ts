@@ -399,6 +399,8 @@ const CONNECTION_TYPE = new Map<string, ConnectionType>([
   ['Client/websocket', 'WEBSOCKET'],
   ['Client/mqtt', 'MQTT'],
   ['Leafnode/nats', 'LEAFNODE'],
+  // nats-server 2.10 and 2.15 send leaf node requests without a type.
+  ['Leafnode/', 'LEAFNODE'],
   ['Leafnode/websocket', 'LEAFNODE_WS'],
 ]);
 

@@ -129,7 +129,7 @@ function value(p: Placeholder, claims: Readonly<Record<string, unknown>>, rule: 
     throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} ${what}`);
   }
   for (const fn of p.functions) {
-    if (fn === 'lower') text = text.toLowerCase();
+    if (fn === 'lower') text = lower(text, p.raw, rule);
     else {
       if (text.length > MAX_HASH_INPUT)
         throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} is longer than ${MAX_HASH_INPUT} characters`);
@@ -143,6 +143,22 @@ function value(p: Placeholder, claims: Readonly<Record<string, unknown>>, rule: 
     throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} would reach a reserved namespace ($... or _INBOX)`);
   }
   return text;
+}
+
+/**
+ * Lower case, refusing a character outside ASCII that lower-cases into ASCII (KELVIN SIGN to
+ * `k`, DOTTED CAPITAL I to `i` + a combining dot): it would take another user's subject.
+ */
+function lower(text: string, claim: string, rule: string): string {
+  let out = '';
+  for (const ch of text) {
+    const l = ch.toLowerCase();
+    if (ch.codePointAt(0)! > 0x7f && /[\x00-\x7f]/.test(l)) {
+      throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${claim} holds a character that lower-cases into ASCII`);
+    }
+    out += l;
+  }
+  return out;
 }
 
 function checkToken(token: string, first: boolean, rule: string): void {

@@ -75,7 +75,7 @@ resolver_preload: {
 
       const config = buildConfig({
         nats: { servers: [nats.url], creds_file: join(dir, 'service.creds') },
-        callout: { mode: 'operator', issuer_seed: seed(auth), xkey_seed: seed(xkey) },
+        callout: { mode: 'operator', issuer_seed: seed(auth), xkey_seed: seed(xkey), system_account: sys.getPublicKey() },
         accounts: {
           APP: { public_key: app.getPublicKey(), signing_seed: seed(app) },
           OPS: { public_key: ops.getPublicKey(), signing_seed: seed(opsSigning) },

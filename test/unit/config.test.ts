@@ -116,7 +116,10 @@ describe('config', () => {
 
   it('checks operator-mode accounts against the rules', () => {
     configError({ ...minimal(), accounts: { APP: { public_key: 'A', signing_seed: SEED } } }, 'accounts', /only used in callout.mode: operator/);
-    const doc = { ...minimal(), callout: { mode: 'operator', issuer_seed: SEED } };
+    configError({ ...minimal(), callout: { mode: 'operator', issuer_seed: SEED } }, 'callout.system_account', /required in operator mode/);
+    configError({ ...minimal(), callout: { mode: 'operator', issuer_seed: SEED, system_account: 'SYS' } }, 'callout.system_account', /public key/);
+    configError({ ...minimal(), callout: { account: 'AUTH ', issuer_seed: SEED } }, 'callout.account', /no whitespace/);
+    const doc = { ...minimal(), callout: { mode: 'operator', issuer_seed: SEED, system_account: createAccount().getPublicKey() } };
     configError(doc, 'policy.rules[0].account', /not listed under accounts/);
     const proto = { ...doc, policy: { rules: [{ name: 'r', allow_broad: true, account: 'toString', permissions: { sub: { allow: ['x'] } } }] } };
     configError(proto, 'policy.rules[0].account', /not listed under accounts/);

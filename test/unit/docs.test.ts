@@ -6,12 +6,76 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createAccount, createCurve } from '@nats-io/nkeys';
 import { parse } from 'yaml';
-import { buildConfig } from '../../src/config.js';
-import { FAILURES } from '../../src/errors.js';
+import { buildConfig, configSchema, DEFAULTS } from '../../src/config.js';
+import type { ConnectionFacts } from '../../src/conditions.js';
+import { AuthFailure, FAILURES } from '../../src/errors.js';
+import { CONNECTION_TYPES, conditionSchema, ruleSchema } from '../../src/policy-schema.js';
+import { shortHash, SubjectTemplate } from '../../src/subject-template.js';
 import { natsServerBinaries } from '../helpers/nats-server-bin.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const readme = readFileSync(join(root, 'README.md'), 'utf8');
+
+/** README from the heading line `heading` to the next heading of the same or a higher level. */
+function section(heading: string): string {
+  const level = /^#+/.exec(heading)![0].length;
+  const lines = readme.split('\n');
+  const start = lines.indexOf(heading);
+  assert.ok(start >= 0, `README has no heading ${JSON.stringify(heading)}`);
+  const rest = lines.slice(start + 1);
+  const end = rest.findIndex((l) => {
+    const m = /^(#+) /.exec(l);
+    return m !== null && m[1]!.length <= level;
+  });
+  return (end < 0 ? rest : rest.slice(0, end)).join('\n');
+}
+
+/** The cells of the body rows of the first table in `text` (`\|` inside a cell is a literal bar). */
+function firstTable(text: string): string[][] {
+  const lines = text.split('\n');
+  const start = lines.findIndex((l) => l.startsWith('|'));
+  assert.ok(start >= 0, 'no table');
+  const end = lines.findIndex((l, i) => i > start && !l.startsWith('|'));
+  const rows = lines.slice(start, end < 0 ? undefined : end);
+  assert.match(rows[1] ?? '', /^\|(?:-+\|)+$/, 'a table has a header and a separator row');
+  return rows.slice(2).map((row) =>
+    row
+      .slice(1, -1)
+      .split(/(?<!\\)\|/)
+      .map((c) => c.trim().replaceAll('\\|', '|')),
+  );
+}
+
+/** The `code` spans of a table cell. */
+function codes(cell: string): string[] {
+  return [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
+}
+
+function sorted(values: Iterable<string>): string[] {
+  return [...new Set(values)].sort();
+}
+
+/**
+ * Every key a configuration file can hold, as the Configuration table writes it: `issuers[].leeway`,
+ * `accounts.NAME.public_key`. The policy's own keys have tables of their own (`policy.rules[]`,
+ * `policy.roles.NAME` stand for them).
+ */
+function configKeys(schema: any, path: string, out: string[]): string[] {
+  const def = schema._zod.def;
+  if (def.type === 'optional') return configKeys(schema.unwrap(), path, out);
+  if (path === 'policy.rules[]' || path === 'policy.roles.NAME') {
+    out.push(path);
+  } else if (def.type === 'object') {
+    for (const [key, value] of Object.entries(schema.shape)) configKeys(value, path ? `${path}.${key}` : key, out);
+  } else if (def.type === 'array' && schema.element._zod.def.type === 'object') {
+    configKeys(schema.element, `${path}[]`, out);
+  } else if (def.type === 'record' && def.valueType._zod.def.type === 'object') {
+    configKeys(def.valueType, `${path}.NAME`, out);
+  } else {
+    out.push(path);
+  }
+  return out;
+}
 
 describe('documentation stays true', () => {
   it('lists every failure code with its outcome, and no others', () => {
@@ -62,4 +126,132 @@ describe('documentation stays true', () => {
       assert.match(text, /_INBOX\.\{\{sub\}\}\.>/, `${file} shows the private inbox`);
     }
   });
+
+  it('documents every configuration key, and no others', () => {
+    const documented = firstTable(section('## Configuration')).flatMap((row) => codes(row[0]!));
+    assert.deepEqual(sorted(documented), sorted(configKeys(configSchema, '', [])));
+  });
+
+  it('documents every key of a rule, and no others, with the defaults the loader uses', () => {
+    const rows = firstTable(section('### Rule keys'));
+    assert.deepEqual(sorted(rows.map((r) => codes(r[0]!).join())), sorted(Object.keys(ruleSchema.shape)));
+    const defaultOf = (key: string) => rows.find((r) => r[0] === `\`${key}\``)![1];
+    assert.equal(defaultOf('max_lifetime'), `\`${DEFAULTS.rule.max_lifetime}\``);
+    assert.equal(defaultOf('user_name_claim'), `\`${DEFAULTS.rule.user_name_claim}\``);
+    assert.equal(defaultOf('connection_types'), `\`[${DEFAULTS.rule.connection_types.join(', ')}]\``);
+  });
+
+  it('documents every condition form, and no others', () => {
+    // `{claim: C, equals: V}`, `{all: [conditions]}`, ...: the keys are the words before a colon.
+    const documented = firstTable(section('### Conditions')).flatMap((row) => codes(row[0]!).flatMap((c) => [...c.matchAll(/([a-z_]+):/g)].map((m) => m[1]!)));
+    assert.deepEqual(sorted(documented), sorted(Object.keys((conditionSchema as any).unwrap().shape)));
+  });
+
+  it('documents every template function, and no others, and what hash makes', () => {
+    const rows = firstTable(section('### Subject templates'));
+    const documented = rows.map((r) => codes(r[0]!).join());
+    // The functions subject-template.ts knows are its FUNCTIONS list (not exported).
+    const source = readFileSync(join(root, 'src', 'subject-template.ts'), 'utf8');
+    const list = /const FUNCTIONS = \[([^\]]*)\] as const/.exec(source);
+    assert.ok(list, 'src/subject-template.ts declares its FUNCTIONS');
+    const known = [...list[1]!.matchAll(/'([^']+)'/g)].map((m) => m[1]!);
+    assert.deepEqual(sorted(documented), sorted(known));
+    for (const fn of documented) SubjectTemplate.compile(`a.{{sub | ${fn}}}`, 'test');
+    assert.throws(() => SubjectTemplate.compile('a.{{sub | upper}}', 'test'), /unknown template function/);
+    // The worked example in the hash row is what the template renders.
+    const example = /`(\{\{ claims\.email \| lower \| hash \}\})` turns `([^`]+)` into `([^`]+)`/.exec(rows.map((r) => r.join(' ')).join('\n'));
+    assert.ok(example, 'the hash row shows an example');
+    assert.equal(SubjectTemplate.compile(`mail.${example[1]}`, 'test').render({ email: example[2] }, 'test'), `mail.${example[3]}`);
+  });
+
+  it('lists exactly the connection types a user JWT can allow', () => {
+    const documented = firstTable(section('### Connection types')).map((r) => codes(r[0]!).join());
+    assert.deepEqual(sorted(documented), sorted(CONNECTION_TYPES));
+  });
+
+  it('documents every option of explain', () => {
+    const source = readFileSync(join(root, 'src', 'main.ts'), 'utf8');
+    const usage = /oidc-callout explain[^\n]*\n[^\n]*\[--connection-type[^\n]*/.exec(source);
+    assert.ok(usage, 'src/main.ts shows the explain usage');
+    const options = [...usage[0].matchAll(/--[a-z-]+/g)].map((m) => m[0]);
+    const row = firstTable(section('## Commands')).find((r) => r[0]!.startsWith('`oidc-callout explain'));
+    assert.ok(row, 'the Commands table has a row for explain');
+    for (const option of options) assert.ok(row[0]!.includes(option), `${option} missing from the explain row`);
+  });
+
+  it('shows policy examples that load and keep every inbox private', () => {
+    const examples = policyExamples();
+    assert.ok(examples.length >= 4, `only ${examples.length} examples`);
+    for (const { text, config } of examples) {
+      assert.ok(config.policy.ruleNames.length > 0);
+      // Only private inboxes (a placeholder right after `_INBOX.`), never `_INBOX.>` or `_INBOX.*`.
+      const code = text
+        .split('\n')
+        .map((l) => l.replace(/#.*$/, ''))
+        .join('\n');
+      for (const m of code.matchAll(/_INBOX\.(.{0,2})/g)) assert.equal(m[1], '{{', `an example grants a shared inbox:\n${text}`);
+    }
+  });
+
+  it('shows policy examples that do what their text says', () => {
+    /** Decides with the example that holds rule `name`. */
+    const byRule = (name: string) => {
+      const found = policyExamples().find((e) => e.config.policy.ruleNames.includes(name));
+      assert.ok(found, `no example has a rule ${name}`);
+      const issuer = found.config.issuers[0]!.issuer;
+      return (claims: Record<string, unknown>, connection?: ConnectionFacts) => found.config.policy.decide(issuer, claims, connection);
+    };
+    const refusedWith = (code: string) => (err: unknown) => err instanceof AuthFailure && err.code === code;
+
+    const keycloak = byRule('keycloak-roles');
+    const writer = keycloak({ sub: 'u1', preferred_username: 'alice', realm_access: { roles: ['offline_access', 'nats-orders-write'] } });
+    assert.deepEqual(writer.roles, ['orders-reader', 'orders-writer']);
+    assert.deepEqual(writer.pub, { allow: ['orders.>'], deny: ['orders.audit.>'] });
+    assert.equal(writer.name, 'alice');
+    assert.throws(() => keycloak({ sub: 'u2', realm_access: { roles: ['offline_access'] } }), refusedWith('POLICY_NO_MATCH'));
+
+    const tenants = byRule('tenant-users');
+    const user = tenants({ sub: 'u3', tenant: 'globex', email: 'Alice@Example.com' });
+    assert.equal(user.account, 'GLOBEX');
+    assert.ok(user.sub.allow?.includes(`mail.${shortHash('alice@example.com')}.>`), JSON.stringify(user.sub));
+    assert.equal(tenants({ sub: 'u4', tenant: 'acme', roles: ['tenant-admin'] }).rule, 'tenant-admins');
+    assert.throws(() => tenants({ sub: 'u5', tenant: 'initech', email: 'a@b.c' }), refusedWith('POLICY_ACCOUNT_UNMAPPED'));
+    assert.throws(() => tenants({ sub: 'u6', email: 'a@b.c' }), refusedWith('POLICY_REQUIRED_CLAIMS'));
+
+    const github = byRule('deploy-production');
+    const job = { repository: 'my-org/shop', ref: 'refs/heads/main', environment: 'production', run_id: '4711', repository_id: '99' };
+    assert.equal(github({ ...job, sub: 'repo:my-org/shop:environment:production', repository_owner_id: '1234567' }).rule, 'deploy-production');
+    assert.throws(() => github({ ...job, sub: 'repo:evil/shop:environment:production', repository_owner_id: '666' }), refusedWith('POLICY_REQUIRED_CLAIMS'));
+    const build = github({
+      sub: 'repo:my-org/web:ref:refs/heads/v1.2',
+      repository_owner_id: '1234567',
+      repository_id: '42',
+      run_id: '4712',
+      job_workflow_ref: 'my-org/workflows/.github/workflows/build.yml@refs/heads/main',
+    });
+    assert.deepEqual(build.pub, { allow: ['ci.events.42'] });
+    assert.deepEqual(build.sub, { allow: ['_INBOX.4712.>'] });
+
+    const dashboard = byRule('dashboard-office');
+    const person = { sub: 'u7', groups: ['ops-dashboard'] };
+    const office = dashboard(person, { type: 'WEBSOCKET', host: '::ffff:10.20.3.4' });
+    assert.equal(office.rule, 'dashboard-office');
+    assert.deepEqual(office.connectionTypes, ['WEBSOCKET']);
+    assert.deepEqual(office.sourceNetworks, ['10.20.0.0/16', '2001:db8:20::/48']);
+    const elsewhere = dashboard(person, { type: 'STANDARD', host: '10.20.3.4' });
+    assert.equal(elsewhere.rule, 'dashboard-elsewhere');
+    assert.deepEqual(elsewhere.connectionTypes, ['WEBSOCKET']);
+  });
 });
+
+/** The YAML examples of the Policy section, loaded with a callout account and a seed stood in. */
+function policyExamples(): { text: string; config: ReturnType<typeof buildConfig> }[] {
+  const seed = new TextDecoder().decode(createAccount().getSeed());
+  return [...section('## Policy').matchAll(/^```yaml\n([\s\S]*?)^```$/gm)].map((m) => {
+    const text = m[1]!;
+    const doc = parse(text);
+    assert.ok(doc.issuers && doc.policy, `an example is a complete issuers and policy section:\n${text}`);
+    doc.callout = { account: 'AUTH', ...doc.callout, issuer_seed: seed };
+    return { text, config: buildConfig(doc, {}) };
+  });
+}

@@ -90,10 +90,15 @@ describe('policy', () => {
   });
 
   it('closes a direction that has deny entries but nothing allowed (nats-server would open it)', () => {
-    const p = policyOf([{ name: 'deny-only', allow_broad: true, account: 'A', permissions: { pub: { deny: ['secret.>'] }, sub: { allow: [], deny: ['x'] } } }]);
+    const p = policyOf([{ name: 'deny-only', allow_broad: true, account: 'A', permissions: { pub: { deny: ['secret.>'] }, sub: { allow: ['x'] } } }]);
     const g = p.decide(ISS, { sub: 's' });
     assert.deepEqual(g.pub, { deny: ['>'] });
-    assert.deepEqual(g.sub, { deny: ['>'] });
+    assert.deepEqual(g.sub, { allow: ['x'] });
+    // A rule that allows nothing in either direction is a configuration error, not a useless user.
+    assert.throws(
+      () => policyOf([{ name: 'none', allow_broad: true, account: 'A', permissions: { pub: { deny: ['x'] }, sub: { allow: [] } } }]),
+      /grants nothing/,
+    );
   });
 
   it('accepts unicode and integer claim values as single tokens', () => {
@@ -128,7 +133,8 @@ describe('policy', () => {
     const k8s = { sub: 'system:serviceaccount:shop:orders', 'kubernetes.io': { namespace: 'shop', serviceaccount: { name: 'orders' } } };
     assert.equal(claimAt(k8s, 'kubernetes.io.namespace'), 'shop');
     assert.equal(claimAt(k8s, 'kubernetes.io.serviceaccount.name'), 'orders');
-    assert.equal(claimAt({ 'a.b': 1, a: { b: 2 } }, 'a.b'), 1, 'the longest existing key wins');
+    assert.throws(() => claimAt({ 'a.b': 1, a: { b: 2 } }, 'a.b'), /names two different claims/, 'two claims on one path refuse');
+    assert.equal(claimAt({ 'a.b': 1, a: { c: 2 } }, 'a.b'), 1);
     assert.equal(claimAt({ 'a.b': {}, a: { b: { c: 3 } } }, 'a.b.c'), 3, 'falls back when the longer key leads nowhere');
     const p = policyOf([
       { name: 'ns', match: { 'kubernetes.io.namespace': 'shop' }, account: 'A', permissions: { pub: { allow: ['ns.{{claims.kubernetes.io.namespace}}.>'] } } },
