@@ -153,7 +153,7 @@ function lower(text: string, claim: string, rule: string): string {
   let out = '';
   for (const ch of text) {
     const l = ch.toLowerCase();
-    if (ch.codePointAt(0)! > 0x7f && /[\x00-\x7f]/.test(l)) {
+    if (ch.codePointAt(0)! > 0x7f && [...l].some((c) => c.codePointAt(0)! <= 0x7f)) {
       throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${claim} holds a character that lower-cases into ASCII`);
     }
     out += l;
