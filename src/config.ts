@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { createAccount } from '@nats-io/nkeys';
 import { z } from 'zod';
 import { Accounts, type AccountKey } from './accounts.js';
 import { bounded, parseDuration } from './duration.js';
@@ -255,6 +256,11 @@ function zodPath(path: readonly PropertyKey[]): string {
 /** What a command needs resolved: `explain` never connects to NATS, so it needs no NATS secret. */
 export interface LoadOptions {
   readonly natsSecrets?: boolean;
+  /**
+   * `explain` signs nothing: without signing secrets the callout and account seeds are not read,
+   * stand-in keys take their place (Secret.source `not read`), and no xkey is loaded.
+   */
+  readonly signingSecrets?: boolean;
 }
 
 export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd(), options: LoadOptions = {}): Config {
@@ -272,11 +278,14 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
   if ((n.user === undefined) !== (n.password === undefined)) throw new ConfigError('nats', 'user and password go together');
   const mode = raw.callout.mode ?? DEFAULTS.callout.mode;
   const natsSecrets = options.natsSecrets ?? true;
+  const signingSecrets = options.signingSecrets ?? true;
+  const signingSecret = (value: z.infer<typeof secret>, path: string): Secret =>
+    signingSecrets ? resolveSecret(value, path, env, baseDir) : { value: standInSeed(), source: NOT_READ };
 
   const accounts: Record<string, AccountSigning> = {};
   if (raw.accounts && mode !== 'operator') throw new ConfigError('accounts', 'accounts are only used in callout.mode: operator');
   for (const [name, a] of Object.entries(raw.accounts ?? {})) {
-    accounts[name] = { publicKey: a.public_key, signingSeed: resolveSecret(a.signing_seed, `accounts.${name}.signing_seed`, env, baseDir) };
+    accounts[name] = { publicKey: a.public_key, signingSeed: signingSecret(a.signing_seed, `accounts.${name}.signing_seed`) };
   }
   if (mode === 'server_config' && raw.callout.issuer_account !== undefined) {
     throw new ConfigError('callout.issuer_account', 'only used in callout.mode: operator (server_config mode signs with the auth_callout issuer key)');
@@ -309,8 +318,8 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     nkeySeed: n.nkey_seed === undefined || !natsSecrets ? undefined : resolveSecret(n.nkey_seed, 'nats.nkey_seed', env, baseDir),
     credsFile: n.creds_file === undefined ? undefined : n.creds_file.startsWith('/') ? n.creds_file : `${baseDir}/${n.creds_file}`,
   };
-  const issuerSeed = resolveSecret(raw.callout.issuer_seed, 'callout.issuer_seed', env, baseDir);
-  const xkeySeed = raw.callout.xkey_seed === undefined ? undefined : resolveSecret(raw.callout.xkey_seed, 'callout.xkey_seed', env, baseDir);
+  const issuerSeed = signingSecret(raw.callout.issuer_seed, 'callout.issuer_seed');
+  const xkeySeed = raw.callout.xkey_seed === undefined || !signingSecrets ? undefined : resolveSecret(raw.callout.xkey_seed, 'callout.xkey_seed', env, baseDir);
   const keys = decodeKeys(mode, issuerSeed, raw.callout.issuer_account, accounts, xkeySeed);
   // server_config names accounts; operator mode knows them by public key, and has no default:
   // without it nothing would keep a rule from placing users into the system account.
@@ -387,6 +396,13 @@ function refuseUserLimits(doc: unknown): void {
       );
     }
   }
+}
+
+/** Secret.source of a seed `explain` did not read (LoadOptions.signingSecrets). */
+export const NOT_READ = 'not read';
+
+function standInSeed(): string {
+  return new TextDecoder().decode(createAccount().getSeed());
 }
 
 function decodeKeys(

@@ -41,6 +41,7 @@ async function main(argv: string[]): Promise<number> {
       token: { type: 'string', short: 't' },
       dir: { type: 'string' },
       force: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
       jwks: { type: 'string' },
       now: { type: 'string' },
       'connection-type': { type: 'string' },
@@ -48,6 +49,10 @@ async function main(argv: string[]): Promise<number> {
     },
     strict: true,
   });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
   switch (command) {
     case 'run':
       return run(requireConfig(values.config));
@@ -222,7 +227,15 @@ async function readToken(arg: string): Promise<string> {
     for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
     return Buffer.concat(chunks).toString('utf8').trim();
   }
-  if (arg.startsWith('@')) return readFileSync(arg.slice(1), 'utf8').trim();
+  if (arg.startsWith('@')) {
+    try {
+      return readFileSync(arg.slice(1), 'utf8').trim();
+    } catch (err) {
+      throw new UsageError(`cannot read --token ${arg}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+  // A path given without its @ is not a token: say so instead of "malformed token".
+  if (arg.split('.').length !== 3 && existsSync(arg)) throw new UsageError(`--token ${arg} is a file: write --token @${arg}`);
   return arg.trim();
 }
 
@@ -235,7 +248,8 @@ interface ExplainOptions {
 
 async function explain(file: string, tokenArg: string, options: ExplainOptions): Promise<number> {
   // explain never connects to NATS: it needs none of the NATS secrets.
-  const config = loadConfig(file, process.env, { natsSecrets: false });
+  // Nor does it sign anything: the callout and account seeds are not read either.
+  const config = loadConfig(file, process.env, { natsSecrets: false, signingSecrets: false });
   const now = options.now === undefined ? undefined : parseTime(options.now);
   let offlineJwks: string | undefined;
   if (options.jwks !== undefined) {
@@ -262,12 +276,16 @@ async function explain(file: string, tokenArg: string, options: ExplainOptions):
   }
   const token = await readToken(tokenArg);
   const e = await service.explain(token, connection);
-  process.stdout.write(`${JSON.stringify(explainOutput(e, connection), null, 2)}\n`);
+  process.stdout.write(`${JSON.stringify(explainOutput(e, connection, now ?? Date.now()), null, 2)}\n`);
   return e.decision === 'allow' ? 0 : 1;
 }
 
 /** `--now`: an ISO 8601 time or seconds since the epoch. */
 function parseTime(value: string): number {
+  // A time without a zone would be read in the machine's local time: ask for one instead.
+  if (!/^\d+(\.\d+)?$/.test(value) && !/(?:Z|[+-]\d\d:?\d\d)$/i.test(value)) {
+    throw new UsageError(`--now ${JSON.stringify(value)}: give the time zone (2026-01-31T12:00:00Z or +01:00), or seconds since the epoch`);
+  }
   const ms = /^\d+(\.\d+)?$/.test(value) ? Number(value) * 1000 : Date.parse(value);
   if (!Number.isFinite(ms)) throw new UsageError(`--now ${JSON.stringify(value)}: use an ISO 8601 time (2026-01-31T12:00:00Z) or seconds since the epoch`);
   return ms;

@@ -29,6 +29,20 @@ export interface PolicySource {
   readonly defaults: { readonly maxLifetime: string; readonly userNameClaim: string; readonly connectionTypes: readonly ConnectionType[] };
 }
 
+/**
+ * Issuers that anyone can get tokens from: without required claims pinning the owner, every
+ * rule for them would be open to the world.
+ */
+const PINNED_ISSUERS = new Map([
+  [
+    'https://token.actions.githubusercontent.com',
+    {
+      claims: ['repository_owner_id', 'repository_owner', 'repository_id', 'repository'],
+      why: 'anyone on GitHub can mint tokens of this issuer: pin your organization or repository, e.g. required_claims: {repository_owner_id: "123456"}',
+    },
+  ],
+]);
+
 /** Claims with several values in one space-separated string (RFC 6749 scope, RFC 9068 scp). */
 const DEFAULT_DELIMITERS: Readonly<Record<string, string>> = { scope: ' ', scp: ' ' };
 /** Always present in a usable token in practice; a missing `sub` still refuses at render time. */
@@ -45,6 +59,14 @@ export function compilePolicy(source: PolicySource): Policy {
     const required = compileRequired(iss.required_claims, `${path}.required_claims`);
     const delimiters = new Map(Object.entries({ ...DEFAULT_DELIMITERS, ...(iss.claim_delimiters ?? {}) }));
     issuers.set(iss.issuer, { required, delimiters, guarantees: required?.guarantees ?? [] });
+  });
+
+  source.issuers.forEach((iss, i) => {
+    const pinned = PINNED_ISSUERS.get(iss.issuer);
+    if (!pinned) return;
+    const required = issuers.get(iss.issuer)!.required;
+    const pins = required ? conjuncts(required).some((c) => c.narrows && c.guarantees.some((g) => pinned.claims.includes(g))) : false;
+    if (!pins) throw new ConfigError(`issuers[${i}].required_claims`, pinned.why);
   });
 
   const roles = new Map<string, PermissionSet>();
@@ -212,7 +234,7 @@ function checkGuarantees(
     for (const which of ['pub', 'sub'] as const) {
       for (const t of [...set[which].allow, ...set[which].deny]) {
         for (const claim of t.claims) {
-          const where = set.name === 'permissions' ? `${path}.permissions.${which}` : `role ${set.name}`;
+          const where = set.name === 'permissions' ? `its permissions.${which}` : `role ${set.name}`;
           const delimited = delimitedBy(claim);
           if (delimited !== undefined) {
             throw new ConfigError(
@@ -238,6 +260,21 @@ function checkGuarantees(
  */
 function checkUnion(rule: CompiledRule, path: string): void {
   const sets = allSets(rule);
+  // Within one set: an allow that a deny covers entirely grants nothing (deny wins in nats-server).
+  for (const x of sets) {
+    for (const which of ['pub', 'sub'] as const) {
+      for (const a of x[which].allow) {
+        const d = x[which].deny.find((e) => subjectCovers(e.shape, a.shape));
+        if (d) {
+          throw new ConfigError(
+            path,
+            `rule ${JSON.stringify(rule.name)}: ${label(x)} allows ${which} ${JSON.stringify(a.source)} but also denies all of it (${JSON.stringify(d.source)}); ` +
+              'nats-server applies the deny first, so the allow grants nothing: remove one of them',
+          );
+        }
+      }
+    }
+  }
   for (const x of sets) {
     for (const y of sets) {
       if (x === y) continue;

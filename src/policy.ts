@@ -82,7 +82,7 @@ export interface CompiledIssuer {
 /** How one rule fared, for `explain`. */
 export type RuleTrace =
   | { readonly rule: string; readonly outcome: 'matched' }
-  | { readonly rule: string; readonly outcome: 'refused'; readonly code: string; readonly reason: string }
+  | { readonly rule: string; readonly outcome: 'refused'; readonly stage: 'conditions' | 'grant'; readonly code: string; readonly reason: string }
   | { readonly rule: string; readonly outcome: 'other_issuer' }
   | { readonly rule: string; readonly outcome: 'failed'; readonly failed: Failed }
   | { readonly rule: string; readonly outcome: 'no_role'; readonly claim: string; readonly saw: unknown }
@@ -160,6 +160,7 @@ export class Policy {
         trace.push({ rule: rule.name, outcome: 'other_issuer' });
         continue;
       }
+      let stage: 'conditions' | 'grant' = 'conditions';
       try {
         const failed = rule.when.trace(ctx);
         if (failed) {
@@ -171,11 +172,12 @@ export class Policy {
           trace.push({ rule: rule.name, outcome: 'no_role', claim: rule.rolesFrom!.claim, saw: claimAt(claims, rule.rolesFrom!.claim) });
           continue;
         }
+        stage = 'grant';
         result = { grant: grant(rule, sets, ctx) };
         trace.push({ rule: rule.name, outcome: 'matched' });
       } catch (err) {
         result = fail(err);
-        trace.push({ rule: rule.name, outcome: 'refused', code: result.failure.code, reason: result.failure.message });
+        trace.push({ rule: rule.name, outcome: 'refused', stage, code: result.failure.code, reason: result.failure.message });
       }
     }
     return { required: undefined, trace, result: result ?? { failure: new AuthFailure('POLICY_NO_MATCH', `no rule matches (issuer ${issuer})`) } };

@@ -125,7 +125,14 @@ function value(p: Placeholder, claims: Readonly<Record<string, unknown>>, rule: 
   const v = claimAt(claims, p.claim);
   let text = typeof v === 'string' ? v : typeof v === 'number' && Number.isSafeInteger(v) ? String(v) : undefined;
   if (text === undefined) {
-    const what = v === undefined || v === null ? 'is missing' : `is a ${Array.isArray(v) ? 'list' : typeof v}`;
+    const what =
+      v === undefined || v === null
+        ? 'is missing'
+        : Array.isArray(v)
+          ? 'is a list'
+          : typeof v === 'object'
+            ? 'is an object'
+            : `is ${show(v)}, not a string or integer`;
     throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} ${what}`);
   }
   for (const fn of p.functions) {
@@ -137,7 +144,15 @@ function value(p: Placeholder, claims: Readonly<Record<string, unknown>>, rule: 
     }
   }
   if (text.length === 0 || text.length > MAX_SUBJECT_VALUE || !PLAIN_TOKEN.test(text)) {
-    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} is not a single plain subject token`);
+    const why =
+      text.length === 0
+        ? 'it is empty'
+        : text.length > MAX_SUBJECT_VALUE
+          ? `it is longer than ${MAX_SUBJECT_VALUE} characters`
+          : /[.*>]/.test(text)
+            ? 'it holds ".", "*" or ">"'
+            : 'it holds whitespace, control or invisible characters';
+    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} (${show(text)}) is not a single plain subject token: ${why}`);
   }
   if (text.startsWith('$') || text === '_INBOX') {
     throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} would reach a reserved namespace ($... or _INBOX)`);
@@ -150,15 +165,12 @@ function value(p: Placeholder, claims: Readonly<Record<string, unknown>>, rule: 
  * `k`, DOTTED CAPITAL I to `i` + a combining dot): it would take another user's subject.
  */
 function lower(text: string, claim: string, rule: string): string {
-  let out = '';
   for (const ch of text) {
-    const l = ch.toLowerCase();
-    if (ch.codePointAt(0)! > 0x7f && [...l].some((c) => c.codePointAt(0)! <= 0x7f)) {
-      throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${claim} holds a character that lower-cases into ASCII`);
+    if (ch.codePointAt(0)! > 0x7f && [...ch.toLowerCase()].some((c) => c.codePointAt(0)! <= 0x7f)) {
+      throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${claim} holds ${JSON.stringify(ch)}, which lower-cases into ASCII`);
     }
-    out += l;
   }
-  return out;
+  return text.toLowerCase();
 }
 
 function checkToken(token: string, first: boolean, rule: string): void {
@@ -168,6 +180,12 @@ function checkToken(token: string, first: boolean, rule: string): void {
       `rule ${rule}: inserted claims make the ${first ? 'first ' : ''}subject token ${JSON.stringify(token.slice(0, 64))}, which is reserved or not plain`,
     );
   }
+}
+
+/** A claim value for a log line: JSON-quoted (controls escaped), at most 64 characters. */
+function show(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 64 ? `${s.slice(0, 61)}...` : s;
 }
 
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';

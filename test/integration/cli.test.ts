@@ -208,6 +208,34 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       assert.equal(r.code, 0, r.stderr + r.stdout);
       assert.equal(JSON.parse(r.stdout).decision, 'allow');
     });
+
+    it('reads no signing seed either: a copied configuration whose seed files are elsewhere works', async () => {
+      const copy = join(dir, 'copied.yaml');
+      writeFileSync(copy, readFileSync(configFile, 'utf8').replace(/issuer_seed: \{ file: [^}]+\}/, 'issuer_seed: { file: /nonexistent/issuer.nk }'));
+      const token = await idp.sign({ sub: 'alice', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
+      const r = await cli(['explain', '--config', copy, '--token', token], { env: {} });
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      const out = JSON.parse(r.stdout);
+      assert.match(out.user_jwt.iss, /explain does not read it/);
+      assert.match(out.now, /^\d{4}-\d\d-\d\dT/);
+    });
+
+    it('says what went wrong with its options', async () => {
+      const tokenFile = join(dir, 'token.jwt');
+      writeFileSync(tokenFile, 'x.y.z');
+      const noAt = await cli(['explain', '--config', configFile, '--token', tokenFile]);
+      assert.equal(noAt.code, 2);
+      assert.match(noAt.stderr, /is a file: write --token @/);
+      const missing = await cli(['explain', '--config', configFile, '--token', '@/nonexistent/token']);
+      assert.equal(missing.code, 2);
+      assert.match(missing.stderr, /cannot read --token @\/nonexistent\/token: ENOENT/);
+      const zone = await cli(['explain', '--config', configFile, '--token', 'a.b.c', '--now', '2026-12-23 04:30']);
+      assert.equal(zone.code, 2);
+      assert.match(zone.stderr, /give the time zone/);
+      const help = await cli(['explain', '--help']);
+      assert.equal(help.code, 0);
+      assert.match(help.stdout, /usage:/);
+    });
   });
 
   describe('run', () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -77,6 +77,15 @@ function configKeys(schema: any, path: string, out: string[]): string[] {
   return out;
 }
 
+/** Whether an allow could match another user's inbox `_INBOX.<someone else>.<...>`. */
+function opensOthersInboxes(subject: string): boolean {
+  const [first, second] = subject.split('.');
+  if (first === '>') return true;
+  if (first !== '_INBOX' && first !== '*') return false;
+  if (second === undefined) return false;
+  return second === '>' || second === '*';
+}
+
 describe('documentation stays true', () => {
   it('lists every failure code with its outcome, and no others', () => {
     for (const [code, { outcome }] of Object.entries(FAILURES)) {
@@ -115,16 +124,34 @@ describe('documentation stays true', () => {
   });
 
   it('ships no example that opens every inbox of a shared account', () => {
-    // Replies travel to _INBOX.<random>: granting _INBOX.> (or _INBOX.*) to users of one account
-    // lets each read the others' replies. Examples grant a private prefix, _INBOX.{{sub}}.>.
-    for (const file of [join(root, 'conf', 'oidc-callout.yaml'), join(root, 'scripts', 'demo.ts')]) {
-      const text = readFileSync(file, 'utf8')
-        .split('\n')
-        .filter((l) => !l.trim().startsWith('#') && !l.trim().startsWith('//'))
-        .join('\n');
-      assert.doesNotMatch(text, /["']_INBOX\.[>*]/, `${file} grants every inbox`);
-      assert.match(text, /_INBOX\.\{\{sub\}\}\.>/, `${file} shows the private inbox`);
+    // Replies travel to _INBOX.<random>: a grant covering other users' inboxes (`>`, `*.>`,
+    // `_INBOX.>`, `_INBOX.*.>`) lets users of one account read, or forge, each other's replies.
+    // Every allow of every shipped configuration is checked; the only inbox grants are private
+    // ones (a placeholder right after `_INBOX.`).
+    const files = [
+      join(root, 'conf', 'oidc-callout.yaml'),
+      ...readdirSync(join(root, 'conf', 'examples'))
+        .filter((f) => f.endsWith('.yaml'))
+        .map((f) => join(root, 'conf', 'examples', f)),
+    ];
+    const docs = files.map((f) => ({ name: f, doc: parse(readFileSync(f, 'utf8')) as Record<string, any> }));
+    const demo = readFileSync(join(root, 'scripts', 'demo.ts'), 'utf8');
+    docs.push({ name: 'scripts/demo.ts', doc: parse(/`(nats:\n[\s\S]*?)`,\n/.exec(demo)![1]!.replace(/\$\{[^}]*\}/g, 'x')) });
+    for (const { name, doc } of docs) {
+      const sets = [...Object.values(doc.policy?.roles ?? {}), ...(doc.policy?.rules ?? []).map((r: any) => r.permissions ?? {})] as any[];
+      const allows = sets.flatMap((p) => [...(p.pub?.allow ?? []), ...(p.sub?.allow ?? [])]) as string[];
+      assert.ok(allows.length > 0, `${name}: no allow entries found`);
+      for (const subject of allows) assert.ok(!opensOthersInboxes(subject), `${name} grants other users' inboxes: ${subject}`);
+      assert.ok(
+        allows.some((a) => /^_INBOX\.\{\{[^}]*\}\}\.>$/.test(a)),
+        `${name} shows no private inbox`,
+      );
     }
+    assert.equal(opensOthersInboxes('>'), true);
+    assert.equal(opensOthersInboxes('*.>'), true);
+    assert.equal(opensOthersInboxes('_INBOX.*.>'), true);
+    assert.equal(opensOthersInboxes('_INBOX.{{sub}}.>'), false);
+    assert.equal(opensOthersInboxes('orders.>'), false);
   });
 
   it('documents every configuration key, and no others', () => {

@@ -503,7 +503,7 @@ describe('adversarial: the service (cache, reload, explain output)', () => {
     const service = new CalloutService(config(policy), createLogger('error'));
     for (const groups of [['dev'], ['other']]) {
       const token = await idp.sign({ sub: 'ann', aud: 'nats', exp: now() + 600, groups });
-      const out = JSON.stringify(explainOutput(await service.explain(token), undefined));
+      const out = JSON.stringify(explainOutput(await service.explain(token), undefined, Date.now()));
       assert.ok(!out.includes(token) && !out.includes(token.split('.')[2]!), 'the token reached explain output');
       assert.ok(!out.includes(issuerSeed) && !/"S[A-Z][A-Z2-7]{40,}"/.test(out), 'a seed reached explain output');
     }

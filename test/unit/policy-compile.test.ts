@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { ConfigError } from '../../src/errors.js';
 import { policyOf, TEST_ISSUER as ISS } from '../helpers/policy.js';
 
-const CI = 'https://token.actions.githubusercontent.com';
+const CI = 'https://ci.example.com';
 const perms = { pub: { allow: ['app.>'] } };
 
 function configError(fn: () => unknown, path: string, message: RegExp): void {
@@ -240,6 +240,39 @@ describe('policy load-time checks', () => {
     configError(() => policyOf([{ ...base, tags: ['a b'] }]), 'policy.rules[0].tags[0]', /without whitespace/);
     configError(() => policyOf([{ ...base, max_lifetime: '500ms' }]), 'policy.rules[0].max_lifetime', /at least 1s/);
     configError(() => policyOf([base], { roles: { permissions: perms } }), 'policy.roles.permissions', /choose another role name/);
+  });
+
+  it('refuses an allow that a deny of the same set covers entirely', () => {
+    configError(
+      () => policyOf([{ name: 'admins', match: { g: 1 }, account: 'APP', permissions: { sub: { allow: ['>', '_INBOX.{{sub}}.>'], deny: ['_INBOX.>'] } } }]),
+      'policy.rules[0]',
+      /allows sub "_INBOX.\{\{sub\}\}.>" but also denies all of it \("_INBOX.>"\)/,
+    );
+    configError(
+      () => policyOf([{ name: 'r', match: { g: 1 }, account: 'APP', roles: ['x'] }], { roles: { x: { pub: { allow: ['a.b'], deny: ['a.*'] } } } }),
+      'policy.rules[0]',
+      /role x allows pub "a.b" but also denies all of it/,
+    );
+    // A deny inside an allow subtracts part of it: fine.
+    policyOf([{ name: 'r', match: { g: 1 }, account: 'APP', permissions: { pub: { allow: ['a.>'], deny: ['a.admin.>'] } } }]);
+  });
+
+  it('requires an issuer anyone can get tokens from to pin its owner', () => {
+    const GITHUB = 'https://token.actions.githubusercontent.com';
+    const rule = { name: 'ci', issuer: GITHUB, match: { ref: 'refs/heads/main' }, account: 'APP', permissions: perms };
+    configError(() => policyOf([rule], { issuers: [{ issuer: GITHUB }] }), 'issuers[0].required_claims', /anyone on GitHub can mint/);
+    configError(
+      () => policyOf([rule], { issuers: [{ issuer: GITHUB, required_claims: { ref: 'refs/heads/main' } }] }),
+      'issuers[0].required_claims',
+      /pin your organization/,
+    );
+    configError(
+      () => policyOf([rule], { issuers: [{ issuer: GITHUB, required_claims: [{ claim: 'repository', glob: '*' }] }] }),
+      'issuers[0].required_claims',
+      /pin/,
+    );
+    policyOf([rule], { issuers: [{ issuer: GITHUB, required_claims: { repository_owner_id: '1234' } }] });
+    policyOf([rule], { issuers: [{ issuer: GITHUB, required_claims: [{ claim: 'repository', glob: 'acme/*' }] }] });
   });
 
   it('requires rules to name their issuers when several are configured', () => {
