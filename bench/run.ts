@@ -1,9 +1,10 @@
 /**
  * `npm run bench`: micro benchmarks, then the end-to-end connect storm; prints tables and
  * appends one JSON record per run to bench/results.jsonl. The reconnect storm runs only when
- * asked for (`--only storm`): it takes minutes and most of the machine.
+ * asked for (`--only storm`): it takes minutes and most of the machine. The 1,000-rule policy
+ * benchmark runs only when asked for too (`--only policy`).
  *
- *   --only micro|e2e|storm   run one part
+ *   --only PART              run one part: micro, e2e, storm or policy
  *   --duration SECONDS       measured time per e2e scenario (default 10)
  *   --concurrency N          e2e connects in flight (default 64); a comma list sweeps
  *   --server LIST            nats-server versions: newest (default), 2.10, 2.15, all; comma list
@@ -11,7 +12,7 @@
  *                            also hit-noxkey, miss-noxkey)
  *   --tokens N               distinct tokens for the cache-miss scenarios (default 20000)
  *   --warmup SECONDS         e2e warm-up per scenario (default 1)
- *   --micro-ms MS            minimum measured time per micro benchmark (default 1000)
+ *   --micro-ms MS            minimum measured time per micro (and policy) benchmark (default 1000)
  *   --filter TEXT            only micro benchmarks whose name contains TEXT
  *   --profile DIR            write a V8 CPU profile of each service process to DIR
  *   --clients N              storm: clients with distinct tokens (default 10000)
@@ -27,6 +28,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_SCENARIOS, runConnectStorm } from './connect-storm.js';
 import { e2eTable, machineBusyOver, microTable, type BenchResult } from './lib.js';
 import { runMicro } from './micro.js';
+import { RULES, runPolicyScale } from './policy-scale.js';
 import { runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
 
 function repoRoot(): string {
@@ -75,7 +77,7 @@ async function main(): Promise<void> {
     process.stdout.write(`usage: npm run bench -- [options]   (see ${src.replace(/\/dist\//, '/').replace(/\.js$/, '.ts')})\n`);
     return;
   }
-  if (values.only !== undefined && !['micro', 'e2e', 'storm'].includes(values.only)) throw new Error('--only is micro, e2e or storm');
+  if (values.only !== undefined && !['micro', 'e2e', 'storm', 'policy'].includes(values.only)) throw new Error('--only is micro, e2e, storm or policy');
   const list = (v: string | undefined, d: readonly string[]) =>
     v === undefined
       ? [...d]
@@ -121,6 +123,18 @@ async function main(): Promise<void> {
     const micro = await runMicro({ minMs: options.microMs, filter: options.filter, onResult: (r) => say(`  ${r.name}: ${Math.round(r.opsPerSec)} ops/s`) });
     results.push(...micro);
     say(`\n${microTable(micro)}`);
+  }
+  if (options.only === 'policy') {
+    say(`\n== policy.decide with ${RULES} rules (each >= ${options.microMs} ms after warm-up)`);
+    const policy = runPolicyScale({
+      minMs: options.microMs,
+      onResult: (r) => say(`  ${r.name}: p50 ${r.p50Us?.toFixed(1)} µs, p99 ${r.p99Us?.toFixed(1)} µs`),
+    });
+    results.push(...policy);
+    say(`\n${microTable(policy)}`);
+    say(
+      `rules tried (main issuer): ${policy.map((r) => r.extra?.['rulesTried']).join(' / ')}; compiled by buildConfig in ${policy[0]?.extra?.['compileMs']} ms`,
+    );
   }
   if (options.only === 'e2e' || options.only === 'all') {
     say(`\n== connect storm: ${options.concurrency.join(', ')} in flight, ${options.durationS} s per scenario (+${options.warmupS} s warm-up)`);
