@@ -49,6 +49,21 @@ export interface Condition {
   readonly parts?: readonly Condition[];
   /** True when a fact the condition reads is unknown: `not` must not turn that into a match. */
   readonly unknown?: (ctx: MatchContext) => boolean;
+  /**
+   * Claim values the condition cannot hold without (rule-index.ts): it holds only if some hit
+   * matches. Undefined when no such list can be given (e.g. `present`, `not`, `glob: "*x*"`).
+   */
+  readonly hits?: readonly IndexHit[];
+}
+
+/**
+ * A claim value a condition needs: equal to `literal` (an equality key, see claims.ts), or, as
+ * text, starting or ending with it.
+ */
+export interface IndexHit {
+  readonly claim: string;
+  readonly kind: 'equals' | 'prefix' | 'suffix';
+  readonly literal: string;
 }
 
 /**
@@ -63,6 +78,16 @@ export const MAX_PATTERN = 256;
 export const MAX_MATCHED_VALUE = 1024;
 /** Values that every reasonable claim value resembles: a pattern matching them all narrows nothing. */
 const PROBES = ['a', 'Z', '0', 'x-y_z', 'user@example.com', '/group/sub', 'repo:org/name:ref:refs/heads/main', 'ñ'];
+
+/** The values of a claim in this decision, read once and shared by every condition and the rule index. */
+export function readValues(ctx: MatchContext, claim: string, read: (claims: Readonly<Record<string, unknown>>) => unknown): Scalar[] {
+  let values = ctx.values?.get(claim);
+  if (values === undefined) {
+    values = claimValues(read(ctx.claims), ctx.delimiters.get(claim), claim);
+    ctx.values?.set(claim, values);
+  }
+  return values;
+}
 
 /** `match: {claim: value(s)}` as conditions. */
 export function compileMatch(match: ClaimMatchInput | undefined, path: string): Condition[] {
@@ -101,14 +126,7 @@ type ValuesOf = (ctx: MatchContext) => Scalar[];
 
 function valuesOf(claim: string): ValuesOf {
   const read = claimReader(claim);
-  return (ctx) => {
-    let values = ctx.values?.get(claim);
-    if (values === undefined) {
-      values = claimValues(read(ctx.claims), ctx.delimiters.get(claim), claim);
-      ctx.values?.set(claim, values);
-    }
-    return values;
-  };
+  return (ctx) => readValues(ctx, claim, read);
 }
 
 function equalsCondition(claim: string, expected: readonly Scalar[], path: string): Condition {
@@ -122,7 +140,8 @@ function equalsCondition(claim: string, expected: readonly Scalar[], path: strin
   const keys = new Set(expected.map(equalityKey));
   const test = (ctx: MatchContext) => values(ctx).some((a) => keys.has(equalityKey(a)));
   const text = `${claim} equals ${expected.map((v) => JSON.stringify(v)).join(' or ')}`;
-  return claimCondition(claim, text, test, true, `eq:${claim}:${JSON.stringify([...expected].map(String).sort())}`, { claim, values: expected });
+  const hits = [...keys].filter((k): k is string => k !== undefined).map((literal) => ({ claim, kind: 'equals' as const, literal }));
+  return { ...claimCondition(claim, text, test, true, `eq:${claim}:${JSON.stringify([...expected].map(String).sort())}`, { claim, values: expected }), hits };
 }
 
 function textValues(values: ValuesOf, ctx: MatchContext, claim: string): string[] {
@@ -144,17 +163,25 @@ function globCondition(claim: string, patterns: readonly string[], path: string)
   patterns.forEach((p, i) => {
     checkPatternLength(p, patterns.length > 1 ? `${path}[${i}]` : path);
   });
-  const matches = (s: string) => patterns.some((p) => globMatches(p, s));
+  const globs = patterns.map(compileGlob);
+  const matches = (s: string) => globs.some((g) => g(s));
   const values = valuesOf(claim);
   const test = (ctx: MatchContext) => textValues(values, ctx, claim).some(matches);
   const narrows = !PROBES.every(matches);
-  return claimCondition(
+  const hits = patterns.map((p): IndexHit | undefined => {
+    const prefix = p.slice(0, firstWildcard(p));
+    if (prefix) return { claim, kind: 'prefix', literal: prefix };
+    const suffix = p.slice(lastWildcard(p) + 1);
+    return suffix ? { claim, kind: 'suffix', literal: suffix } : undefined;
+  });
+  const condition = claimCondition(
     claim,
     `${claim} glob ${patterns.map((p) => JSON.stringify(p)).join(' or ')}`,
     test,
     narrows,
     `glob:${claim}:${JSON.stringify([...patterns].sort())}`,
   );
+  return hits.every((h) => h) ? { ...condition, hits: hits as IndexHit[] } : condition;
 }
 
 function regexCondition(claim: string, patterns: readonly string[], path: string): Condition {
@@ -168,17 +195,57 @@ function regexCondition(claim: string, patterns: readonly string[], path: string
     }
   });
   // RE2's matches() is a whole-value match: patterns are anchored whether or not they say ^...$.
-  const matches = (s: string) => compiled.some((r) => r.matches(s));
+  const prefixes = patterns.map(regexPrefix);
+  // A value without the fixed prefix cannot match: skip the RE2 machine for it.
+  const matches = (s: string) => compiled.some((r, i) => s.startsWith(prefixes[i]!) && r.matches(s));
   const values = valuesOf(claim);
   const test = (ctx: MatchContext) => textValues(values, ctx, claim).some(matches);
   const narrows = !PROBES.every(matches);
-  return claimCondition(
+  const condition = claimCondition(
     claim,
     `${claim} regex ${patterns.map((p) => JSON.stringify(p)).join(' or ')}`,
     test,
     narrows,
     `re:${claim}:${JSON.stringify([...patterns].sort())}`,
   );
+  return prefixes.every((p) => p) ? { ...condition, hits: prefixes.map((literal) => ({ claim, kind: 'prefix', literal })) } : condition;
+}
+
+/**
+ * The literal text every match of an RE2 pattern starts with (may be empty). Conservative: no
+ * alternation, flags, escapes or classes are read; a character followed by `*`, `?` or `{` may be
+ * absent, so the prefix ends before it.
+ */
+export function regexPrefix(pattern: string): string {
+  if (pattern.includes('|')) return '';
+  let out = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    if ('\\.^$|?*+()[]{}'.includes(c)) break;
+    const next = pattern[i + 1];
+    if (next === '*' || next === '?' || next === '{') break;
+    out += c;
+    if (next === '+') break;
+  }
+  return out;
+}
+
+function firstWildcard(p: string): number {
+  const i = p.search(/[*?]/);
+  return i < 0 ? p.length : i;
+}
+
+function lastWildcard(p: string): number {
+  return Math.max(p.lastIndexOf('*'), p.lastIndexOf('?'));
+}
+
+/** A glob with its fixed prefix and suffix checked first: most values fail there, cheaply. */
+function compileGlob(pattern: string): (value: string) => boolean {
+  const first = firstWildcard(pattern);
+  if (first === pattern.length) return (v) => v === pattern;
+  const prefix = pattern.slice(0, first);
+  const suffix = pattern.slice(lastWildcard(pattern) + 1);
+  return (v) => v.length >= prefix.length + suffix.length && v.startsWith(prefix) && v.endsWith(suffix) && globMatches(pattern, v);
 }
 
 function checkPatternLength(p: string, path: string): void {
@@ -253,6 +320,7 @@ function anyOf(conditions: readonly Condition[]): Condition {
       .sort()
       .join(',')}]`,
     unknown: (ctx) => conditions.some((c) => c.unknown?.(ctx) ?? false),
+    ...(conditions.every((c) => c.hits) ? { hits: conditions.flatMap((c) => c.hits!) } : {}),
   };
 }
 

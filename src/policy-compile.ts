@@ -51,7 +51,8 @@ const ACCOUNT_NAME = /^[^\p{White_Space}\p{Cc}\p{Cf}]+$/u;
 const TIME = /^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$/;
 const MAX_TAG = 255;
 
-export function compilePolicy(source: PolicySource): Policy {
+/** `indexed: false` builds the reference policy that tries every rule in turn (tests). */
+export function compilePolicy(source: PolicySource, options: { readonly indexed?: boolean } = {}): Policy {
   const issuerNames = source.issuers.map((i) => i.issuer);
   const issuers = new Map<string, CompiledIssuer & { readonly guarantees: readonly string[] }>();
   source.issuers.forEach((iss, i) => {
@@ -95,7 +96,7 @@ export function compilePolicy(source: PolicySource): Policy {
   const usesConnection =
     source.policy.rules.some((r) => mentionsConnection(r.when ?? [])) ||
     source.issuers.some((i) => Array.isArray(i.required_claims) && mentionsConnection(i.required_claims));
-  return new Policy(rules, issuers, usesConnection);
+  return new Policy(rules, issuers, usesConnection, options.indexed ?? true);
 }
 
 function mentionsConnection(conditions: readonly ConditionInput[]): boolean {

@@ -1,6 +1,7 @@
 import { claimAt, claimValues } from './claims.js';
 import type { Condition, ConnectionFacts, Failed, MatchContext } from './conditions.js';
 import { AuthFailure } from './errors.js';
+import { RuleIndex } from './rule-index.js';
 import type { ConnectionType } from './policy-schema.js';
 import type { SubjectTemplate } from './subject-template.js';
 
@@ -96,19 +97,31 @@ export interface PolicyExplanation {
 }
 
 const MAX_NAME = 256;
+/** A filing-free stand-in condition: every rule is always tried. */
+const ALWAYS = { test: () => true, trace: () => undefined, text: '', guarantees: [], narrows: false, key: '' } satisfies Condition;
 const NO_CONNECTION: ConnectionFacts = { type: undefined, host: undefined };
 const EMPTY_DELIMITERS: ReadonlyMap<string, string> = new Map();
 
 export class Policy {
   readonly #rules: readonly CompiledRule[];
   readonly #issuers: ReadonlyMap<string, CompiledIssuer>;
+  readonly #index: RuleIndex;
   /** Whether any condition looks at the connection: decisions then cannot be reused across connections. */
   readonly usesConnection: boolean;
 
-  constructor(rules: readonly CompiledRule[], issuers: ReadonlyMap<string, CompiledIssuer>, usesConnection: boolean) {
+  /** `indexed: false` tries every rule in turn (the reference the index is tested against). */
+  constructor(rules: readonly CompiledRule[], issuers: ReadonlyMap<string, CompiledIssuer>, usesConnection: boolean, indexed = true) {
     this.#rules = rules;
     this.#issuers = issuers;
     this.usesConnection = usesConnection;
+    this.#index = new RuleIndex(
+      indexed
+        ? rules.map((r) => ({
+            when: r.when,
+            rolesOnlyFrom: r.sets.length === 0 && r.rolesFrom ? { claim: r.rolesFrom.claim, values: [...r.rolesFrom.map.keys()] } : undefined,
+          }))
+        : rules.map(() => ({ when: { ...ALWAYS, parts: [] }, rolesOnlyFrom: undefined })),
+    );
   }
 
   get ruleNames(): readonly string[] {
@@ -125,7 +138,11 @@ export class Policy {
     if (required && !required.test(ctx)) {
       throw new AuthFailure('POLICY_REQUIRED_CLAIMS', `the token does not meet the required claims of ${issuer}: ${required.trace(ctx)?.condition}`);
     }
-    for (const rule of this.#rules) {
+    const candidates = this.#index.candidates(ctx);
+    const rules = this.#rules;
+    for (let i = 0; i < rules.length; i++) {
+      if (candidates[i] === 0) continue;
+      const rule = rules[i]!;
       if (rule.issuers !== undefined && !rule.issuers.has(issuer)) continue;
       if (!rule.when.test(ctx)) continue;
       const sets = grantedSets(rule, ctx);
@@ -151,13 +168,37 @@ export class Policy {
       return { required, trace: this.#rules.map((r) => ({ rule: r.name, outcome: 'not_tried' })), result: { failure } };
     }
     let result: PolicyExplanation['result'] | undefined;
-    for (const rule of this.#rules) {
+    let candidates: Uint8Array;
+    try {
+      candidates = this.#index.candidates(ctx);
+    } catch (err) {
+      return { required: undefined, trace, result: fail(err) };
+    }
+    for (const [i, rule] of this.#rules.entries()) {
       if (result) {
         trace.push({ rule: rule.name, outcome: 'not_tried' });
         continue;
       }
       if (rule.issuers !== undefined && !rule.issuers.has(issuer)) {
         trace.push({ rule: rule.name, outcome: 'other_issuer' });
+        continue;
+      }
+      // As decide: a rule the index rules out is not evaluated; the condition it is filed by says why.
+      const filedBy = candidates[i] === 0 ? this.#index.filedBy(i) : undefined;
+      if (filedBy === 'roles') {
+        trace.push({ rule: rule.name, outcome: 'no_role', claim: rule.rolesFrom!.claim, saw: claimAt(claims, rule.rolesFrom!.claim) });
+        continue;
+      }
+      if (filedBy) {
+        // The first condition that fails, in the order written; if reading an earlier one would
+        // refuse the token, the condition the index ruled the rule out by.
+        let failed: Failed | undefined;
+        try {
+          failed = rule.when.trace(ctx);
+        } catch {
+          failed = undefined;
+        }
+        trace.push({ rule: rule.name, outcome: 'failed', failed: failed ?? filedBy.trace(ctx) ?? { condition: filedBy.text, saw: null } });
         continue;
       }
       let stage: 'conditions' | 'grant' = 'conditions';

@@ -11,17 +11,20 @@ export const TEST_ISSUER = 'https://idp.example.com';
  */
 export function policyOf(
   rules: readonly Record<string, unknown>[],
-  options: { roles?: Record<string, unknown>; issuers?: PolicySource['issuers']; accounts?: readonly string[] } = {},
+  options: { roles?: Record<string, unknown>; issuers?: PolicySource['issuers']; accounts?: readonly string[]; indexed?: boolean } = {},
 ): Policy {
-  return compilePolicy({
-    policy: { rules, ...(options.roles ? { roles: options.roles } : {}) } as PolicyInput,
-    issuers: options.issuers ?? [{ issuer: TEST_ISSUER }],
-    accounts: options.accounts ? new Set(options.accounts) : undefined,
-    reserved: new Map([
-      ['AUTH', 'the callout account'],
-      ['SYS', 'the system account'],
-      ['$SYS', 'the system account'],
-    ]),
-    defaults: { maxLifetime: '1h', userNameClaim: 'sub', connectionTypes: ['STANDARD', 'WEBSOCKET'] },
-  });
+  return compilePolicy(
+    {
+      policy: { rules, ...(options.roles ? { roles: options.roles } : {}) } as PolicyInput,
+      issuers: options.issuers ?? [{ issuer: TEST_ISSUER }],
+      accounts: options.accounts ? new Set(options.accounts) : undefined,
+      reserved: new Map([
+        ['AUTH', 'the callout account'],
+        ['SYS', 'the system account'],
+        ['$SYS', 'the system account'],
+      ]),
+      defaults: { maxLifetime: '1h', userNameClaim: 'sub', connectionTypes: ['STANDARD', 'WEBSOCKET'] },
+    },
+    { indexed: options.indexed ?? true },
+  );
 }
