@@ -102,7 +102,7 @@ export class TokenVerifier {
         (await keys.getKey(header as CompactJWSHeaderParameters, { protected: segments[0], payload: segments[1], signature: segments[2] })) as CryptoKey,
       ];
     } catch (err) {
-      if ((err as { code?: unknown }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw keyFailure(err, keys.config);
+      if ((err as { code?: unknown }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw keyFailure(err, keys.config, header);
       candidates = err as AsyncIterable<CryptoKey>;
     }
     let problem: string | undefined;
@@ -126,7 +126,7 @@ async function reload(jwks: { reload(): Promise<void> }, keys: IssuerKeys): Prom
   try {
     await jwks.reload();
   } catch (err) {
-    throw keyFailure(err, keys.config);
+    throw keyFailure(err, keys.config, {});
   }
 }
 
@@ -170,11 +170,16 @@ function quote(value: unknown): string {
 }
 
 /** Maps jose's key-resolution errors onto our stable codes, keeping jose's message as the reason. */
-function keyFailure(err: unknown, cfg: IssuerConfig): AuthFailure {
+function keyFailure(err: unknown, cfg: IssuerConfig, header: Record<string, unknown>): AuthFailure {
   if (err instanceof AuthFailure) return err;
   const code = (err as { code?: unknown })?.code;
   const message = err instanceof Error ? err.message : String(err);
-  if (code === 'ERR_JWKS_NO_MATCHING_KEY') return new AuthFailure('TOKEN_KEY_UNKNOWN', message, { cause: err });
+  if (code === 'ERR_JWKS_NO_MATCHING_KEY') {
+    // Name what was looked for: a rotated key (new kid) and a wrong issuer look alike otherwise.
+    return new AuthFailure('TOKEN_KEY_UNKNOWN', `no key with kid ${quote(header.kid)} and alg ${quote(header.alg)} in the JWKS of ${cfg.issuer}`, {
+      cause: err,
+    });
+  }
   if (code === 'ERR_JOSE_NOT_SUPPORTED') return new AuthFailure('TOKEN_ALG_NOT_ALLOWED', message, { cause: err });
   if (code === 'ERR_JWKS_TIMEOUT' || code === 'ERR_JWKS_INVALID' || code === 'ERR_JOSE_GENERIC' || err instanceof TypeError) {
     return new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${cfg.issuer} unavailable: ${message}`, { cause: err });

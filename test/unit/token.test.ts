@@ -162,6 +162,7 @@ describe('token verification', () => {
     for (const r of results) {
       assert.equal(r.status, 'rejected');
       assert.equal((r.reason as AuthFailure).code, 'TOKEN_KEY_UNKNOWN');
+      assert.match((r.reason as AuthFailure).message, /no key with kid "flood-\d+" and alg "RS256" in the JWKS of http/);
     }
     assert.ok(idp.jwksFetches - before <= 1, `JWKS fetched ${idp.jwksFetches - before} times`);
   });
