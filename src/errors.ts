@@ -36,6 +36,10 @@ export const FAILURES = {
   ISSUER_UNAVAILABLE: { outcome: 'reject', summary: "the issuer's discovery document or JWKS could not be fetched" },
   POLICY_REQUIRED_CLAIMS: { outcome: 'reject', summary: "the token does not meet its issuer's required_claims (checked before any rule)" },
   POLICY_NO_MATCH: { outcome: 'reject', summary: 'no policy rule matches the verified claims' },
+  POLICY_CONNECTION_REFUSED: {
+    outcome: 'reject',
+    summary: "the connection's type or client address is outside what the matching rule allows (connection_types, source_networks)",
+  },
   POLICY_ACCOUNT_UNMAPPED: { outcome: 'reject', summary: "the claim that chooses the rule's account holds no value, several values, or one not in its table" },
   POLICY_CLAIM_UNSAFE: {
     outcome: 'reject',

@@ -1,4 +1,4 @@
-import { allOf, type Condition, canonicalNetworks, compileCondition, compileMatch, implies, REGISTERED_CLAIMS } from './conditions.js';
+import { allOf, type Condition, canonicalNetworks, compileCondition, compileMatch, implies, networkList, REGISTERED_CLAIMS } from './conditions.js';
 import { bounded, parseDuration } from './duration.js';
 import { ConfigError } from './errors.js';
 import { type AccountChoice, type CompiledDirection, type CompiledIssuer, type CompiledRule, type PermissionSet, Policy, type TimeRange } from './policy.js';
@@ -170,6 +170,7 @@ function compileRule(
     maxLifetimeSeconds: Math.floor(bounded(parseDuration(raw.max_lifetime ?? source.defaults.maxLifetime, maxLifetime), 1000, Infinity, maxLifetime) / 1000),
     connectionTypes: raw.connection_types ? [...new Set(raw.connection_types)] : source.defaults.connectionTypes,
     sourceNetworks: raw.source_networks && canonicalNetworks(raw.source_networks, `${path}.source_networks`),
+    sourceBlocks: raw.source_networks && networkList(raw.source_networks, `${path}.source_networks`),
     times: raw.times && raw.times.map((t, i) => timeRange(t, `${path}.times[${i}]`)),
     timesLocation: raw.times_location && timeZone(raw.times_location, `${path}.times_location`, raw.times !== undefined),
     tags: raw.tags && raw.tags.map((t, i) => tag(t, `${path}.tags[${i}]`)),

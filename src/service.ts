@@ -7,7 +7,7 @@ import type { Logger } from './log.js';
 import type { DecisionObserver } from './metrics.js';
 import { isPublicKey } from './nkey.js';
 import type { ConnectionFacts } from './conditions.js';
-import type { Grant, Policy, PolicyExplanation } from './policy.js';
+import { admitConnection, type Grant, type Policy, type PolicyExplanation } from './policy.js';
 import type { ConnectionType } from './policy-schema.js';
 import { RequestClock, type RequestTiming } from './request-clock.js';
 import type { ShedReason } from './request-queue.js';
@@ -286,6 +286,8 @@ export class CalloutService {
     if ('failure' in policy.result) return { decision: 'refuse', failure: policy.result.failure, issuer, claims: verified.claims, policy };
     const grant = policy.result.grant;
     try {
+      // Without a connection to look at, explain shows the grant; with one, it checks it as a connect would.
+      if (connection) admitConnection(grant, connection);
       const expires = expiry(verified.exp, grant, now);
       const account = this.#accounts.forAccount(grant.account);
       if (!account) throw new AuthFailure('INTERNAL', `no signing key for account ${grant.account}`);
@@ -362,7 +364,9 @@ export class CalloutService {
   }
 
   #issue(request: AuthRequest, entry: CachedDecision, cached: boolean, nowMs: number): { decision: Decision; reply: Uint8Array } {
-    const grant = entry.grant ?? this.#policy.decide(entry.issuer, entry.claims, connectionFacts(request));
+    const connection = connectionFacts(request);
+    const grant = entry.grant ?? this.#policy.decide(entry.issuer, entry.claims, connection);
+    admitConnection(grant, connection);
     const now = Math.floor(nowMs / 1000);
     const exp = expiry(entry.tokenExp, grant, nowMs);
     const account = this.#accounts.forAccount(grant.account);

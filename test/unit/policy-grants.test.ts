@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import type { ConnectionFacts } from '../../src/conditions.js';
 import { AuthFailure, ConfigError } from '../../src/errors.js';
+import { admitConnection, type Grant } from '../../src/policy.js';
 import { SubjectTemplate, shortHash } from '../../src/subject-template.js';
 import { policyOf, TEST_ISSUER as ISS } from '../helpers/policy.js';
 
@@ -216,5 +218,40 @@ describe('subject templates', () => {
     assert.throws(() => SubjectTemplate.compile('a.{{claims.x}}*', 'p'), /wildcards must be whole tokens/);
     assert.throws(() => SubjectTemplate.compile('a.{{ }}', 'p'), /unknown placeholder/);
     assert.equal(SubjectTemplate.compile('a.{{claims.k8s.io.ns}}.>', 'p').shape, 'a.{{k8s:io:ns}}.>');
+  });
+});
+
+describe('connections a grant admits', () => {
+  const p = policyOf([
+    { name: 'default', match: { g: 1 }, account: 'APP', permissions: { sub: { allow: ['x'] } } },
+    {
+      name: 'lan-ws',
+      match: { g: 2 },
+      account: 'APP',
+      permissions: { sub: { allow: ['x'] } },
+      connection_types: ['WEBSOCKET'],
+      source_networks: ['10.0.0.0/8', '192.0.2.7'],
+    },
+  ]);
+  const refusedConnection = (g: Grant, type: ConnectionFacts['type'], host: string | undefined) =>
+    refused(() => admitConnection(g, { type, host }), 'POLICY_CONNECTION_REFUSED');
+
+  it('admits the default types from anywhere, never leaf nodes, MQTT or an unknown type', () => {
+    const g = p.decide(ISS, { g: 1 });
+    admitConnection(g, { type: 'STANDARD', host: '198.51.100.1' });
+    admitConnection(g, { type: 'WEBSOCKET', host: undefined });
+    for (const type of ['LEAFNODE', 'MQTT', undefined] as const) refusedConnection(g, type, '127.0.0.1');
+  });
+
+  it('admits only the listed types from the listed networks, a bare address as one host', () => {
+    const g = p.decide(ISS, { g: 2 });
+    assert.deepEqual(g.sourceNetworks, ['10.0.0.0/8', '192.0.2.7/32']);
+    admitConnection(g, { type: 'WEBSOCKET', host: '10.1.2.3' });
+    admitConnection(g, { type: 'WEBSOCKET', host: '192.0.2.7' });
+    admitConnection(g, { type: 'WEBSOCKET', host: '::ffff:10.0.0.9' });
+    refusedConnection(g, 'STANDARD', '10.1.2.3');
+    refusedConnection(g, 'WEBSOCKET', '192.0.2.8');
+    refusedConnection(g, 'WEBSOCKET', undefined);
+    refusedConnection(g, 'WEBSOCKET', 'pipe');
   });
 });
