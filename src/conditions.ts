@@ -49,6 +49,8 @@ export interface Condition {
   readonly parts?: readonly Condition[];
   /** True when a fact the condition reads is unknown: `not` must not turn that into a match. */
   readonly unknown?: (ctx: MatchContext) => boolean;
+  /** Whether it reads claims (and so may refuse a token whose claims it cannot read). */
+  readonly readsClaims: boolean;
   /**
    * Claim values the condition cannot hold without (rule-index.ts): it holds only if some hit
    * matches. Undefined when no such list can be given (e.g. `present`, `not`, `glob: "*x*"`).
@@ -141,7 +143,7 @@ function equalsCondition(claim: string, expected: readonly Scalar[], path: strin
   const test = (ctx: MatchContext) => values(ctx).some((a) => keys.has(equalityKey(a)));
   const text = `${claim} equals ${expected.map((v) => JSON.stringify(v)).join(' or ')}`;
   const hits = [...keys].filter((k): k is string => k !== undefined).map((literal) => ({ claim, kind: 'equals' as const, literal }));
-  return { ...claimCondition(claim, text, test, true, `eq:${claim}:${JSON.stringify([...expected].map(String).sort())}`, { claim, values: expected }), hits };
+  return { ...claimCondition(claim, text, test, true, `eq:${claim}:${JSON.stringify([...keys].map(String).sort())}`, { claim, values: expected }), hits };
 }
 
 function textValues(values: ValuesOf, ctx: MatchContext, claim: string): string[] {
@@ -213,19 +215,27 @@ function regexCondition(claim: string, patterns: readonly string[], path: string
 
 /**
  * The literal text every match of an RE2 pattern starts with (may be empty). Conservative: no
- * alternation, flags, escapes or classes are read; a character followed by `*`, `?` or `{` may be
- * absent, so the prefix ends before it.
+ * alternation, flags, escapes or classes are read, and the prefix ends before a character that a
+ * quantifier, group or escape follows.
  */
 export function regexPrefix(pattern: string): string {
   if (pattern.includes('|')) return '';
+  const META = '\\.^$|?*+()[]{}';
+  // By code point: a quantifier after an astral character applies to all of it.
+  const chars = Array.from(pattern);
   let out = '';
-  for (let i = 0; i < pattern.length; i++) {
-    const c = pattern[i]!;
-    if ('\\.^$|?*+()[]{}'.includes(c)) break;
-    const next = pattern[i + 1];
-    if (next === '*' || next === '?' || next === '{') break;
-    out += c;
-    if (next === '+') break;
+  for (let i = 0; i < chars.length; i++) {
+    const c = chars[i]!;
+    if (META.includes(c)) break;
+    const next = chars[i + 1];
+    if (next === undefined || !META.includes(next)) {
+      out += c;
+      continue;
+    }
+    // `c` is certainly matched only when what follows is an atom of its own (`.`, a class): a
+    // quantifier may make it optional, also through an empty group (`a+(?i)*` matches "").
+    if (next === '.' || next === '[') out += c;
+    break;
   }
   return out;
 }
@@ -276,6 +286,7 @@ function claimCondition(
     trace: (ctx) => (test(ctx) ? undefined : { condition: text, saw: claimAt(ctx.claims, claim) }),
     text,
     guarantees: [claim],
+    readsClaims: true,
     narrows: narrows && !REGISTERED_CLAIMS.has(claim),
     key,
     ...(equals ? { equals } : {}),
@@ -295,6 +306,7 @@ export function allOf(conditions: readonly Condition[]): Condition {
     },
     text: `all of (${conditions.map((c) => c.text).join('; ')})`,
     guarantees: [...new Set(conditions.flatMap((c) => c.guarantees))],
+    readsClaims: conditions.some((c) => c.readsClaims),
     narrows: conditions.some((c) => c.narrows),
     key: `all:[${conditions
       .map((c) => c.key)
@@ -314,6 +326,7 @@ function anyOf(conditions: readonly Condition[]): Condition {
     text,
     // A claim is guaranteed only when every branch guarantees it.
     guarantees: conditions.map((c) => c.guarantees).reduce((a, b) => a.filter((x) => b.includes(x))),
+    readsClaims: conditions.some((c) => c.readsClaims),
     narrows: conditions.every((c) => c.narrows),
     key: `any:[${conditions
       .map((c) => c.key)
@@ -335,6 +348,7 @@ function notOf(inner: Condition): Condition {
     unknown: (ctx) => inner.unknown?.(ctx) ?? false,
     text,
     guarantees: [],
+    readsClaims: inner.readsClaims,
     // Excluding some tokens still admits nearly all of them.
     narrows: false,
     key: `not:${inner.key}`,
@@ -349,6 +363,7 @@ function connectionTypeCondition(types: readonly ConnectionType[]): Condition {
     trace: (ctx) => (test(ctx) ? undefined : { condition: text, saw: ctx.connection.type ?? 'unknown' }),
     text,
     guarantees: [],
+    readsClaims: false,
     narrows: false,
     key: `ctype:${[...types].sort().join(',')}`,
     unknown: (ctx) => ctx.connection.type === undefined,
@@ -364,6 +379,7 @@ function sourceNetworkCondition(networks: readonly string[], path: string): Cond
     trace: (ctx) => (test(ctx) ? undefined : { condition: text, saw: ctx.connection.host ?? 'unknown' }),
     text,
     guarantees: [],
+    readsClaims: false,
     narrows: false,
     key: `src:${[...networks].sort().join(',')}`,
     unknown: (ctx) => !isIP(ctx.connection.host ?? ''),

@@ -123,7 +123,7 @@ export interface PolicyExplanation {
 
 const MAX_NAME = 256;
 /** A filing-free stand-in condition: every rule is always tried. */
-const ALWAYS = { test: () => true, trace: () => undefined, text: '', guarantees: [], narrows: false, key: '' } satisfies Condition;
+const ALWAYS = { test: () => true, trace: () => undefined, text: '', guarantees: [], readsClaims: false, narrows: false, key: '' } satisfies Condition;
 const NO_CONNECTION: ConnectionFacts = { type: undefined, host: undefined };
 const EMPTY_DELIMITERS: ReadonlyMap<string, string> = new Map();
 
@@ -211,7 +211,10 @@ export class Policy {
       // As decide: a rule the index rules out is not evaluated; the condition it is filed by says why.
       const filedBy = candidates[i] === 0 ? this.#index.filedBy(i) : undefined;
       if (filedBy === 'roles') {
-        trace.push({ rule: rule.name, outcome: 'no_role', claim: rule.rolesFrom!.claim, saw: claimAt(claims, rule.rolesFrom!.claim) });
+        // Filed by its table only when its conditions read no claim: one that fails is still the reason.
+        const failed = rule.when.trace(ctx);
+        if (failed) trace.push({ rule: rule.name, outcome: 'failed', failed });
+        else trace.push({ rule: rule.name, outcome: 'no_role', claim: rule.rolesFrom!.claim, saw: claimAt(claims, rule.rolesFrom!.claim) });
         continue;
       }
       if (filedBy) {

@@ -129,8 +129,10 @@ function filing(rule: IndexedRule): { readonly hits: readonly IndexHit[]; readon
   let best: Condition | undefined;
   for (const c of conjuncts(rule.when)) if (c.hits && (!best || c.hits.length < best.hits!.length)) best = c;
   if (best) return { hits: best.hits!, by: best };
+  // The table rules a rule out only as its last step: a condition that reads claims would be
+  // tried first (and may refuse a token it cannot read), so such a rule is always tried.
   const roles = rule.rolesOnlyFrom;
-  if (!roles) return undefined;
+  if (!roles || rule.when.readsClaims) return undefined;
   const hits: IndexHit[] = [];
   for (const v of roles.values) {
     const key = equalityKey(v);

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { regexPrefix } from '../../src/conditions.js';
+import { RE2JS } from 're2js';
+import { compileCondition, regexPrefix } from '../../src/conditions.js';
 import { AuthFailure } from '../../src/errors.js';
 import type { Grant, Policy } from '../../src/policy.js';
 import { policyOf, TEST_ISSUER } from '../helpers/policy.js';
@@ -95,12 +96,40 @@ describe('rule index', () => {
     assert.ok(compared > 100, `only ${compared} policies loaded`);
   });
 
+  it('matches regular expressions exactly as RE2 does, whatever their fixed prefix', () => {
+    const piece = fc.constantFrom('a', 'b', 'x', '😀', 'é', '.', '*', '+', '?', '{0,1}', '(?i)', '(?-i)', '\\Q\\E', '\\.', '[ab]', '(a)', '-', '|');
+    const value = fc.array(fc.constantFrom('a', 'b', 'x', 'A', '😀', 'é', '-', '.'), { maxLength: 6 }).map((a) => a.join(''));
+    let checked = 0;
+    fc.assert(
+      fc.property(fc.array(piece, { minLength: 1, maxLength: 6 }), fc.array(value, { minLength: 1, maxLength: 8 }), (pieces, values) => {
+        const pattern = pieces.join('');
+        let re: RE2JS;
+        try {
+          re = RE2JS.compile(pattern);
+        } catch {
+          return;
+        }
+        checked++;
+        const c = compileCondition({ claim: 'w', regex: pattern }, 'p');
+        for (const v of values) {
+          const ctx = { claims: { w: v }, delimiters: new Map(), connection: { type: undefined, host: undefined } };
+          assert.equal(c.test(ctx), re.matches(v), `${JSON.stringify(pattern)} on ${JSON.stringify(v)}`);
+          if (re.matches(v)) assert.ok(v.startsWith(regexPrefix(pattern)));
+        }
+      }),
+      { numRuns: 1000 },
+    );
+    assert.ok(checked > 300);
+  });
+
   it('finds the fixed prefix of a regular expression conservatively', () => {
     assert.equal(regexPrefix('svc-[0-9]+'), 'svc-');
     assert.equal(regexPrefix('abc*'), 'ab');
     assert.equal(regexPrefix('ab?c'), 'a');
     assert.equal(regexPrefix('ab{0,2}'), 'a');
-    assert.equal(regexPrefix('ab+c'), 'ab');
+    assert.equal(regexPrefix('ab+c'), 'a');
+    assert.equal(regexPrefix('a+(?i)*'), '');
+    assert.equal(regexPrefix('x😀*'), 'x');
     assert.equal(regexPrefix('a|b'), '');
     assert.equal(regexPrefix('(?i)abc'), '');
     assert.equal(regexPrefix('\\d+'), '');
