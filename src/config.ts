@@ -218,8 +218,9 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
       Infinity,
       `${path}.jwks_cache_max_age`,
     ),
-    jwksCooldownMs: parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`),
-    jwksMaxStaleMs: parseDuration(raw.jwks_max_stale ?? d.jwks_max_stale, `${path}.jwks_max_stale`),
+    // A cooldown keeps unknown kids from making the service hammer the IdP; stale keys must expire.
+    jwksCooldownMs: bounded(parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`), 0, 3_600_000, `${path}.jwks_cooldown`),
+    jwksMaxStaleMs: bounded(parseDuration(raw.jwks_max_stale ?? d.jwks_max_stale, `${path}.jwks_max_stale`), 0, 7 * 86_400_000, `${path}.jwks_max_stale`),
     httpTimeoutMs: bounded(parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`), 100, 60_000, `${path}.http_timeout`),
   };
 }

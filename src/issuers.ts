@@ -148,7 +148,7 @@ export class IssuerKeys {
         throw err;
       });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const body = await res.text();
+      const body = await readCapped(res, MAX_JWKS_BYTES);
       let parsed: unknown;
       try {
         parsed = JSON.parse(body);
@@ -156,6 +156,8 @@ export class IssuerKeys {
         throw new Error('the response is not JSON');
       }
       if (!isJwks(parsed)) throw new Error('the response is not a JSON Web Key Set');
+      const count = (parsed as { keys: unknown[] }).keys.length;
+      if (count > MAX_JWKS_KEYS) throw new Error(`the key set holds ${count} keys, more than ${MAX_JWKS_KEYS}`);
       this.#lastGood = { body, at: Date.now() };
       this.#lastFailureAt = undefined;
       this.#lastError = undefined;
@@ -189,6 +191,34 @@ export class IssuerKeys {
       [customFetch]: (url, options) => this.#fetchJwks(url, options),
     });
   }
+}
+
+/** Real key sets are a few KiB with a handful of keys; anything far larger is refused, not held. */
+const MAX_JWKS_BYTES = 1024 * 1024;
+const MAX_JWKS_KEYS = 100;
+
+/** The response body as text, refusing it once it passes `max` bytes (it is not read further). */
+async function readCapped(res: Response, max: number): Promise<string> {
+  const declared = Number(res.headers.get('content-length'));
+  if (declared > max) {
+    await res.body?.cancel();
+    throw new Error(`the key set is ${declared} bytes, more than ${max}`);
+  }
+  const reader = res.body?.getReader();
+  if (!reader) return '';
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel();
+      throw new Error(`the key set is more than ${max} bytes`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 const isJwks = (v: unknown): boolean =>

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -196,7 +197,9 @@ async function run(file: string): Promise<number> {
 async function check(file: string): Promise<number> {
   const config = loadConfig(file);
   const service = buildService(config, createLogger('error'));
-  const out: Record<string, unknown> = { config: redactedConfig(config), issuer_public_key: service.issuerPublicKey, xkey_public_key: service.xkeyPublicKey };
+  const printable = redactedConfig(config) as { nats: { servers: string[] } };
+  printable.nats.servers = printable.nats.servers.map(withoutCredentials);
+  const out: Record<string, unknown> = { config: printable, issuer_public_key: service.issuerPublicKey, xkey_public_key: service.xkeyPublicKey };
   let ok = true;
   for (const issuer of service.issuers) {
     try {
@@ -236,6 +239,8 @@ async function readToken(arg: string): Promise<string> {
   }
   // A path given without its @ is not a token: say so instead of "malformed token".
   if (arg.split('.').length !== 3 && existsSync(arg)) throw new UsageError(`--token ${arg} is a file: write --token @${arg}`);
+  // Any user of the machine can read a process's arguments: a live token belongs in a file or stdin.
+  process.stderr.write('oidc-callout: note: a token on the command line is visible in the process list; prefer --token @FILE or --token -\n');
   return arg.trim();
 }
 
@@ -291,12 +296,39 @@ function parseTime(value: string): number {
   return ms;
 }
 
+/** Whether anything is at `path`, a dangling symlink included. */
+function pathExists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Writes a secret as a new file of our own, mode 0600, then renames it into place: an existing
+ * file or symlink at `path` is replaced, never written through (a symlink would otherwise send the
+ * seed into its target, which keeps its owner and mode).
+ */
+function writeSecretFile(path: string, text: string): void {
+  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
 function keys(dir: string, force: boolean): number {
   mkdirSync(dir, { recursive: true });
   const issuerFile = join(dir, 'issuer.nk');
   const xkeyFile = join(dir, 'xkey.nk');
   for (const f of [issuerFile, xkeyFile]) {
-    if (existsSync(f) && !force) throw new UsageError(`${f} exists; pass --force to replace it`);
+    if (pathExists(f) && !force) throw new UsageError(`${f} exists; pass --force to replace it`);
   }
   const account = createAccount();
   const curve = createCurve();
@@ -304,8 +336,7 @@ function keys(dir: string, force: boolean): number {
     [issuerFile, account.getSeed()],
     [xkeyFile, curve.getSeed()],
   ] as const) {
-    writeFileSync(f, `${new TextDecoder().decode(seed)}\n`, { mode: 0o600 });
-    chmodSync(f, 0o600);
+    writeSecretFile(f, `${new TextDecoder().decode(seed)}\n`);
   }
   process.stdout.write(`# seeds written to ${issuerFile} and ${xkeyFile} (mode 0600)
 # nats-server configuration (server_config mode):

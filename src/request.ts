@@ -87,6 +87,8 @@ export class RequestVerifier {
     // Claims are checked only once the signature proves who wrote them.
     if (server.id !== iss) throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request iss differs from server_id.id');
     if (c.aud !== AUDIENCE) throw new AuthFailure('REQUEST_CLAIMS_INVALID', `request aud is ${JSON.stringify(c.aud)}`);
+    // nats-server always sets exp (iat + its authorization timeout): without it no deadline is known.
+    if (typeof c.exp !== 'number' || !Number.isFinite(c.exp)) throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request has no numeric exp');
     if (nats.type !== 'authorization_request') throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request type is not authorization_request');
     if (nats.version !== 2) throw new AuthFailure('REQUEST_CLAIMS_INVALID', `unsupported request version ${JSON.stringify(nats.version)}`);
     const userNkey = nats.user_nkey;

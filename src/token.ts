@@ -13,6 +13,8 @@ export interface VerifiedToken {
 }
 
 const B64URL = /^[A-Za-z0-9_-]*$/;
+/** Keys of one kid and alg tried for one token; real key sets share a kid between two at most. */
+const MAX_KEYS_PER_KID = 4;
 
 function parseSegment(segment: string, what: string): Record<string, unknown> {
   if (!segment || !B64URL.test(segment)) throw new AuthFailure('TOKEN_MALFORMED', `${what} is not base64url`);
@@ -70,6 +72,11 @@ export class TokenVerifier {
     }
     if ('crit' in header) throw new AuthFailure('TOKEN_MALFORMED', 'token header has crit: no critical extensions are supported');
     if (!segments[2] || !B64URL.test(segments[2])) throw new AuthFailure('TOKEN_MALFORMED', 'token signature is not base64url');
+    // base64url leaves the last character's low bits unused: only the canonical spelling is the
+    // token, so one signature cannot be written several ways (and fill the cache several times).
+    if (Buffer.from(segments[2], 'base64url').toString('base64url') !== segments[2]) {
+      throw new AuthFailure('TOKEN_MALFORMED', 'token signature is not canonical base64url');
+    }
     await this.#verifySignature(segments as [string, string, string], header, keys);
     return { issuer: cfg, claims: payload as JWTPayload, exp: checkClaims(payload, cfg, nowMs) };
   }
@@ -107,7 +114,10 @@ export class TokenVerifier {
     }
     let problem: string | undefined;
     let usable = 0;
+    let tried = 0;
     for await (const key of candidates) {
+      // A key set with many keys under one kid must not make every forged token cost that many checks.
+      if (++tried > MAX_KEYS_PER_KID) break;
       // An unusable key (e.g. a short RSA key) is skipped, not fatal: another may share the kid.
       const p = keyProblem(alg, key);
       if (p) {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -131,6 +131,25 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       assert.equal((await cli(['keys', '--dir', out, '--force'])).code, 0);
       assert.notEqual(readFileSync(join(out, 'issuer.nk'), 'utf8'), before);
     });
+
+    it('never writes a seed through a symlink, dangling or not', async () => {
+      const out = join(dir, 'keys-link');
+      mkdirSync(out);
+      const victim = join(dir, 'victim.txt');
+      writeFileSync(victim, 'keep me\n', { mode: 0o644 });
+      symlinkSync(victim, join(out, 'issuer.nk'));
+      symlinkSync(join(dir, 'nowhere.nk'), join(out, 'xkey.nk'));
+      const refused = await cli(['keys', '--dir', out]);
+      assert.equal(refused.code, 2, 'a dangling symlink counts as an existing file');
+      assert.equal((await cli(['keys', '--dir', out, '--force'])).code, 0);
+      assert.equal(readFileSync(victim, 'utf8'), 'keep me\n', 'the symlink target is untouched');
+      assert.ok(!existsSync(join(dir, 'nowhere.nk')), 'nothing was created through the dangling symlink');
+      for (const f of ['issuer.nk', 'xkey.nk']) {
+        const st = lstatSync(join(out, f));
+        assert.ok(st.isFile() && !st.isSymbolicLink(), `${f} is a file of its own`);
+        assert.equal(st.mode & 0o777, 0o600);
+      }
+    });
   });
 
   describe('check', () => {
@@ -143,6 +162,13 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       assert.equal(out.config.nats.password, '<secret from env:TEST_NATS_PASSWORD>');
       assert.ok(!r.stdout.includes(new TextDecoder().decode(issuerKey.getSeed())));
       assert.ok(!r.stdout.includes('"pw"'));
+    });
+
+    it('prints server URLs without their credentials', async () => {
+      const withUrlSecret = join(dir, 'url-secret.yaml');
+      writeFileSync(withUrlSecret, readFileSync(configFile, 'utf8').replace(/servers: \[nats:\/\//, 'servers: [nats://someone:url-secret@'));
+      const r = await cli(['check', '--config', withUrlSecret], { env: { TEST_NATS_PASSWORD: 'pw' } });
+      assert.ok(!r.stdout.includes('url-secret') && !r.stderr.includes('url-secret'), r.stdout + r.stderr);
     });
 
     it('fails naming the issuer whose keys cannot be loaded, and NATS when it is unreachable', async () => {
