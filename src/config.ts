@@ -60,6 +60,7 @@ const issuerSchema = z.strictObject({
   jwks_cooldown: duration.optional(),
   jwks_max_stale: duration.optional(),
   http_timeout: duration.optional(),
+  max_in_flight: z.number().int().positive().optional(),
   ...issuerPolicySchema,
 });
 
@@ -128,6 +129,8 @@ export interface IssuerConfig {
   /** How long the last good key set is still used while the IdP fails to serve a new one. */
   readonly jwksMaxStaleMs: number;
   readonly httpTimeoutMs: number;
+  /** Verifications of this issuer's tokens at once (default `callout.max_in_flight`). */
+  readonly maxInFlight: number | undefined;
 }
 
 export interface AccountSigning {
@@ -221,6 +224,7 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
     // A cooldown keeps unknown kids from making the service hammer the IdP; stale keys must expire.
     jwksCooldownMs: bounded(parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`), 0, 3_600_000, `${path}.jwks_cooldown`),
     jwksMaxStaleMs: bounded(parseDuration(raw.jwks_max_stale ?? d.jwks_max_stale, `${path}.jwks_max_stale`), 0, 7 * 86_400_000, `${path}.jwks_max_stale`),
+    maxInFlight: raw.max_in_flight,
     httpTimeoutMs: bounded(parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`), 100, 60_000, `${path}.http_timeout`),
   };
 }

@@ -35,8 +35,10 @@ export class IssuerKeys {
   #failures = 0;
   #lastError: string | undefined;
   #lastFailureAt: number | undefined;
-  /** The last key set the IdP served successfully, and when. */
-  #lastGood: { readonly body: string; readonly at: number } | undefined;
+  /** The last key set the IdP served successfully, when, and the kids it holds. */
+  #lastGood: { readonly body: string; readonly at: number; readonly kids: ReadonlySet<unknown> } | undefined;
+  /** Discovery or JWKS requests under way. */
+  #inFlight = 0;
 
   readonly #observer: Pick<DecisionObserver, 'jwksFetched'> | undefined;
 
@@ -60,9 +62,13 @@ export class IssuerKeys {
     if (!this.#discovering && Date.now() - this.#lastDiscoveryFailure < this.config.jwksCooldownMs) {
       throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${this.config.issuer} failed recently: ${this.#lastError}`);
     }
-    this.#discovering ??= this.#discover().finally(() => {
-      this.#discovering = undefined;
-    });
+    if (!this.#discovering) {
+      this.#inFlight++;
+      this.#discovering = this.#discover().finally(() => {
+        this.#discovering = undefined;
+        this.#inFlight--;
+      });
+    }
     return this.#discovering;
   }
 
@@ -78,6 +84,19 @@ export class IssuerKeys {
       if (err instanceof AuthFailure) throw err;
       throw new AuthFailure('ISSUER_UNAVAILABLE', `cannot load JWKS of ${this.config.issuer} from ${this.#jwksUri}: ${describe(err)}`, { cause: err });
     }
+  }
+
+  /** Whether discovery or a key set fetch is under way. */
+  get fetching(): boolean {
+    return this.#inFlight > 0;
+  }
+
+  /** Whether the last key set fetched holds `kid` (a token without kid: whether any set is held). */
+  holdsKid(kid: unknown): boolean {
+    if (this.#offline !== undefined) return true;
+    const good = this.#lastGood;
+    if (!good) return false;
+    return kid === undefined || good.kids.has(kid);
   }
 
   status(): IssuerStatus {
@@ -141,6 +160,7 @@ export class IssuerKeys {
     if (this.#offline !== undefined) return new Response(this.#offline, { status: 200, headers: { 'content-type': 'application/json' } });
     if (this.#lastFailureAt !== undefined && Date.now() - this.#lastFailureAt < c.jwksCooldownMs) return this.#lastGoodOr(this.#lastError);
     this.#fetches++;
+    this.#inFlight++;
     try {
       // As for discovery: one immediate retry when a pooled connection was reset.
       const res = await fetch(url, options).catch((err: unknown) => {
@@ -158,7 +178,7 @@ export class IssuerKeys {
       if (!isJwks(parsed)) throw new Error('the response is not a JSON Web Key Set');
       const count = (parsed as { keys: unknown[] }).keys.length;
       if (count > MAX_JWKS_KEYS) throw new Error(`the key set holds ${count} keys, more than ${MAX_JWKS_KEYS}`);
-      this.#lastGood = { body, at: Date.now() };
+      this.#lastGood = { body, at: Date.now(), kids: new Set((parsed as { keys: { kid?: unknown }[] }).keys.map((k) => k.kid)) };
       this.#lastFailureAt = undefined;
       this.#lastError = undefined;
       this.#observer?.jwksFetched(c.issuer, true);
@@ -169,6 +189,8 @@ export class IssuerKeys {
       this.#lastError = `JWKS fetch from ${url}: ${describe(err)}`;
       this.#observer?.jwksFetched(c.issuer, false);
       return this.#lastGoodOr(this.#lastError);
+    } finally {
+      this.#inFlight--;
     }
   }
 

@@ -92,8 +92,11 @@ export class CalloutService {
   readonly #now: () => number;
   readonly #mono: () => number;
   readonly #observer: DecisionObserver | undefined;
-  /** Verifications in flight, by token digest: one per token, at most max_in_flight. */
+  /** Verifications in flight, by token digest: one per token. */
   readonly #pending = new Map<string, Promise<CachedDecision>>();
+  /** Verifications in flight per issuer: each issuer has a budget of its own. */
+  readonly #pendingByIssuer = new Map<string, number>();
+  readonly #budgets: ReadonlyMap<string, number>;
 
   /**
    * Throws Error/ConfigError when keys or policy templates are invalid. `observer` receives
@@ -130,6 +133,7 @@ export class CalloutService {
       (c) => (options.offlineJwks === undefined ? kept.get(JSON.stringify(c)) : undefined) ?? new IssuerKeys(c, options.observer, options.offlineJwks),
     );
     this.#tokens = new TokenVerifier(this.issuers, config.token.maxBytes);
+    this.#budgets = new Map(config.issuers.map((i) => [i.issuer, i.maxInFlight ?? config.callout.maxInFlight]));
     this.cache = new DecisionCache(config.cache.maxEntries, config.cache.ttlMs);
   }
 
@@ -317,10 +321,20 @@ export class CalloutService {
   async #verifyWithinBudget(token: string, key: string, deadlineMs: number | undefined): Promise<CachedDecision> {
     let verification = this.#pending.get(key);
     if (!verification) {
-      if (this.#pending.size >= this.config.callout.maxInFlight) {
-        throw new AuthFailure('OVERLOADED', `${this.#pending.size} token verifications in flight (max_in_flight ${this.config.callout.maxInFlight})`);
+      // The budget is the issuer's: a slow or hostile IdP can fill its own, never another's.
+      const issuer = this.#tokens.issuerOf(token);
+      const busy = this.#pendingByIssuer.get(issuer) ?? 0;
+      const budget = this.#budgets.get(issuer) ?? this.config.callout.maxInFlight;
+      if (busy >= budget) {
+        throw new AuthFailure('OVERLOADED', `${busy} verifications of ${issuer || 'malformed'} tokens in flight (max_in_flight ${budget})`);
       }
-      verification = this.#verifyAndDecide(token, key).finally(() => this.#pending.delete(key));
+      this.#pendingByIssuer.set(issuer, busy + 1);
+      verification = this.#verifyAndDecide(token, key).finally(() => {
+        this.#pending.delete(key);
+        const left = (this.#pendingByIssuer.get(issuer) ?? 1) - 1;
+        if (left > 0) this.#pendingByIssuer.set(issuer, left);
+        else this.#pendingByIssuer.delete(issuer);
+      });
       verification.catch(() => undefined);
       this.#pending.set(key, verification);
     }

@@ -49,6 +49,24 @@ export class TokenVerifier {
     this.#maxBytes = maxBytes;
   }
 
+  /**
+   * The configured issuer a token names (by its unverified `iss`), or a refusal that needs no
+   * key: its size, shape or issuer, or a kid the issuer's keys do not hold while they are being
+   * fetched. The service counts the token against its issuer's budget only after this.
+   */
+  issuerOf(token: string): string {
+    if (token.length > this.#maxBytes) throw new AuthFailure('TOKEN_TOO_LARGE', `token is ${token.length} bytes, limit ${this.#maxBytes}`);
+    const segments = token.split('.');
+    if (segments.length !== 3) return ''; // verify() says what is wrong with it
+    const header = parseSegment(segments[0]!, 'token header');
+    const payload = parseSegment(segments[1]!, 'token claims');
+    if (typeof payload.iss !== 'string') throw new AuthFailure('TOKEN_ISSUER_UNKNOWN', 'token has no iss');
+    const keys = this.#issuers.get(payload.iss);
+    if (!keys) throw new AuthFailure('TOKEN_ISSUER_UNKNOWN', `issuer ${quote(payload.iss)} is not configured`);
+    refuseUnknownKidWhileFetching(keys, header.kid);
+    return payload.iss;
+  }
+
   async verify(token: string, nowMs = Date.now()): Promise<VerifiedToken> {
     if (token.length > this.#maxBytes) throw new AuthFailure('TOKEN_TOO_LARGE', `token is ${token.length} bytes, limit ${this.#maxBytes}`);
     const segments = token.split('.');
@@ -82,6 +100,7 @@ export class TokenVerifier {
   }
 
   async #verifySignature(segments: [string, string, string], header: Record<string, unknown>, keys: IssuerKeys): Promise<void> {
+    refuseUnknownKidWhileFetching(keys, header.kid);
     const signingInput = Buffer.from(`${segments[0]}.${segments[1]}`);
     const signature = Buffer.from(segments[2], 'base64url');
     if (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature)) return;
@@ -180,6 +199,16 @@ function quote(value: unknown): string {
 }
 
 /** Maps jose's key-resolution errors onto our stable codes, keeping jose's message as the reason. */
+/**
+ * While an issuer's keys are being fetched, a kid they do not hold is refused at once rather than
+ * waiting on the fetch: a flood of junk kids at a slow IdP holds no slot and no time.
+ */
+function refuseUnknownKidWhileFetching(keys: IssuerKeys, kid: unknown): void {
+  if (keys.fetching && !keys.holdsKid(kid)) {
+    throw new AuthFailure('TOKEN_KEY_UNKNOWN', `kid ${quote(kid)} is not among the keys of ${keys.config.issuer}, which are being fetched`);
+  }
+}
+
 function keyFailure(err: unknown, cfg: IssuerConfig, header: Record<string, unknown>): AuthFailure {
   if (err instanceof AuthFailure) return err;
   const code = (err as { code?: unknown })?.code;

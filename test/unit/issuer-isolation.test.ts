@@ -1,0 +1,78 @@
+/**
+ * One slow or hostile issuer must not starve the others: each issuer has its own budget of
+ * verifications, and while an issuer's keys are being fetched its unknown kids are refused at once.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createAccount } from '@nats-io/nkeys';
+import { buildConfig } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import { CalloutService } from '../../src/service.js';
+import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { type LocalIssuer, startLocalIssuer } from '../helpers/local-issuer.js';
+
+const now = () => Math.floor(Date.now() / 1000);
+
+describe('isolation between issuers', () => {
+  let hanging: LocalIssuer;
+  let healthy: LocalIssuer;
+  let service: CalloutService;
+  const lines: Record<string, unknown>[] = [];
+  const server = fakeServer();
+
+  before(async () => {
+    [hanging, healthy] = await Promise.all([startLocalIssuer(), startLocalIssuer()]);
+    const issuer = (i: LocalIssuer) => ({ issuer: i.issuer, audiences: ['nats'], jwks_uri: i.jwksUri, allow_insecure_http: true, jwks_cooldown: '0s' });
+    const config = buildConfig({
+      callout: { account: 'AUTH', issuer_seed: new TextDecoder().decode(createAccount().getSeed()), max_in_flight: 4 },
+      issuers: [issuer(hanging), issuer(healthy)],
+      policy: {
+        rules: [{ name: 'all', issuer: [hanging.issuer, healthy.issuer], allow_broad: true, account: 'APP', permissions: { sub: { allow: ['x'] } } }],
+      },
+    });
+    service = new CalloutService(
+      config,
+      createLogger('debug', (l) => lines.push(JSON.parse(l))),
+    );
+    await Promise.all(service.issuers.map((i) => i.load()));
+  });
+  after(async () => {
+    hanging.faults.jwks = undefined;
+    await Promise.all([hanging.stop(), healthy.stop()]);
+  });
+
+  const connect = async (token: string) => {
+    const from = lines.length;
+    await service.handle(new TextEncoder().encode(authRequestJwt(server, { connectOpts: { auth_token: token } })), undefined);
+    return lines.slice(from).find((l) => l.msg === 'authorization') as Record<string, unknown>;
+  };
+
+  it("leaves another issuer's logins untouched while a flood of junk tokens waits on a hanging IdP", async () => {
+    // From now on the hanging IdP answers key set requests only after 3 s.
+    hanging.faults.jwks = { delayMs: 3000 };
+    const junk = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        i % 2 === 0
+          ? hanging.sign({ sub: `junk-${i}`, aud: 'nats', exp: now() + 300 }, { key: 'unknown', kid: `junk-${i}` })
+          : hanging.sign({ sub: `junk-${i}`, aud: 'nats', exp: now() + 300 }, { key: 'unknown', kid: hanging.kid }),
+      ),
+    );
+    // The first junk token starts a key set fetch (a kid the IdP never published); the rest arrive after.
+    const flood = [connect(junk[0]!)];
+    await new Promise((r) => setTimeout(r, 20));
+    flood.push(...junk.slice(1).map((t) => connect(t)));
+    // The junk is in flight (one key set fetch hangs); now the other issuer's users log in.
+    await new Promise((r) => setTimeout(r, 50));
+    // One after another, as fast as each is answered: none waits on the hanging IdP.
+    for (let i = 0; i < 10; i++) {
+      const d = await connect(await healthy.sign({ sub: `user-${i}`, aud: 'nats', exp: now() + 300 }));
+      assert.equal(d.result, 'allow', JSON.stringify(d));
+    }
+    const refused = await Promise.all(flood);
+    const codes = new Set(refused.map((d) => d.code));
+    for (const c of codes) assert.ok(['TOKEN_KEY_UNKNOWN', 'OVERLOADED', 'REQUEST_EXPIRED', 'TOKEN_SIGNATURE_INVALID'].includes(String(c)), String(c));
+    assert.ok(refused.every((d) => d.result !== 'allow'));
+    // Unknown kids were refused at once rather than each waiting on the fetch.
+    assert.ok(refused.filter((d) => d.code === 'TOKEN_KEY_UNKNOWN' && /being fetched/.test(String(d.reason))).length >= 15, JSON.stringify([...codes]));
+  });
+});
