@@ -61,6 +61,11 @@ const issuerSchema = z.strictObject({
   jwks_max_stale: duration.optional(),
   http_timeout: duration.optional(),
   max_in_flight: z.number().int().positive().optional(),
+  ca_file: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("PEM file of the CA(s) the IdP's certificate chains to (a private CA); only those are trusted for this issuer"),
   ...issuerPolicySchema,
 });
 
@@ -131,6 +136,8 @@ export interface IssuerConfig {
   readonly httpTimeoutMs: number;
   /** Verifications of this issuer's tokens at once (default `callout.max_in_flight`). */
   readonly maxInFlight: number | undefined;
+  /** PEM of the CAs trusted for this issuer's HTTPS (`ca_file`), instead of the system's. */
+  readonly ca: string | undefined;
 }
 
 export interface AccountSigning {
@@ -200,7 +207,7 @@ function resolveSecret(value: z.infer<typeof secret>, path: string, env: NodeJS.
   }
 }
 
-function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfig {
+function issuerConfig(raw: RawConfig['issuers'][number], i: number, baseDir: string): IssuerConfig {
   const d = DEFAULTS.issuer;
   const path = `issuers[${i}]`;
   const allowInsecureHttp = raw.allow_insecure_http ?? d.allow_insecure_http;
@@ -225,8 +232,21 @@ function issuerConfig(raw: RawConfig['issuers'][number], i: number): IssuerConfi
     jwksCooldownMs: bounded(parseDuration(raw.jwks_cooldown ?? d.jwks_cooldown, `${path}.jwks_cooldown`), 0, 3_600_000, `${path}.jwks_cooldown`),
     jwksMaxStaleMs: bounded(parseDuration(raw.jwks_max_stale ?? d.jwks_max_stale, `${path}.jwks_max_stale`), 0, 7 * 86_400_000, `${path}.jwks_max_stale`),
     maxInFlight: raw.max_in_flight,
+    ca: raw.ca_file === undefined ? undefined : readCa(raw.ca_file, baseDir, `${path}.ca_file`),
     httpTimeoutMs: bounded(parseDuration(raw.http_timeout ?? d.http_timeout, `${path}.http_timeout`), 100, 60_000, `${path}.http_timeout`),
   };
+}
+
+function readCa(file: string, baseDir: string, path: string): string {
+  const full = file.startsWith('/') ? file : `${baseDir}/${file}`;
+  let pem: string;
+  try {
+    pem = readFileSync(full, 'utf8');
+  } catch (err) {
+    throw new ConfigError(path, `cannot read ${full}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(path, `${full} holds no PEM certificate`);
+  return pem;
 }
 
 function checkUrl(value: string, allowInsecureHttp: boolean, path: string): void {
@@ -305,7 +325,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     throw new ConfigError('callout.account', "only used in server_config mode (in operator mode the callout account is the issuer key's account)");
   }
 
-  const issuers = raw.issuers.map(issuerConfig);
+  const issuers = raw.issuers.map((iss, i) => issuerConfig(iss, i, baseDir));
   const seen = new Set<string>();
   issuers.forEach((iss, i) => {
     if (seen.has(iss.issuer)) throw new ConfigError(`issuers[${i}].issuer`, `duplicate issuer ${iss.issuer}`);

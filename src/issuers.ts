@@ -1,5 +1,6 @@
 import { createRemoteJWKSet, customFetch, type FetchImplementation, type JWTVerifyGetKey, type RemoteJWKSet } from 'jose';
 import * as oidc from 'openid-client';
+import { Agent } from 'undici';
 import type { IssuerConfig } from './config.js';
 import { AuthFailure } from './errors.js';
 import type { DecisionObserver } from './metrics.js';
@@ -45,10 +46,17 @@ export class IssuerKeys {
   /** A key set given up front (`explain --jwks`): used instead of any fetch. */
   readonly #offline: string | undefined;
 
-  constructor(config: IssuerConfig, observer?: Pick<DecisionObserver, 'jwksFetched'>, offlineJwks?: string) {
+  readonly #now: () => number;
+  /** Connections trusting only the issuer's `ca_file`, when it has one. */
+  readonly #dispatcher: Agent | undefined;
+
+  /** `now` is the clock freshness is judged by (tests inject one). */
+  constructor(config: IssuerConfig, observer?: Pick<DecisionObserver, 'jwksFetched'>, offlineJwks?: string, now: () => number = Date.now) {
     this.config = config;
     this.#observer = observer;
     this.#offline = offlineJwks;
+    this.#now = now;
+    this.#dispatcher = config.ca === undefined ? undefined : new Agent({ connect: { ca: config.ca } });
     if (offlineJwks !== undefined) {
       if (!isJwks(safeJson(offlineJwks))) throw new Error('the key set is not a JSON Web Key Set ({"keys": [...]})');
       this.#jwks = this.#remote('offline:jwks');
@@ -59,7 +67,7 @@ export class IssuerKeys {
   async jwks(): Promise<RemoteJWKSet> {
     if (this.#jwks) return this.#jwks;
     // Failed discovery is retried at most once per cooldown so a dead IdP is not hammered.
-    if (!this.#discovering && Date.now() - this.#lastDiscoveryFailure < this.config.jwksCooldownMs) {
+    if (!this.#discovering && this.#now() - this.#lastDiscoveryFailure < this.config.jwksCooldownMs) {
       throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${this.config.issuer} failed recently: ${this.#lastError}`);
     }
     if (!this.#discovering) {
@@ -86,6 +94,12 @@ export class IssuerKeys {
     }
   }
 
+  /** fetch, through the issuer's own CA when it has one. */
+  #fetch(url: string, init: RequestInit): Promise<Response> {
+    if (!this.#dispatcher) return fetch(url, init);
+    return fetch(url, { ...init, dispatcher: this.#dispatcher } as RequestInit);
+  }
+
   /** Whether discovery or a key set fetch is under way. */
   get fetching(): boolean {
     return this.#inFlight > 0;
@@ -103,7 +117,7 @@ export class IssuerKeys {
     return {
       issuer: this.config.issuer,
       jwksUri: this.#jwksUri,
-      keysLoaded: this.#usableLastGood() !== undefined,
+      keysLoaded: this.#holdsUsableKeys(),
       jwksFetches: this.#fetches,
       jwksFetchFailures: this.#failures,
       lastFetchAt: this.#lastGood?.at,
@@ -124,7 +138,7 @@ export class IssuerKeys {
       this.#jwks = this.#remote(uri);
       return this.#jwks;
     } catch (err) {
-      this.#lastDiscoveryFailure = Date.now();
+      this.#lastDiscoveryFailure = this.#now();
       this.#lastError = `discovery: ${describe(err)}`;
       throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${c.issuer} failed: ${describe(err)}`, { cause: err });
     }
@@ -140,6 +154,7 @@ export class IssuerKeys {
       oidc.discovery(new URL(c.issuer), 'oidc-callout', undefined, undefined, {
         timeout: Math.ceil(c.httpTimeoutMs / 1000),
         ...(c.allowInsecureHttp ? { execute: [oidc.allowInsecureRequests] } : {}),
+        ...(this.#dispatcher ? { [oidc.customFetch]: (url: string, options: oidc.CustomFetchOptions) => this.#fetch(url, options as RequestInit) } : {}),
       });
     try {
       return await attempt();
@@ -158,13 +173,13 @@ export class IssuerKeys {
   async #fetchJwks(url: string, options: FetchOptions): Promise<Response> {
     const c = this.config;
     if (this.#offline !== undefined) return new Response(this.#offline, { status: 200, headers: { 'content-type': 'application/json' } });
-    if (this.#lastFailureAt !== undefined && Date.now() - this.#lastFailureAt < c.jwksCooldownMs) return this.#lastGoodOr(this.#lastError);
+    if (this.#lastFailureAt !== undefined && this.#now() - this.#lastFailureAt < c.jwksCooldownMs) return this.#lastGoodOr(this.#lastError);
     this.#fetches++;
     this.#inFlight++;
     try {
       // As for discovery: one immediate retry when a pooled connection was reset.
-      const res = await fetch(url, options).catch((err: unknown) => {
-        if (err instanceof TypeError && !options.signal?.aborted) return fetch(url, options);
+      const res = await this.#fetch(url, options).catch((err: unknown) => {
+        if (err instanceof TypeError && !options.signal?.aborted) return this.#fetch(url, options);
         throw err;
       });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
@@ -178,14 +193,14 @@ export class IssuerKeys {
       if (!isJwks(parsed)) throw new Error('the response is not a JSON Web Key Set');
       const count = (parsed as { keys: unknown[] }).keys.length;
       if (count > MAX_JWKS_KEYS) throw new Error(`the key set holds ${count} keys, more than ${MAX_JWKS_KEYS}`);
-      this.#lastGood = { body, at: Date.now(), kids: new Set((parsed as { keys: { kid?: unknown }[] }).keys.map((k) => k.kid)) };
+      this.#lastGood = { body, at: this.#now(), kids: new Set((parsed as { keys: { kid?: unknown }[] }).keys.map((k) => k.kid)) };
       this.#lastFailureAt = undefined;
       this.#lastError = undefined;
       this.#observer?.jwksFetched(c.issuer, true);
       return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
     } catch (err) {
       this.#failures++;
-      this.#lastFailureAt = Date.now();
+      this.#lastFailureAt = this.#now();
       this.#lastError = `JWKS fetch from ${url}: ${describe(err)}`;
       this.#observer?.jwksFetched(c.issuer, false);
       return this.#lastGoodOr(this.#lastError);
@@ -194,8 +209,18 @@ export class IssuerKeys {
     }
   }
 
+  /**
+   * A usable key set is held: one was fetched, and either the IdP has not failed since (keys are
+   * fetched on demand, so a quiet hour says nothing about the IdP) or it is within jwks_max_stale.
+   */
+  #holdsUsableKeys(): boolean {
+    if (this.#offline !== undefined) return true;
+    if (!this.#lastGood) return false;
+    return this.#lastFailureAt === undefined || this.#usableLastGood() !== undefined;
+  }
+
   #usableLastGood(): string | undefined {
-    return this.#lastGood && Date.now() - this.#lastGood.at <= this.config.jwksMaxStaleMs ? this.#lastGood.body : undefined;
+    return this.#lastGood && this.#now() - this.#lastGood.at <= this.config.jwksMaxStaleMs ? this.#lastGood.body : undefined;
   }
 
   #lastGoodOr(reason: string | undefined): Response {

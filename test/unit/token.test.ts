@@ -307,3 +307,31 @@ describe('issuer availability', () => {
     );
   });
 });
+
+describe('readiness of an issuer', () => {
+  it('holds usable keys through a quiet time, and loses them only once the IdP has failed for longer than jwks_max_stale', async () => {
+    await using idp = await startLocalIssuer();
+    let clock = Date.now();
+    const keys = new IssuerKeys(
+      issuerConfig(idp.issuer, { jwks_uri: idp.jwksUri, jwks_cooldown: '0s', jwks_max_stale: '1h' }),
+      undefined,
+      undefined,
+      () => clock,
+    );
+    assert.equal(keys.status().keysLoaded, false, 'nothing fetched yet');
+    await keys.load();
+    assert.equal(keys.status().keysLoaded, true);
+    // Three hours without a login: no fetch was needed, the IdP never failed.
+    clock += 3 * 3_600_000;
+    assert.equal(keys.status().keysLoaded, true);
+    // Now the IdP fails: the set is older than jwks_max_stale, so it is no longer usable.
+    idp.faults.jwks = { status: 503 };
+    await keys.load().catch(() => undefined);
+    assert.match(keys.status().lastError ?? '', /HTTP 503/);
+    assert.equal(keys.status().keysLoaded, false);
+    // The IdP recovers: a fresh set is usable again.
+    idp.faults.jwks = undefined;
+    await keys.load();
+    assert.equal(keys.status().keysLoaded, true);
+  });
+});
