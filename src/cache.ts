@@ -25,9 +25,13 @@ export class DecisionCache {
   readonly #lru: LRUCache<string, CachedDecision> | undefined;
   readonly #ttlMs: number;
 
-  constructor(maxEntries: number, ttlMs: number) {
+  /** `clock` is the monotonic clock entries age by (tests inject one; default performance). */
+  constructor(maxEntries: number, ttlMs: number, clock?: { now(): number }) {
     this.#ttlMs = ttlMs;
-    this.#lru = maxEntries > 0 && ttlMs > 0 ? new LRUCache({ max: maxEntries, ttl: ttlMs, ttlAutopurge: false, updateAgeOnGet: false }) : undefined;
+    this.#lru =
+      maxEntries > 0 && ttlMs > 0
+        ? new LRUCache({ max: maxEntries, ttl: ttlMs, ttlAutopurge: false, updateAgeOnGet: false, ...(clock ? { perf: clock, ttlResolution: 0 } : {}) })
+        : undefined;
   }
 
   static key(token: string): string {
