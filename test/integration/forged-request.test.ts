@@ -9,6 +9,7 @@
  * out); a trusted request with a bad token gets a signed error response.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { createAccount, createCurve, createServer as createServerKey, fromPublic, type KeyPair } from '@nats-io/nkeys';
@@ -323,6 +324,58 @@ describe('requests from a fake server, through a server without callout (xkey)',
     assert.equal(user.name, 'Worker 7');
     assert.deepEqual(user.nats.pub, { allow: ['app.acme.>'] });
     assert.ok(typeof user.exp === 'number' && user.exp > Date.now() / 1000);
+  });
+
+  it('keeps answering good requests through a flood of hostile ones, with bounded memory', async (t) => {
+    const nc = setup.relay.requester;
+    const good = async () => {
+      const userNkey = newUserNkey();
+      const answer = await send(authRequestJwt(server, { xkey: true, userNkey, connectOpts: { auth_token: await issuer.sign(devClaims) } }));
+      assert.equal(openResponse(answer, userNkey).nats.error, undefined);
+    };
+    const sealed = (jwt: string) => sealRequest(server, jwt, serviceXkey.getPublicKey());
+    const header = xkeyHeader(server.curve.getPublicKey());
+    const valid = authRequestJwt(server, { xkey: true, connectOpts: { auth_token: 'x.y.z' } });
+    const hostile: [Uint8Array, MsgHdrs | undefined][] = [
+      [new TextEncoder().encode('garbage'), undefined],
+      [randomBytes(4096), header],
+      [sealed(valid.slice(0, 100)), header], // a truncated request
+      [sealed(`${'e30.'.repeat(2)}${'A'.repeat(50_000)}`), header], // a long, deeply meaningless one
+      [sealRequest(server, valid, createCurve().getPublicKey()), header], // sealed to another key
+      [sealed(authRequestJwt(server, { xkey: true, edit: (c) => delete c.exp })), header], // no exp
+      [new TextEncoder().encode(valid), undefined], // plaintext while an xkey is configured
+    ];
+    const heapBefore = process.memoryUsage().heapUsed;
+    const until = Date.now() + 2500;
+    let sent = 0;
+    let huge = 0;
+    const flood = (async () => {
+      while (Date.now() < until) {
+        for (let i = 0; i < 200; i++) {
+          const [data, headers] = hostile[sent % hostile.length]!;
+          nc.publish(AUTH_SUBJECT, data, { reply: `_INBOX.flood.${sent}`, ...(headers ? { headers } : {}) });
+          sent++;
+        }
+        if (huge < 20) {
+          nc.publish(AUTH_SUBJECT, randomBytes(900 * 1024), { reply: '_INBOX.flood.huge' });
+          huge++;
+        }
+        await nc.flush();
+      }
+    })();
+    let answered = 0;
+    while (Date.now() < until) {
+      await good();
+      answered++;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await flood;
+    await good();
+    const grownMiB = (process.memoryUsage().heapUsed - heapBefore) / 1024 / 1024;
+    t.diagnostic(`${sent} hostile requests and ${huge} of 900 KiB in 2.5 s; ${answered + 1} good requests answered; heap grew ${grownMiB.toFixed(1)} MiB`);
+    assert.ok(answered >= 3, `only ${answered} good requests answered during the flood`);
+    assert.ok(sent > 1000, `the flood sent only ${sent}`);
+    assert.ok(grownMiB < 200, `heap grew ${grownMiB.toFixed(1)} MiB`);
   });
 
   it('keeps answering after a message with malformed headers (it never stops the client reader)', async () => {
