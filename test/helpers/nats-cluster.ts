@@ -80,6 +80,16 @@ export async function routedPeers(node: ClusterNode): Promise<Set<string>> {
   return new Set((routez?.routes ?? []).map((r) => r.remote_name ?? '').filter((n) => n !== ''));
 }
 
+/**
+ * Whether `node` has a route from `peer` over which `peer` announced interest in `subject`
+ * (`/routez?subs=1`: the subjects of the subscriptions behind each route connection). Once this
+ * is false, `node` sends no more messages on `subject` to `peer`.
+ */
+export async function routeInterest(node: ClusterNode, peer: string, subject: string): Promise<boolean> {
+  const routez = await monitorJson<{ routes?: { remote_name?: string; subscriptions_list?: string[] }[] }>(node, '/routez?subs=1');
+  return (routez?.routes ?? []).some((r) => r.remote_name === peer && (r.subscriptions_list ?? []).includes(subject));
+}
+
 /** One client connection as `/connz?subs=1` reports it. */
 export interface ConnzConnection {
   readonly cid: number;
