@@ -49,6 +49,17 @@ export class DecisionCache {
     if (ttl >= 1) this.#lru.set(key, decision, { ttl });
   }
 
+  /** Drops every decision for `issuer` (and `subject`, when given); returns how many. */
+  dropWhere(issuer: string | undefined, subject: string | undefined): number {
+    if (!this.#lru) return 0;
+    const keys: string[] = [];
+    for (const [key, d] of this.#lru.entries()) {
+      if ((issuer === undefined || d.issuer === issuer) && (subject === undefined || d.subject === subject)) keys.push(key);
+    }
+    for (const key of keys) this.#lru.delete(key);
+    return keys.length;
+  }
+
   get size(): number {
     return this.#lru?.size ?? 0;
   }

@@ -107,6 +107,23 @@ const schema = z.strictObject({
   cache: z.strictObject({ max_entries: z.number().int().nonnegative().optional(), ttl: duration.optional() }).optional(),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).optional() }).optional(),
   http: z.strictObject({ listen: z.string().min(1) }).optional(),
+  admin: z
+    .strictObject({
+      public_keys: z.array(z.string().min(1)).min(1).describe('user public keys (U...) whose signed requests the service acts on'),
+      subject: z.string().min(1).optional().describe('subject prefix of administrative requests, in the service account'),
+      system: z
+        .strictObject({
+          user: z.string().min(1).optional(),
+          password: secret.optional(),
+          token: secret.optional(),
+          nkey_seed: secret.optional(),
+          creds_file: z.string().min(1).optional(),
+        })
+        .optional()
+        .describe("a login to the system account, to disconnect revoked users' connections"),
+    })
+    .optional()
+    .describe('revocation: drop cached decisions and disconnect live users of an identity on every replica'),
 });
 
 type RawConfig = z.infer<typeof schema>;
@@ -185,6 +202,15 @@ export interface Config {
   readonly keys: Keys;
   readonly cache: { readonly maxEntries: number; readonly ttlMs: number };
   readonly log: { readonly level: LogLevel };
+  /** Revocation requests; off when not configured. */
+  readonly admin:
+    | {
+        readonly publicKeys: readonly string[];
+        readonly subject: string;
+        /** Credentials of a system account user (same shape as `nats`), to kick connections. */
+        readonly system: Pick<Config['nats'], 'user' | 'password' | 'token' | 'nkeySeed' | 'credsFile'> | undefined;
+      }
+    | undefined;
   /** The monitoring endpoints (/healthz, /readyz, /metrics); off when not configured. */
   readonly http: { readonly host: string; readonly port: number } | undefined;
 }
@@ -393,6 +419,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     },
     log: { level: raw.log?.level ?? DEFAULTS.log.level },
     http: raw.http && parseListen(raw.http.listen, 'http.listen'),
+    admin: raw.admin && adminSettings(raw.admin, natsSecrets, env, baseDir),
   };
   // The compiled parts are immutable by construction; freezing them would reach into key objects.
   const { policy: compiled, keys: decoded, ...data } = config;
@@ -428,6 +455,33 @@ export const NOT_READ = 'not read';
 
 function standInSeed(): string {
   return new TextDecoder().decode(createAccount().getSeed());
+}
+
+function adminSettings(raw: NonNullable<RawConfig['admin']>, natsSecrets: boolean, env: NodeJS.ProcessEnv, baseDir: string): NonNullable<Config['admin']> {
+  raw.public_keys.forEach((k, i) => {
+    if (!isPublicKey(k, 'user')) throw new ConfigError(`admin.public_keys[${i}]`, 'not a user public key (U...): sign revoke requests with a user nkey');
+  });
+  const subject = raw.subject ?? 'oidc-callout.admin';
+  if (/[\s*>]/.test(subject) || subject.split('.').some((t) => !t))
+    throw new ConfigError('admin.subject', 'a plain subject prefix (no wildcards, spaces or empty tokens)');
+  const s = raw.system;
+  if (s) {
+    const methods = [s.password !== undefined || s.user !== undefined, s.token, s.nkey_seed, s.creds_file].filter(Boolean).length;
+    if (methods !== 1) throw new ConfigError('admin.system', 'choose one way to authenticate: user/password, token, nkey_seed or creds_file');
+    if ((s.user === undefined) !== (s.password === undefined)) throw new ConfigError('admin.system', 'user and password go together');
+  }
+  const read = (v: z.infer<typeof secret> | undefined, path: string) => (v === undefined || !natsSecrets ? undefined : resolveSecret(v, path, env, baseDir));
+  return {
+    publicKeys: raw.public_keys,
+    subject,
+    system: s && {
+      user: s.user,
+      password: read(s.password, 'admin.system.password'),
+      token: read(s.token, 'admin.system.token'),
+      nkeySeed: read(s.nkey_seed, 'admin.system.nkey_seed'),
+      credsFile: s.creds_file === undefined ? undefined : s.creds_file.startsWith('/') ? s.creds_file : `${baseDir}/${s.creds_file}`,
+    },
+  };
 }
 
 function decodeKeys(

@@ -32,6 +32,7 @@ export const FAILURES = {
   TOKEN_EXP_MISSING: { outcome: 'reject', summary: 'the token has no exp and the issuer does not allow that' },
   TOKEN_AUDIENCE_INVALID: { outcome: 'reject', summary: "the token's aud contains none of the issuer's audiences" },
   TOKEN_TYPE_INVALID: { outcome: 'reject', summary: "the token's typ header is not one of the issuer's token_types" },
+  TOKEN_REVOKED: { outcome: 'reject', summary: "the token's identity was revoked (oidc-callout revoke) after the token was issued" },
   TOKEN_CLAIMS_INVALID: { outcome: 'reject', summary: 'a registered claim has the wrong type (e.g. exp not a number)' },
   ISSUER_UNAVAILABLE: { outcome: 'reject', summary: "the issuer's discovery document or JWKS could not be fetched" },
   POLICY_REQUIRED_CLAIMS: { outcome: 'reject', summary: "the token does not meet its issuer's required_claims (checked before any rule)" },
@@ -48,6 +49,10 @@ export const FAILURES = {
   POLICY_CLAIM_SHAPE: { outcome: 'reject', summary: 'a claim a condition reads holds an object or a nested list instead of values it can compare' },
   POLICY_CLAIM_AMBIGUOUS: { outcome: 'reject', summary: 'a dotted claim path names two claims (a flat key beside a nested one)' },
   POLICY_CLAIM_TOO_LONG: { outcome: 'reject', summary: 'a claim value a glob or regex condition reads is longer than 1024 characters' },
+  ADMIN_REQUEST_INVALID: {
+    outcome: 'reject',
+    summary: 'an administrative request (revoke) is not signed by an admin key, is stale or replayed, or names nobody',
+  },
   OVERLOADED: { outcome: 'reject', summary: 'too many requests in flight; answered at once rather than queued past the timeout' },
   INTERNAL: { outcome: 'reject', summary: 'an unexpected error inside the service' },
 } as const satisfies Record<string, { outcome: 'reject' | 'abort'; summary: string }>;

@@ -2,19 +2,23 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createAccount, createCurve } from '@nats-io/nkeys';
-import { loadConfig, redactedConfig, type Config } from './config.js';
+import { loadConfig, parseDuration, redactedConfig, type Config } from './config.js';
 import type { ConnectionFacts } from './conditions.js';
 import { ConfigError } from './errors.js';
 import { explainOutput } from './explain-output.js';
+import { AdminListener, type RevokeResult } from './admin.js';
+import { signRevokeRequest } from './admin-request.js';
+import { NkeySigner } from './nkey.js';
 import { createLogger, type Logger } from './log.js';
 import type { IssuerKeys } from './issuers.js';
 import { Metrics, type DecisionObserver } from './metrics.js';
 import { startMonitoring } from './monitoring.js';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { connectAll, connectNats, withoutCredentials } from './nats-connection.js';
+import { connectAll, connectAs, connectNats, withoutCredentials } from './nats-connection.js';
 import { CalloutRunner } from './runner.js';
 import { CONNECTION_TYPES, type ConnectionType } from './policy-schema.js';
 import { CalloutService } from './service.js';
@@ -28,6 +32,9 @@ const USAGE = `usage:
                      [--connection-type TYPE] [--client-host ADDRESS]
                                        verify a token and print the decision and a trace of every
                                        rule, without NATS; --jwks and --now work offline
+  oidc-callout revoke --config FILE --admin-seed FILE [--issuer URL] [--subject SUB] [--wait 2s]
+                                       on every replica: drop the identity's cached decisions, refuse
+                                       its tokens issued until now, disconnect its live connections
   oidc-callout keys [--dir DIR] [--force]
                                        write issuer.nk (SA...) and xkey.nk (SX...) seeds (mode 0600)
                                        and print the nats-server auth_callout block`;
@@ -47,6 +54,10 @@ async function main(argv: string[]): Promise<number> {
       now: { type: 'string' },
       'connection-type': { type: 'string' },
       'client-host': { type: 'string' },
+      'admin-seed': { type: 'string' },
+      issuer: { type: 'string' },
+      subject: { type: 'string' },
+      wait: { type: 'string' },
     },
     strict: true,
   });
@@ -69,6 +80,10 @@ async function main(argv: string[]): Promise<number> {
       });
     case 'keys':
       return keys(values.dir ?? '.', values.force ?? false);
+    case 'revoke':
+      if (!values['admin-seed']) throw new UsageError('revoke needs --admin-seed FILE (the seed of a key in admin.public_keys)');
+      if (!values.issuer && !values.subject) throw new UsageError('revoke needs --issuer URL, --subject SUB or both');
+      return revoke(requireConfig(values.config), values['admin-seed'], values.issuer, values.subject, values.wait ?? '2s');
     case undefined:
     case 'help':
     case '--help':
@@ -136,6 +151,11 @@ async function run(file: string): Promise<number> {
   const runner = new CalloutRunner(connections, service, log);
   await runner.start();
   metrics.attach(runner.metricsSources());
+  // Revocation: every replica listens (outside the queue group) on the first connection.
+  const system = config.admin?.system ? await connectAs(config, config.admin.system, { name: `${config.nats.name} (system)` }) : undefined;
+  if (config.admin) {
+    await new AdminListener(connections[0]!, system, () => runner.service, log, `${config.nats.name}@${hostname()}#${process.pid}`).start();
+  }
   const readiness = () => [
     ...runner.problems(),
     ...runner.service
@@ -189,6 +209,7 @@ async function run(file: string): Promise<number> {
   });
   log.info('stopping', { signal: reason, in_flight: runner.inFlight });
   await runner.stop();
+  await system?.close().catch(() => undefined);
   monitoring?.close();
   // Losing NATS for good is a failure: let the supervisor (Restart=on-failure) bring us back.
   return reason === 'connection closed' ? 1 : 0;
@@ -283,6 +304,42 @@ async function explain(file: string, tokenArg: string, options: ExplainOptions):
   const e = await service.explain(token, connection);
   process.stdout.write(`${JSON.stringify(explainOutput(e, connection, now ?? Date.now()), null, 2)}\n`);
   return e.decision === 'allow' ? 0 : 1;
+}
+
+/**
+ * Sends a signed revoke request on the admin subject (as the service's own NATS user) and prints
+ * what each replica answered within `--wait`. Exit 0 when at least one answered and none refused.
+ */
+async function revoke(file: string, seedFile: string, issuer: string | undefined, subject: string | undefined, wait: string): Promise<number> {
+  const config = loadConfig(file);
+  if (!config.admin) throw new UsageError('the configuration has no admin section: revocation is off');
+  let signer: NkeySigner;
+  try {
+    signer = new NkeySigner(readFileSync(seedFile, 'utf8'), 'user');
+  } catch (err) {
+    throw new UsageError(`--admin-seed ${seedFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const waitMs = parseDuration(wait, '--wait');
+  const nc = await connectNats(config, { maxReconnectAttempts: 0, name: `${config.nats.name} (revoke)` });
+  try {
+    const replies: RevokeResult[] = [];
+    const inbox = nc.subscribe(`_INBOX.revoke.${randomBytes(8).toString('hex')}`);
+    const collecting = (async () => {
+      for await (const m of inbox) replies.push(m.json<RevokeResult>());
+    })();
+    nc.publish(`${config.admin.subject}.revoke`, signRevokeRequest({ issuer, subject }, signer, Math.floor(Date.now() / 1000)), { reply: inbox.getSubject() });
+    await new Promise((r) => setTimeout(r, waitMs));
+    inbox.unsubscribe();
+    await collecting;
+    process.stdout.write(`${JSON.stringify({ issuer, subject, replicas: replies }, null, 2)}\n`);
+    if (replies.length === 0) {
+      process.stderr.write('no replica answered: are they running with this admin section?\n');
+      return 1;
+    }
+    return replies.every((r) => r.ok) ? 0 : 1;
+  } finally {
+    await nc.close();
+  }
 }
 
 /** `--now`: an ISO 8601 time or seconds since the epoch. */

@@ -4,15 +4,23 @@ import type { Config } from './config.js';
 
 /** Connects as the callout service user with whichever credentials the configuration names. */
 export async function connectNats(config: Config, overrides: Partial<NodeConnectionOptions> = {}): Promise<NatsConnection> {
-  const n = config.nats;
+  return connectAs(config, config.nats, overrides);
+}
+
+/** Connects to the service's servers with the given credentials (the service's, or the system login of `admin.system`). */
+export async function connectAs(
+  config: Config,
+  n: Pick<Config['nats'], 'user' | 'password' | 'token' | 'nkeySeed' | 'credsFile'>,
+  overrides: Partial<NodeConnectionOptions> = {},
+): Promise<NatsConnection> {
   const auth: Record<string, unknown> = {};
   if (n.user !== undefined && n.password) Object.assign(auth, { user: n.user, pass: n.password.value });
   if (n.token) auth.token = n.token.value;
   if (n.nkeySeed) auth.authenticator = nkeyAuthenticator(new TextEncoder().encode(n.nkeySeed.value));
   if (n.credsFile) auth.authenticator = credsAuthenticator(readFileSync(n.credsFile));
   return connect({
-    servers: [...n.servers],
-    name: n.name,
+    servers: [...config.nats.servers],
+    name: config.nats.name,
     // The callout is what lets everyone else in: never give up reconnecting, and come back
     // quickly after a server restart: every client attempt before we resubscribe is wasted.
     maxReconnectAttempts: -1,

@@ -19,6 +19,8 @@ export interface AuthRequest {
   readonly clientHost: string;
   readonly clientKind: string;
   readonly clientType: string;
+  /** nats-server's id for the connection (`client_info.id`): what its kick request takes. */
+  readonly clientId: number | undefined;
   readonly connectOpts: Readonly<Record<string, unknown>>;
 }
 
@@ -112,6 +114,7 @@ export class RequestVerifier {
       clientHost: str(client.host),
       clientKind: str(client.kind),
       clientType: str(client.type),
+      clientId: typeof client.id === 'number' && Number.isSafeInteger(client.id) ? client.id : undefined,
       connectOpts: typeof connectOpts === 'object' && connectOpts !== null ? (connectOpts as Record<string, unknown>) : {},
     };
   }

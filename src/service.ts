@@ -9,6 +9,8 @@ import { isPublicKey } from './nkey.js';
 import type { ConnectionFacts } from './conditions.js';
 import { admitConnection, type Grant, type Policy, type PolicyExplanation } from './policy.js';
 import type { ConnectionType } from './policy-schema.js';
+import { LiveUsers } from './live-users.js';
+import { Revocations } from './revocations.js';
 import { RequestClock, type RequestTiming } from './request-clock.js';
 import type { ShedReason } from './request-queue.js';
 import { RequestVerifier, type AuthRequest, type OpenedRequest } from './request.js';
@@ -83,6 +85,10 @@ export class CalloutService {
   readonly cache: DecisionCache;
   /** Per-server clock offsets, kept across reloads. */
   readonly requestClock: RequestClock;
+  /** The connections this replica let in, for revocation; kept across reloads. */
+  readonly liveUsers: LiveUsers;
+  /** Identities revoked on this replica; kept across reloads. */
+  readonly revocations: Revocations;
   readonly #log: Logger;
   readonly #requests: RequestVerifier;
   readonly #tokens: TokenVerifier;
@@ -122,6 +128,8 @@ export class CalloutService {
     this.#now = options.now ?? Date.now;
     this.#mono = options.monotonic ?? options.now ?? monotonicNow;
     this.requestClock = options.previous?.requestClock ?? new RequestClock();
+    this.liveUsers = options.previous?.liveUsers ?? new LiveUsers();
+    this.revocations = options.previous?.revocations ?? new Revocations();
     this.#observer = options.observer;
     this.#policy = config.policy;
     this.#accounts = config.keys.accounts;
@@ -378,6 +386,10 @@ export class CalloutService {
   }
 
   #issue(request: AuthRequest, entry: CachedDecision, cached: boolean, nowMs: number): { decision: Decision; reply: Uint8Array } {
+    const iat = entry.claims.iat;
+    const revokedAt = this.revocations.revokedAt(entry.issuer, entry.subject, typeof iat === 'number' ? iat : undefined);
+    if (revokedAt !== undefined)
+      throw new AuthFailure('TOKEN_REVOKED', `${entry.subject} of ${entry.issuer} was revoked at ${new Date(revokedAt * 1000).toISOString()}`);
     const connection = connectionFacts(request);
     const grant = entry.grant ?? this.#policy.decide(entry.issuer, entry.claims, connection);
     admitConnection(grant, connection);
@@ -388,6 +400,12 @@ export class CalloutService {
     if (!account) throw new AuthFailure('INTERNAL', `no signing key for account ${grant.account}`);
     const jwt = signUserJwt(grant, request.userNkey, account, now, exp);
     const reply = signResponse(request, { jwt }, this.#accounts.response, this.#xkey, now);
+    this.liveUsers.record(
+      request.userNkey,
+      { issuer: entry.issuer, subject: entry.subject, serverId: request.serverId, clientId: request.clientId },
+      exp * 1000,
+      nowMs,
+    );
     return {
       decision: { result: 'allow', issuer: entry.issuer, subject: entry.subject, account: grant.account, rule: grant.rule, expires: exp, cached },
       reply,

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { createAccount, fromSeed } from '@nats-io/nkeys';
+import { createAccount, createUser, fromSeed } from '@nats-io/nkeys';
 import { connect } from '@nats-io/transport-node';
 import { freeServerPort } from '../helpers/free-port.js';
 import { natsServerBinaries } from '../helpers/nats-server-bin.js';
@@ -292,6 +292,43 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
         await nc.close();
       }
     }
+
+    it('revokes an identity on the running service from the command line', async () => {
+      const adminKey = createUser();
+      const seedFile = join(dir, 'admin.nk');
+      writeFileSync(seedFile, new TextDecoder().decode(adminKey.getSeed()), { mode: 0o600 });
+      const file = join(dir, 'admin.yaml');
+      writeFileSync(
+        file,
+        `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}admin:\n  public_keys: [${adminKey.getPublicKey()}]\n`,
+      );
+      const running = spawnRun(file);
+      let out = '';
+      running.stdout!.on('data', (d) => (out += d));
+      try {
+        for (let i = 0; i < 200 && !/"msg":"admin requests"/.test(out); i++) await new Promise((r) => setTimeout(r, 25));
+        assert.match(out, /"msg":"admin requests".*"subject":"oidc-callout.admin.revoke"/);
+        const r = await cli(['revoke', '--config', file, '--admin-seed', seedFile, '--subject', 'alice', '--wait', '500ms'], {
+          env: { TEST_NATS_PASSWORD: 'pw' },
+        });
+        assert.equal(r.code, 0, r.stderr + r.stdout);
+        const body = JSON.parse(r.stdout);
+        assert.equal(body.replicas.length, 1);
+        assert.equal(body.replicas[0].ok, true);
+        const wrongKey = join(dir, 'not-admin.nk');
+        writeFileSync(wrongKey, new TextDecoder().decode(createUser().getSeed()), { mode: 0o600 });
+        const refused = await cli(['revoke', '--config', file, '--admin-seed', wrongKey, '--subject', 'alice', '--wait', '500ms'], {
+          env: { TEST_NATS_PASSWORD: 'pw' },
+        });
+        assert.equal(refused.code, 1);
+        assert.equal(JSON.parse(refused.stdout).replicas[0].code, 'ADMIN_REQUEST_INVALID');
+        const usage = await cli(['revoke', '--config', file, '--admin-seed', seedFile], { env: { TEST_NATS_PASSWORD: 'pw' } });
+        assert.equal(usage.code, 2);
+        assert.match(usage.stderr, /needs --issuer URL, --subject SUB or both/);
+      } finally {
+        running.kill('SIGKILL');
+      }
+    });
 
     it('waits for NATS when started before nats-server, saying why, then serves', async () => {
       const port = await freeServerPort();

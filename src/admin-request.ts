@@ -1,0 +1,78 @@
+import { AuthFailure } from './errors.js';
+import { decodeNatsJwt, encodeNatsJwt } from './nats-jwt.js';
+import { isPublicKey, type NkeySigner, publicKeyObject, verifySignature } from './nkey.js';
+
+/**
+ * Administrative requests (revocation) are NATS JWTs signed by an admin user key the
+ * configuration lists (`admin.public_keys`): whoever can publish on the admin subject still
+ * cannot act without that key. Each is short-lived and used once.
+ */
+
+export interface RevokeRequest {
+  /** Who asked: the admin key that signed. */
+  readonly admin: string;
+  readonly issuer: string | undefined;
+  readonly subject: string | undefined;
+}
+
+/** How long a signed request stays valid, and how far our clocks may disagree. */
+const MAX_AGE_S = 60;
+const SKEW_S = 30;
+const TYPE = 'oidc_callout_revoke';
+
+export function signRevokeRequest(target: { issuer?: string; subject?: string }, signer: NkeySigner, nowSeconds: number): string {
+  return encodeNatsJwt(
+    {
+      iss: signer.publicKey,
+      iat: nowSeconds,
+      exp: nowSeconds + MAX_AGE_S,
+      type: TYPE,
+      ...(target.issuer ? { issuer: target.issuer } : {}),
+      ...(target.subject ? { subject: target.subject } : {}),
+    },
+    signer,
+  );
+}
+
+/** Verifies a revoke request: signature by a listed admin key, fresh, not seen before. */
+export class RevokeVerifier {
+  readonly #admins: ReadonlySet<string>;
+  /** Request ids already acted on, until they expire. */
+  readonly #seen = new Map<string, number>();
+
+  constructor(adminKeys: readonly string[]) {
+    this.#admins = new Set(adminKeys);
+  }
+
+  verify(data: Uint8Array, nowSeconds: number): RevokeRequest {
+    const decoded = decodeNatsJwt(Buffer.from(data).toString('utf8'));
+    if (typeof decoded === 'string') throw new AuthFailure('ADMIN_REQUEST_INVALID', decoded);
+    const c = decoded.claims;
+    const iss = c.iss;
+    if (typeof iss !== 'string' || !isPublicKey(iss, 'user') || !this.#admins.has(iss)) {
+      throw new AuthFailure('ADMIN_REQUEST_INVALID', 'not signed by a key listed in admin.public_keys');
+    }
+    if (!verifySignature(publicKeyObject(iss, 'user'), decoded.signingInput, decoded.signature)) {
+      throw new AuthFailure('ADMIN_REQUEST_INVALID', `the signature does not verify with ${iss}`);
+    }
+    if (c.type !== TYPE) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'not a revoke request');
+    const { iat, exp, jti } = c;
+    if (typeof iat !== 'number' || typeof exp !== 'number' || typeof jti !== 'string')
+      throw new AuthFailure('ADMIN_REQUEST_INVALID', 'iat, exp and jti are required');
+    if (exp - iat > MAX_AGE_S || iat > nowSeconds + SKEW_S || exp < nowSeconds - SKEW_S) {
+      throw new AuthFailure('ADMIN_REQUEST_INVALID', 'the request is expired, not yet valid, or valid for too long');
+    }
+    this.#forgetExpired(nowSeconds);
+    if (this.#seen.has(jti)) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'the request was already used (replay)');
+    this.#seen.set(jti, exp + SKEW_S);
+    const issuer = typeof c.issuer === 'string' && c.issuer ? c.issuer : undefined;
+    const subject = typeof c.subject === 'string' && c.subject ? c.subject : undefined;
+    // Revoking everyone is not a request this interface takes.
+    if (!issuer && !subject) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'name an issuer, a subject or both');
+    return { admin: iss, issuer, subject };
+  }
+
+  #forgetExpired(nowSeconds: number): void {
+    for (const [jti, until] of this.#seen) if (until < nowSeconds) this.#seen.delete(jti);
+  }
+}
