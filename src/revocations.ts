@@ -17,12 +17,16 @@ export class Revocations {
     this.#lru.set(key(issuer, subject), atSeconds);
   }
 
-  /** The revocation time that refuses a token of this identity issued at `iat`, if any. */
-  revokedAt(issuer: string, subject: string, iat: number | undefined): number | undefined {
+  /**
+   * The revocation time that refuses a token of this identity issued at `iat`, if any. `skew` is
+   * how far the issuer's clock may be ahead of ours (its leeway): a token stamped up to that much
+   * after the revocation may still have been issued before it, so it is refused too.
+   */
+  revokedAt(issuer: string, subject: string, iat: number | undefined, skew: number): number | undefined {
     for (const k of [key(issuer, subject), key(issuer, undefined), key(undefined, subject)]) {
       const at = this.#lru.get(k);
       // A token without iat cannot show it was issued after the revocation.
-      if (at !== undefined && (iat === undefined || iat <= at)) return at;
+      if (at !== undefined && (iat === undefined || iat <= at + skew)) return at;
     }
     return undefined;
   }

@@ -387,7 +387,8 @@ export class CalloutService {
 
   #issue(request: AuthRequest, entry: CachedDecision, cached: boolean, nowMs: number): { decision: Decision; reply: Uint8Array } {
     const iat = entry.claims.iat;
-    const revokedAt = this.revocations.revokedAt(entry.issuer, entry.subject, typeof iat === 'number' ? iat : undefined);
+    const skew = this.config.issuers.find((i) => i.issuer === entry.issuer)?.leewaySeconds ?? 0;
+    const revokedAt = this.revocations.revokedAt(entry.issuer, entry.subject, typeof iat === 'number' ? iat : undefined, skew);
     if (revokedAt !== undefined)
       throw new AuthFailure('TOKEN_REVOKED', `${entry.subject} of ${entry.issuer} was revoked at ${new Date(revokedAt * 1000).toISOString()}`);
     const connection = connectionFacts(request);

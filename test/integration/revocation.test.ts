@@ -51,7 +51,7 @@ for (const { version, path } of binaries) {
         {
           nats: { servers: [nats.url], user: 'auth', password, connections: 2 },
           callout: { account: 'AUTH', issuer_seed: seedOf(account), xkey_seed: seedOf(xkey) },
-          issuers: [{ issuer: idp.issuer, audiences: ['nats'], jwks_uri: idp.jwksUri, allow_insecure_http: true }],
+          issuers: [{ issuer: idp.issuer, audiences: ['nats'], jwks_uri: idp.jwksUri, allow_insecure_http: true, leeway: '1s' }],
           policy: {
             rules: [
               { name: 'staff', match: { groups: 'staff' }, account: 'APP', permissions: { pub: { allow: ['app.>'] }, sub: { allow: ['_INBOX.{{sub}}.>'] } } },
@@ -88,6 +88,8 @@ for (const { version, path } of binaries) {
       const bob = await connectClient(nats.url, { token: await token('bob'), inboxPrefix: '_INBOX.bob' });
       const aliceClosed = alice.closed();
       try {
+        // The revocation is recorded at this second or a later one.
+        const revokedAt = now();
         const result = await revoke(signRevokeRequest({ issuer: idp.issuer, subject: 'alice' }, signer, now()));
         assert.equal(result.ok, true, JSON.stringify(result));
         assert.equal(result.connections_found, 1);
@@ -100,8 +102,11 @@ for (const { version, path } of binaries) {
         // The token alice still holds is refused; so is any issued before the revocation.
         await expectAuthorizationViolation(nats.url, { token: aliceToken });
         assert.equal(log.decisions().at(-1)?.code, 'TOKEN_REVOKED');
-        // A token issued after the revocation (the IdP let her log in again) gets in.
-        const again = await connectClient(nats.url, { token: await token('alice', now() + 2), inboxPrefix: '_INBOX.alice' });
+        // So is one stamped within the issuer's leeway (1 s here) after it: the IdP's clock may be ahead.
+        await expectAuthorizationViolation(nats.url, { token: await token('alice', revokedAt + 1) });
+        // Once the leeway has passed, a new token (the IdP let her log in again) gets in.
+        while (now() <= revokedAt + 3) await new Promise((r) => setTimeout(r, 100));
+        const again = await connectClient(nats.url, { token: await token('alice', now()), inboxPrefix: '_INBOX.alice' });
         await again.close();
       } finally {
         await alice.close().catch(() => undefined);
