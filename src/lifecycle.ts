@@ -1,0 +1,130 @@
+import { hostname } from 'node:os';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { AdminListener } from './admin.js';
+import { type Config, loadConfig, redactedConfig } from './config.js';
+import type { IssuerKeys } from './issuers.js';
+import { createLogger, type Logger } from './log.js';
+import { type DecisionObserver, Metrics } from './metrics.js';
+import { startMonitoring } from './monitoring.js';
+import { connectAll, connectAs, withoutCredentials } from './nats-connection.js';
+import { CalloutRunner } from './runner.js';
+import { CalloutService } from './service.js';
+
+/**
+ * The run lifecycle, in one place: load, warm the issuers' keys, connect (waiting for NATS),
+ * serve, report readiness, reload on SIGHUP, drain on SIGTERM. The command line only calls it.
+ */
+
+export function buildService(config: Config, log: Logger, observer?: DecisionObserver, previous?: CalloutService): CalloutService {
+  return new CalloutService(config, log, { observer, previous });
+}
+
+/** Loads issuers' keys, bounded by their HTTP timeouts; failures are logged, not fatal. */
+async function warmIssuers(issuers: readonly IssuerKeys[], log: Logger): Promise<void> {
+  await Promise.all(
+    issuers.map((i) =>
+      i.load().catch((e: Error) => log.warn('issuer keys not loaded; retried when a token needs them', { issuer: i.config.issuer, error: e.message })),
+    ),
+  );
+}
+
+/**
+ * Connects the service's connections, waiting for NATS when it is not up yet (the service may
+ * start before nats-server), and saying so in the log with the reason (refused, wrong password).
+ */
+async function connectWhenUp(config: Config, log: Logger): Promise<NatsConnection[]> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await connectAll(config);
+    } catch (err) {
+      if (attempt <= 3 || attempt % 20 === 0) {
+        log.warn('NATS not reachable yet; retrying', { servers: config.nats.servers.map(withoutCredentials), error: (err as Error).message, attempt });
+      }
+      await new Promise((r) => setTimeout(r, Math.min(2000, 250 * attempt)));
+    }
+  }
+}
+
+/** Top-level keys a reload cannot apply to a running process. */
+const RESTART_ONLY = ['nats', 'http', 'log'] as const;
+
+/** Runs the service from configuration file `file` until a signal or the loss of NATS; the exit code. */
+export async function runService(file: string, version: string): Promise<number> {
+  // Until the service is up, a SIGHUP (systemctl reload) must not kill it: remember it instead.
+  let reloadPending = false;
+  const early = () => (reloadPending = true);
+  process.on('SIGHUP', early);
+
+  let config = loadConfig(file);
+  const log = createLogger(config.log.level);
+  log.info('starting', { version, node: process.version, config: file, mode: config.callout.mode });
+  const metrics = new Metrics(version);
+  let service = buildService(config, log, metrics);
+  await warmIssuers(service.issuers, log);
+  const connections = await connectWhenUp(config, log);
+  const runner = new CalloutRunner(connections, service, log);
+  await runner.start();
+  metrics.attach(runner.metricsSources());
+  // Revocation: every replica listens (outside the queue group) on the first connection.
+  const system = config.admin?.system ? await connectAs(config, config.admin.system, { name: `${config.nats.name} (system)` }) : undefined;
+  if (config.admin) {
+    await new AdminListener(connections[0]!, system, () => runner.service, log, `${config.nats.name}@${hostname()}#${process.pid}`).start();
+  }
+  const readiness = () => [
+    ...runner.problems(),
+    ...runner.service
+      .issuerStatus()
+      .filter((s) => !s.keysLoaded)
+      .map((s) => `keys of ${s.issuer} not loaded${s.lastError ? `: ${s.lastError}` : ''}`),
+  ];
+  const monitoring = config.http ? await startMonitoring(config.http, metrics, readiness, log) : undefined;
+  const bound = monitoring?.address();
+  if (bound && typeof bound === 'object') log.info('monitoring', { host: bound.address, port: bound.port, paths: ['/healthz', '/readyz', '/metrics'] });
+
+  // Reloads run one at a time; the new service takes over only once its new issuers' keys are
+  // loaded (or failed to load), so a policy edit during an IdP incident cannot lock users out.
+  let reloading: Promise<void> = Promise.resolve();
+  const reload = async () => {
+    try {
+      const next = loadConfig(file);
+      const nextService = buildService(next, log, metrics, service);
+      const fresh = nextService.issuers.filter((i) => !service.issuers.includes(i));
+      await warmIssuers(fresh, log);
+      const before = redactedConfig(config) as Record<string, unknown>;
+      const after = redactedConfig(next) as Record<string, unknown>;
+      const ignored = RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+      if (ignored.length) log.warn('these settings changed but need a restart to apply', { keys: ignored });
+      config = next;
+      service = nextService;
+      runner.swap(service);
+      metrics.reloaded(true);
+      log.info('configuration reloaded', {
+        issuers: config.issuers.length,
+        rules: config.policy.ruleNames.length,
+        issuers_kept: config.issuers.length - fresh.length,
+      });
+    } catch (err) {
+      // A bad new configuration keeps the running one.
+      metrics.reloaded(false);
+      log.error('reload failed; keeping the running configuration', { error: (err as Error).message });
+    }
+  };
+  const requestReload = () => {
+    reloading = reloading.then(reload);
+  };
+  process.off('SIGHUP', early);
+  process.on('SIGHUP', requestReload);
+  if (reloadPending) requestReload();
+
+  const reason = await new Promise<string>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+    void runner.closed().then(() => resolve('connection closed'));
+  });
+  log.info('stopping', { signal: reason, in_flight: runner.inFlight });
+  await runner.stop();
+  await system?.close().catch(() => undefined);
+  monitoring?.close();
+  // Losing NATS for good is a failure: let the supervisor (Restart=on-failure) bring us back.
+  return reason === 'connection closed' ? 1 : 0;
+}
