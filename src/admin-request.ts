@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { AuthFailure } from './errors.js';
 import { decodeNatsJwt, encodeNatsJwt } from './nats-jwt.js';
 import { isPublicKey, type NkeySigner, publicKeyObject, verifySignature } from './nkey.js';
@@ -11,6 +12,8 @@ import { isPublicKey, type NkeySigner, publicKeyObject, verifySignature } from '
 export interface RevokeRequest {
   /** Who asked: the admin key that signed. */
   readonly admin: string;
+  /** When it was signed: the revocation takes effect as of then (a replay changes nothing). */
+  readonly iat: number;
   readonly issuer: string | undefined;
   readonly subject: string | undefined;
 }
@@ -21,14 +24,16 @@ const SKEW_S = 30;
 const TYPE = 'oidc_callout_revoke';
 
 export function signRevokeRequest(target: { issuer?: string; subject?: string }, signer: NkeySigner, nowSeconds: number): string {
+  // A nonce makes two requests for the same identity in one second two requests (jti is a content hash).
   return encodeNatsJwt(
     {
       iss: signer.publicKey,
       iat: nowSeconds,
       exp: nowSeconds + MAX_AGE_S,
       type: TYPE,
-      ...(target.issuer ? { issuer: target.issuer } : {}),
-      ...(target.subject ? { subject: target.subject } : {}),
+      nonce: randomBytes(12).toString('base64url'),
+      ...(target.issuer !== undefined ? { issuer: target.issuer } : {}),
+      ...(target.subject !== undefined ? { subject: target.subject } : {}),
     },
     signer,
   );
@@ -37,11 +42,12 @@ export function signRevokeRequest(target: { issuer?: string; subject?: string },
 /** Verifies a revoke request: signature by a listed admin key, fresh, not seen before. */
 export class RevokeVerifier {
   readonly #admins: ReadonlySet<string>;
-  /** Request ids already acted on, until they expire. */
-  readonly #seen = new Map<string, number>();
+  /** Request ids already acted on, until they expire: shared across reloads by the caller. */
+  readonly #seen: Map<string, number>;
 
-  constructor(adminKeys: readonly string[]) {
+  constructor(adminKeys: readonly string[], seen: Map<string, number> = new Map()) {
     this.#admins = new Set(adminKeys);
+    this.#seen = seen;
   }
 
   verify(data: Uint8Array, nowSeconds: number): RevokeRequest {
@@ -65,11 +71,14 @@ export class RevokeVerifier {
     this.#forgetExpired(nowSeconds);
     if (this.#seen.has(jti)) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'the request was already used (replay)');
     this.#seen.set(jti, exp + SKEW_S);
-    const issuer = typeof c.issuer === 'string' && c.issuer ? c.issuer : undefined;
-    const subject = typeof c.subject === 'string' && c.subject ? c.subject : undefined;
+    for (const k of ['issuer', 'subject'] as const) {
+      if (k in c && (typeof c[k] !== 'string' || c[k] === '')) throw new AuthFailure('ADMIN_REQUEST_INVALID', `${k} is present but not a non-empty string`);
+    }
+    const issuer = c.issuer as string | undefined;
+    const subject = c.subject as string | undefined;
     // Revoking everyone is not a request this interface takes.
     if (!issuer && !subject) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'name an issuer, a subject or both');
-    return { admin: iss, issuer, subject };
+    return { admin: iss, iat, issuer, subject };
   }
 
   #forgetExpired(nowSeconds: number): void {

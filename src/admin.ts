@@ -1,8 +1,13 @@
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { RevokeVerifier } from './admin-request.js';
-import { asAuthFailure } from './errors.js';
+import { AuthFailure, asAuthFailure } from './errors.js';
+import type { LiveUser } from './live-users.js';
 import type { Logger } from './log.js';
 import type { CalloutService } from './service.js';
+
+/** Kicks at once, and how long a request may spend kicking before it answers. */
+const KICK_CONCURRENCY = 16;
+const KICK_BUDGET_MS = 1500;
 
 /** What one replica did for a revoke request. */
 export interface RevokeResult {
@@ -13,6 +18,9 @@ export interface RevokeResult {
   readonly cache_entries_dropped?: number;
   readonly connections_found?: number;
   readonly connections_kicked?: number;
+  readonly connections_already_closed?: number;
+  /** Some connections of the identity may have been forgotten (the registry's bound): not all could be kicked. */
+  readonly registry_incomplete?: boolean;
   readonly kick_errors?: readonly string[];
 }
 
@@ -29,6 +37,8 @@ export class AdminListener {
   readonly #service: () => CalloutService;
   readonly #log: Logger;
   readonly #replica: string;
+  /** Request ids acted on: kept across reloads, so a captured request cannot be replayed after one. */
+  readonly #seen = new Map<string, number>();
   #verifier: RevokeVerifier;
   #keys: string;
 
@@ -39,7 +49,7 @@ export class AdminListener {
     this.#log = log;
     this.#replica = replica;
     const keys = service().config.admin?.publicKeys ?? [];
-    this.#verifier = new RevokeVerifier(keys);
+    this.#verifier = new RevokeVerifier(keys, this.#seen);
     this.#keys = keys.join(',');
   }
 
@@ -61,37 +71,31 @@ export class AdminListener {
     // A reload may change the admin keys.
     const keys = service.config.admin?.publicKeys ?? [];
     if (keys.join(',') !== this.#keys) {
-      this.#verifier = new RevokeVerifier(keys);
+      this.#verifier = new RevokeVerifier(keys, this.#seen);
       this.#keys = keys.join(',');
     }
     let result: RevokeResult;
     try {
-      const request = this.#verifier.verify(msg.data, Math.floor(Date.now() / 1000));
-      service.revocations.revoke(request.issuer, request.subject, Math.floor(Date.now() / 1000));
-      const dropped = service.cache.dropWhere(request.issuer, request.subject);
-      const live = service.liveUsers.take(request.issuer, request.subject);
-      const errors: string[] = [];
-      let kicked = 0;
-      if (this.#system) {
-        for (const user of live) {
-          if (user.clientId === undefined) continue;
-          try {
-            const reply = await this.#system.request(`$SYS.REQ.SERVER.${user.serverId}.KICK`, JSON.stringify({ cid: user.clientId }), { timeout: 2000 });
-            const body = reply.json<{ error?: { description?: string } }>();
-            if (body.error) errors.push(`${user.serverId}/${user.clientId}: ${body.error.description ?? 'refused'}`);
-            else kicked++;
-          } catch (err) {
-            errors.push(`${user.serverId}/${user.clientId}: ${(err as Error).message}`);
-          }
-        }
+      const nowSeconds = Math.floor(Date.now() / 1000);
+      const request = this.#verifier.verify(msg.data, nowSeconds);
+      if (request.issuer !== undefined && !service.config.issuers.some((i) => i.issuer === request.issuer)) {
+        throw new AuthFailure('ADMIN_REQUEST_INVALID', `issuer ${JSON.stringify(request.issuer)} is not configured (compared exactly)`);
       }
+      // As of when it was signed (never later than now).
+      service.revocations.revoke(request.issuer, request.subject, Math.min(request.iat, nowSeconds));
+      const dropped = service.cache.dropWhere(request.issuer, request.subject);
+      const live = service.liveUsers.matching(request.issuer, request.subject);
+      const { kicked, gone, errors } = this.#system ? await this.#kick(live, service) : { kicked: 0, gone: 0, errors: [] };
+      const incomplete = service.liveUsers.incomplete(request.issuer, request.subject);
       result = {
         replica: this.#replica,
         ok: errors.length === 0,
         cache_entries_dropped: dropped,
         connections_found: live.length,
         connections_kicked: kicked,
-        ...(errors.length ? { kick_errors: errors } : {}),
+        connections_already_closed: gone,
+        ...(errors.length ? { kick_errors: errors.slice(0, 20) } : {}),
+        ...(incomplete ? { registry_incomplete: true } : {}),
       };
       this.#log.warn('revoked', { admin: request.admin, issuer: request.issuer, subject: request.subject, ...result });
     } catch (err) {
@@ -100,5 +104,51 @@ export class AdminListener {
       this.#log.warn('revoke request refused', { code: failure.code, reason: failure.message });
     }
     if (msg.reply) msg.respond(JSON.stringify(result));
+  }
+
+  /**
+   * Kicks the connections, up to KICK_CONCURRENCY at once and for at most KICK_BUDGET_MS, so the
+   * answer comes within the CLI's wait. A connection the server no longer has is already gone.
+   */
+  async #kick(
+    live: readonly (LiveUser & { readonly userNkey: string })[],
+    service: CalloutService,
+  ): Promise<{ kicked: number; gone: number; errors: string[] }> {
+    const system = this.#system!;
+    const until = Date.now() + KICK_BUDGET_MS;
+    const errors: string[] = [];
+    let kicked = 0;
+    let gone = 0;
+    let next = 0;
+    const worker = async () => {
+      while (next < live.length) {
+        const user = live[next++]!;
+        if (user.clientId === undefined) continue;
+        const left = until - Date.now();
+        if (left <= 0) {
+          errors.push(`${user.serverId}/${user.clientId}: not kicked within ${KICK_BUDGET_MS}ms; revoke again`);
+          continue;
+        }
+        try {
+          const reply = await system.request(`$SYS.REQ.SERVER.${user.serverId}.KICK`, JSON.stringify({ cid: user.clientId }), {
+            timeout: Math.min(2000, left),
+          });
+          const body = reply.json<{ error?: { description?: string } }>();
+          const description = body.error?.description ?? '';
+          if (!body.error) {
+            kicked++;
+            service.liveUsers.forget(user.userNkey);
+          } else if (/no such client/i.test(description)) {
+            gone++;
+            service.liveUsers.forget(user.userNkey);
+          } else errors.push(`${user.serverId}/${user.clientId}: ${description || 'refused'}`);
+        } catch (err) {
+          // No answer: the server is gone (a restart gives it a new id), or slow; kept for a retry.
+          errors.push(`${user.serverId}/${user.clientId}: ${(err as Error).message}`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(KICK_CONCURRENCY, live.length) }, worker));
+    return { kicked, gone, errors };
   }
 }

@@ -38,8 +38,9 @@ export class IssuerKeys {
   #lastFailureAt: number | undefined;
   /** The last key set the IdP served successfully, when, and the kids it holds. */
   #lastGood: { readonly body: string; readonly at: number; readonly kids: ReadonlySet<unknown> } | undefined;
-  /** Discovery or JWKS requests under way. */
+  /** Discovery or JWKS requests under way, and a promise settled when none is. */
   #inFlight = 0;
+  #settled: { readonly promise: Promise<void>; readonly resolve: () => void } | undefined;
 
   readonly #observer: Pick<DecisionObserver, 'jwksFetched'> | undefined;
 
@@ -71,10 +72,10 @@ export class IssuerKeys {
       throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${this.config.issuer} failed recently: ${this.#lastError}`);
     }
     if (!this.#discovering) {
-      this.#inFlight++;
+      this.#fetchStarted();
       this.#discovering = this.#discover().finally(() => {
         this.#discovering = undefined;
-        this.#inFlight--;
+        this.#fetchEnded();
       });
     }
     return this.#discovering;
@@ -103,6 +104,43 @@ export class IssuerKeys {
   /** Whether discovery or a key set fetch is under way. */
   get fetching(): boolean {
     return this.#inFlight > 0;
+  }
+
+  /**
+   * Counts a fetch as under way from now (synchronously), until the returned function is called:
+   * a reload about to be asked for is seen by every token that comes after, before its first await.
+   */
+  holdFetch(): () => void {
+    this.#fetchStarted();
+    let released = false;
+    return () => {
+      if (!released) {
+        released = true;
+        this.#fetchEnded();
+      }
+    };
+  }
+
+  /** Resolves once no discovery or key set fetch is under way (at once if none is). */
+  settled(): Promise<void> {
+    return this.#settled?.promise ?? Promise.resolve();
+  }
+
+  #fetchStarted(): void {
+    if (this.#inFlight++ === 0) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => {
+        resolve = r;
+      });
+      this.#settled = { promise, resolve };
+    }
+  }
+
+  #fetchEnded(): void {
+    if (--this.#inFlight === 0) {
+      this.#settled?.resolve();
+      this.#settled = undefined;
+    }
   }
 
   /** Whether the last key set fetched holds `kid` (a token without kid: whether any set is held). */
@@ -154,7 +192,12 @@ export class IssuerKeys {
       oidc.discovery(new URL(c.issuer), 'oidc-callout', undefined, undefined, {
         timeout: Math.ceil(c.httpTimeoutMs / 1000),
         ...(c.allowInsecureHttp ? { execute: [oidc.allowInsecureRequests] } : {}),
-        ...(this.#dispatcher ? { [oidc.customFetch]: (url: string, options: oidc.CustomFetchOptions) => this.#fetch(url, options as RequestInit) } : {}),
+        // Through the issuer's CA when it has one, and never reading more than a key set may hold.
+        [oidc.customFetch]: async (url: string, options: oidc.CustomFetchOptions) => {
+          const res = await this.#fetch(url, options as RequestInit);
+          const body = await readCapped(res, MAX_JWKS_BYTES);
+          return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+        },
       });
     try {
       return await attempt();
@@ -175,7 +218,7 @@ export class IssuerKeys {
     if (this.#offline !== undefined) return new Response(this.#offline, { status: 200, headers: { 'content-type': 'application/json' } });
     if (this.#lastFailureAt !== undefined && this.#now() - this.#lastFailureAt < c.jwksCooldownMs) return this.#lastGoodOr(this.#lastError);
     this.#fetches++;
-    this.#inFlight++;
+    this.#fetchStarted();
     try {
       // As for discovery: one immediate retry when a pooled connection was reset.
       const res = await this.#fetch(url, options).catch((err: unknown) => {
@@ -205,7 +248,7 @@ export class IssuerKeys {
       this.#observer?.jwksFetched(c.issuer, false);
       return this.#lastGoodOr(this.#lastError);
     } finally {
-      this.#inFlight--;
+      this.#fetchEnded();
     }
   }
 

@@ -15,9 +15,17 @@ export interface LiveUser {
  */
 export class LiveUsers {
   readonly #lru: LRUCache<string, LiveUser>;
+  /** Identities that lost entries to the bound (not to expiry): their record may be incomplete. */
+  readonly #overflowed = new LRUCache<string, true>({ max: 10_000 });
 
   constructor(max = 100_000) {
-    this.#lru = new LRUCache({ max, ttlAutopurge: false });
+    this.#lru = new LRUCache({
+      max,
+      ttlAutopurge: false,
+      dispose: (user, _key, reason) => {
+        if (reason === 'evict') this.#overflowed.set(identity(user.issuer, user.subject), true);
+      },
+    });
   }
 
   record(userNkey: string, user: LiveUser, expiresMs: number, nowMs: number): void {
@@ -25,17 +33,34 @@ export class LiveUsers {
     if (ttl >= 1) this.#lru.set(userNkey, user, { ttl });
   }
 
-  /** The live users of `issuer` (and `subject`, when given), forgotten as they are returned. */
-  take(issuer: string | undefined, subject: string | undefined): (LiveUser & { readonly userNkey: string })[] {
+  /** The live users of `issuer` (and `subject`, when given). */
+  matching(issuer: string | undefined, subject: string | undefined): (LiveUser & { readonly userNkey: string })[] {
     const found: (LiveUser & { readonly userNkey: string })[] = [];
     for (const [userNkey, user] of this.#lru.entries()) {
       if ((issuer === undefined || user.issuer === issuer) && (subject === undefined || user.subject === subject)) found.push({ ...user, userNkey });
     }
-    for (const u of found) this.#lru.delete(u.userNkey);
     return found;
+  }
+
+  /** Forgets a connection (kicked, or found closed). */
+  forget(userNkey: string): void {
+    this.#lru.delete(userNkey);
+  }
+
+  /** Whether entries of matching identities were pushed out by the bound (some connections may be missing). */
+  incomplete(issuer: string | undefined, subject: string | undefined): boolean {
+    for (const key of this.#overflowed.keys()) {
+      const [i, s] = JSON.parse(key) as [string, string];
+      if ((issuer === undefined || i === issuer) && (subject === undefined || s === subject)) return true;
+    }
+    return false;
   }
 
   get size(): number {
     return this.#lru.size;
   }
+}
+
+function identity(issuer: string, subject: string): string {
+  return JSON.stringify([issuer, subject]);
 }

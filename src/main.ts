@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -77,6 +77,7 @@ async function main(argv: string[]): Promise<number> {
       return keys(values.dir ?? '.', values.force ?? false);
     case 'revoke':
       if (!values['admin-seed']) throw new UsageError('revoke needs --admin-seed FILE (the seed of a key in admin.public_keys)');
+      if (values.issuer === '' || values.subject === '') throw new UsageError('revoke: --issuer and --subject cannot be empty');
       if (!values.issuer && !values.subject) throw new UsageError('revoke needs --issuer URL, --subject SUB or both');
       return revoke(requireConfig(values.config), values['admin-seed'], values.issuer, values.subject, values.wait ?? '2s');
     case undefined:
@@ -246,20 +247,42 @@ function pathExists(path: string): boolean {
 }
 
 /**
- * Writes a secret as a new file of our own, mode 0600, then renames it into place: an existing
- * file or symlink at `path` is replaced, never written through (a symlink would otherwise send the
- * seed into its target, which keeps its owner and mode).
+ * Writes secrets as new files of our own, mode 0600, then renames them into place: an existing
+ * file or symlink is replaced, never written through (a symlink would send the seed into its
+ * target, which keeps its owner and mode). All are written before any is renamed, and a failure
+ * removes what was written: all files are replaced or none, and no stray copy of a seed remains.
  */
-function writeSecretFile(path: string, text: string): void {
-  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  const fd = openSync(tmp, 'wx', 0o600);
+function writeSecretFiles(files: readonly (readonly [path: string, text: string])[]): void {
+  const written: [tmp: string, path: string][] = [];
   try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    for (const [path, text] of files) {
+      const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+      const fd = openSync(tmp, 'wx', 0o600);
+      written.push([tmp, path]);
+      try {
+        writeSync(fd, text);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    }
+    // A directory in the way fails here, before any seed is replaced.
+    for (const [, path] of written) {
+      if (pathExists(path) && lstatSync(path).isDirectory()) throw new UsageError(`${path} is a directory`);
+    }
+    for (const [tmp, path] of written) renameSync(tmp, path);
+  } catch (err) {
+    for (const [tmp] of written) rmSync(tmp, { force: true });
+    throw err;
   }
-  renameSync(tmp, path);
+}
+
+/** Seeds go only into a directory no one else can write to (they could swap a seed of their own in). */
+function refuseSharedDirectory(dir: string): void {
+  const st = statSync(dir);
+  if ((st.mode & 0o022) !== 0 || (typeof process.getuid === 'function' && st.uid !== process.getuid())) {
+    throw new UsageError(`${dir} is writable by others or owned by another user: keep seeds in a directory only you can write to`);
+  }
 }
 
 function keys(dir: string, force: boolean): number {
@@ -269,14 +292,13 @@ function keys(dir: string, force: boolean): number {
   for (const f of [issuerFile, xkeyFile]) {
     if (pathExists(f) && !force) throw new UsageError(`${f} exists; pass --force to replace it`);
   }
+  refuseSharedDirectory(dir);
   const account = createAccount();
   const curve = createCurve();
-  for (const [f, seed] of [
-    [issuerFile, account.getSeed()],
-    [xkeyFile, curve.getSeed()],
-  ] as const) {
-    writeSecretFile(f, `${new TextDecoder().decode(seed)}\n`);
-  }
+  writeSecretFiles([
+    [issuerFile, `${new TextDecoder().decode(account.getSeed())}\n`],
+    [xkeyFile, `${new TextDecoder().decode(curve.getSeed())}\n`],
+  ]);
   process.stdout.write(`# seeds written to ${issuerFile} and ${xkeyFile} (mode 0600)
 # nats-server configuration (server_config mode):
 max_control_line: 65536   # OIDC tokens often exceed the 4 KiB default

@@ -329,8 +329,20 @@ export class CalloutService {
   async #verifyWithinBudget(token: string, key: string, deadlineMs: number | undefined): Promise<CachedDecision> {
     let verification = this.#pending.get(key);
     if (!verification) {
-      // The budget is the issuer's: a slow or hostile IdP can fill its own, never another's.
+      // A kid the issuer's keys do not hold while they are being fetched (a rotation, or junk)
+      // waits for that fetch without taking a slot, up to the request's deadline.
+      let admission = this.#tokens.admission(token);
+      if (admission.waitFor) {
+        await this.#settledOrDeadline(admission.waitFor.settled(), deadlineMs);
+        admission = this.#tokens.admission(token);
+        if (admission.waitFor)
+          throw new AuthFailure('TOKEN_KEY_UNKNOWN', `the keys of ${admission.issuer} are still being fetched and hold no key for this token`);
+        verification = this.#pending.get(key);
+      }
+    }
+    if (!verification) {
       const issuer = this.#tokens.issuerOf(token);
+      // The budget is the issuer's: a slow or hostile IdP can fill its own, never another's.
       const busy = this.#pendingByIssuer.get(issuer) ?? 0;
       const budget = this.#budgets.get(issuer) ?? this.config.callout.maxInFlight;
       if (busy >= budget) {
@@ -359,6 +371,14 @@ export class CalloutService {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** Waits for `settled`, but not past `deadlineMs` (request clock) when there is one. */
+  async #settledOrDeadline(settled: Promise<void>, deadlineMs: number | undefined): Promise<void> {
+    if (deadlineMs === undefined) return settled;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([settled, new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadlineMs - this.#mono()))))]);
+    clearTimeout(timer);
   }
 
   async #verifyAndDecide(token: string, key: string): Promise<CachedDecision> {

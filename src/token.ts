@@ -50,21 +50,26 @@ export class TokenVerifier {
   }
 
   /**
-   * The configured issuer a token names (by its unverified `iss`), or a refusal that needs no
-   * key: its size, shape or issuer, or a kid the issuer's keys do not hold while they are being
-   * fetched. The service counts the token against its issuer's budget only after this.
+   * What the service needs before a token takes a slot of its issuer's budget: the configured
+   * issuer it names (by its unverified `iss`), and, when its kid is not among the keys held while
+   * they are being fetched, the key store to wait on (without a slot). Refuses what needs no key:
+   * size, shape, an unknown issuer.
    */
-  issuerOf(token: string): string {
+  admission(token: string): { readonly issuer: string; readonly waitFor: IssuerKeys | undefined } {
     if (token.length > this.#maxBytes) throw new AuthFailure('TOKEN_TOO_LARGE', `token is ${token.length} bytes, limit ${this.#maxBytes}`);
     const segments = token.split('.');
-    if (segments.length !== 3) return ''; // verify() says what is wrong with it
+    if (segments.length !== 3) return { issuer: '', waitFor: undefined }; // verify() says what is wrong with it
     const header = parseSegment(segments[0]!, 'token header');
     const payload = parseSegment(segments[1]!, 'token claims');
     if (typeof payload.iss !== 'string') throw new AuthFailure('TOKEN_ISSUER_UNKNOWN', 'token has no iss');
     const keys = this.#issuers.get(payload.iss);
     if (!keys) throw new AuthFailure('TOKEN_ISSUER_UNKNOWN', `issuer ${quote(payload.iss)} is not configured`);
-    refuseUnknownKidWhileFetching(keys, header.kid);
-    return payload.iss;
+    return { issuer: payload.iss, waitFor: keys.fetching && !keys.holdsKid(header.kid) ? keys : undefined };
+  }
+
+  /** The issuer a token names; see admission(). */
+  issuerOf(token: string): string {
+    return this.admission(token).issuer;
   }
 
   async verify(token: string, nowMs = Date.now()): Promise<VerifiedToken> {
@@ -104,11 +109,19 @@ export class TokenVerifier {
     const signingInput = Buffer.from(`${segments[0]}.${segments[1]}`);
     const signature = Buffer.from(segments[2], 'base64url');
     if (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature)) return;
+    // While keys are being fetched, a failed signature does not wait on the fetch (and hold its
+    // slot): junk under the issuer's real kid must cost as little as junk under an unknown one.
+    if (keys.fetching) throw new AuthFailure('TOKEN_SIGNATURE_INVALID', 'signature verification failed (keys are being fetched)');
     // A key rotated under the same kid verifies only after a reload: allow one, off cooldown.
-    const jwks = await keys.jwks();
-    if (!jwks.coolingDown) {
-      await reload(jwks, keys);
-      if (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature)) return;
+    const release = keys.holdFetch();
+    try {
+      const jwks = await keys.jwks();
+      if (!jwks.coolingDown) {
+        await reload(jwks, keys);
+        if (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature)) return;
+      }
+    } finally {
+      release();
     }
     throw new AuthFailure('TOKEN_SIGNATURE_INVALID', 'signature verification failed');
   }

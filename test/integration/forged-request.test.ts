@@ -382,7 +382,9 @@ describe('requests from a fake server, through a server without callout (xkey)',
     await flood;
     await good();
     const grownMiB = (process.memoryUsage().heapUsed - heapBefore) / 1024 / 1024;
-    t.diagnostic(`${sent} hostile requests and ${huge} of 900 KiB in 2.5 s; ${answered + 1} good requests answered (${missed} past their deadline); heap grew ${grownMiB.toFixed(1)} MiB`);
+    t.diagnostic(
+      `${sent} hostile requests and ${huge} of 900 KiB in 2.5 s; ${answered + 1} good requests answered (${missed} past their deadline); heap grew ${grownMiB.toFixed(1)} MiB`,
+    );
     assert.ok(answered >= 2, `only ${answered} good requests answered during the flood`);
     assert.ok(sent > 1000, `the flood sent only ${sent}`);
     assert.ok(grownMiB < 200, `heap grew ${grownMiB.toFixed(1)} MiB`);
