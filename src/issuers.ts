@@ -1,4 +1,13 @@
-import { createRemoteJWKSet, customFetch, type FetchImplementation, type JWTVerifyGetKey, type RemoteJWKSet } from 'jose';
+import {
+  type CompactJWSHeaderParameters,
+  type CryptoKey,
+  createRemoteJWKSet,
+  customFetch,
+  type FetchImplementation,
+  type FlattenedJWSInput,
+  type JWTVerifyGetKey,
+  type RemoteJWKSet,
+} from 'jose';
 import * as oidc from 'openid-client';
 import { Agent } from 'undici';
 import type { IssuerConfig } from './config.js';
@@ -83,6 +92,32 @@ export class IssuerKeys {
 
   /** A jose key resolver bound to this issuer's JWKS. */
   readonly getKey: JWTVerifyGetKey = async (header, token) => (await this.jwks())(header, token);
+
+  /**
+   * The keys a token's header selects (several when a kid repeats), with jose's failures
+   * translated into refusals: an unknown kid (TOKEN_KEY_UNKNOWN, naming what was looked for), an
+   * unsupported key (TOKEN_ALG_NOT_ALLOWED), an IdP that cannot be reached (ISSUER_UNAVAILABLE).
+   */
+  async keysFor(header: CompactJWSHeaderParameters, token: FlattenedJWSInput): Promise<AsyncIterable<CryptoKey> | CryptoKey[]> {
+    try {
+      return [(await this.getKey(header, token)) as CryptoKey];
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') return err as AsyncIterable<CryptoKey>;
+      throw keyFailure(err, this.config, header);
+    }
+  }
+
+  /** Refetches the key set unless the cooldown forbids it (false then); refuses as keysFor does. */
+  async reloadUnlessCoolingDown(): Promise<boolean> {
+    const jwks = await this.jwks();
+    if (jwks.coolingDown) return false;
+    try {
+      await jwks.reload();
+    } catch (err) {
+      throw keyFailure(err, this.config, {});
+    }
+    return true;
+  }
 
   /** Loads discovery and keys now (startup, `check`); throws ISSUER_UNAVAILABLE with the cause. */
   async load(): Promise<void> {
@@ -316,6 +351,28 @@ const isJwks = (v: unknown): boolean =>
   v !== null &&
   Array.isArray((v as { keys?: unknown }).keys) &&
   (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null);
+
+function keyFailure(err: unknown, cfg: IssuerConfig, header: { readonly kid?: unknown; readonly alg?: unknown }): AuthFailure {
+  if (err instanceof AuthFailure) return err;
+  const code = (err as { code?: unknown })?.code;
+  const message = err instanceof Error ? err.message : String(err);
+  if (code === 'ERR_JWKS_NO_MATCHING_KEY') {
+    // Name what was looked for: a rotated key (new kid) and a wrong issuer look alike otherwise.
+    return new AuthFailure('TOKEN_KEY_UNKNOWN', `no key with kid ${quote(header.kid)} and alg ${quote(header.alg)} in the JWKS of ${cfg.issuer}`, {
+      cause: err,
+    });
+  }
+  if (code === 'ERR_JOSE_NOT_SUPPORTED') return new AuthFailure('TOKEN_ALG_NOT_ALLOWED', message, { cause: err });
+  if (code === 'ERR_JWKS_TIMEOUT' || code === 'ERR_JWKS_INVALID' || code === 'ERR_JOSE_GENERIC' || err instanceof TypeError) {
+    return new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${cfg.issuer} unavailable: ${message}`, { cause: err });
+  }
+  return new AuthFailure('INTERNAL', message, { cause: err });
+}
+
+function quote(value: unknown): string {
+  const s = JSON.stringify(value) ?? String(value);
+  return s.length > 120 ? `${s.slice(0, 120)}...` : s;
+}
 
 function safeJson(text: string): unknown {
   try {

@@ -1,4 +1,4 @@
-import type { CompactJWSHeaderParameters, CryptoKey, JWTPayload } from 'jose';
+import type { CompactJWSHeaderParameters, JWTPayload } from 'jose';
 import type { IssuerConfig } from './config.js';
 import { AuthFailure } from './errors.js';
 import { keyProblem, verifyJws } from './jws.js';
@@ -115,11 +115,7 @@ export class TokenVerifier {
     // A key rotated under the same kid verifies only after a reload: allow one, off cooldown.
     const release = keys.holdFetch();
     try {
-      const jwks = await keys.jwks();
-      if (!jwks.coolingDown) {
-        await reload(jwks, keys);
-        if (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature)) return;
-      }
+      if ((await keys.reloadUnlessCoolingDown()) && (await this.#anyKeyVerifies(segments, header, keys, signingInput, signature))) return;
     } finally {
       release();
     }
@@ -135,15 +131,7 @@ export class TokenVerifier {
     signature: Buffer,
   ): Promise<boolean> {
     const alg = header.alg as string;
-    let candidates: AsyncIterable<CryptoKey> | CryptoKey[];
-    try {
-      candidates = [
-        (await keys.getKey(header as CompactJWSHeaderParameters, { protected: segments[0], payload: segments[1], signature: segments[2] })) as CryptoKey,
-      ];
-    } catch (err) {
-      if ((err as { code?: unknown }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw keyFailure(err, keys.config, header);
-      candidates = err as AsyncIterable<CryptoKey>;
-    }
+    const candidates = await keys.keysFor(header as CompactJWSHeaderParameters, { protected: segments[0], payload: segments[1], signature: segments[2] });
     let problem: string | undefined;
     let usable = 0;
     let tried = 0;
@@ -161,14 +149,6 @@ export class TokenVerifier {
     }
     if (usable === 0 && problem) throw new AuthFailure('TOKEN_KEY_UNKNOWN', `the JWKS key for kid ${quote(header.kid)} is unusable: ${problem}`);
     return false;
-  }
-}
-
-async function reload(jwks: { reload(): Promise<void> }, keys: IssuerKeys): Promise<void> {
-  try {
-    await jwks.reload();
-  } catch (err) {
-    throw keyFailure(err, keys.config, {});
   }
 }
 
@@ -220,21 +200,4 @@ function refuseUnknownKidWhileFetching(keys: IssuerKeys, kid: unknown): void {
   if (keys.fetching && !keys.holdsKid(kid)) {
     throw new AuthFailure('TOKEN_KEY_UNKNOWN', `kid ${quote(kid)} is not among the keys of ${keys.config.issuer}, which are being fetched`);
   }
-}
-
-function keyFailure(err: unknown, cfg: IssuerConfig, header: Record<string, unknown>): AuthFailure {
-  if (err instanceof AuthFailure) return err;
-  const code = (err as { code?: unknown })?.code;
-  const message = err instanceof Error ? err.message : String(err);
-  if (code === 'ERR_JWKS_NO_MATCHING_KEY') {
-    // Name what was looked for: a rotated key (new kid) and a wrong issuer look alike otherwise.
-    return new AuthFailure('TOKEN_KEY_UNKNOWN', `no key with kid ${quote(header.kid)} and alg ${quote(header.alg)} in the JWKS of ${cfg.issuer}`, {
-      cause: err,
-    });
-  }
-  if (code === 'ERR_JOSE_NOT_SUPPORTED') return new AuthFailure('TOKEN_ALG_NOT_ALLOWED', message, { cause: err });
-  if (code === 'ERR_JWKS_TIMEOUT' || code === 'ERR_JWKS_INVALID' || code === 'ERR_JOSE_GENERIC' || err instanceof TypeError) {
-    return new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${cfg.issuer} unavailable: ${message}`, { cause: err });
-  }
-  return new AuthFailure('INTERNAL', message, { cause: err });
 }
