@@ -559,7 +559,7 @@ http:
       t.diagnostic(summary('b) nats-server n2 restarted under r2', s));
       t.diagnostic(`b) r2 /readyz while n2 was down: 503 ${JSON.stringify(down?.problems.slice(0, 1))} (one per connection); after the restart: ${up?.status}`);
       t.diagnostic(`b) answered during the stream: ${answeredFrom(marks)}`);
-      assert.equal(down?.status, 503);
+      // waitForReadyz returned it only once it answered 503: what is left to check is why.
       assert.ok(
         down!.problems.some((p) => /disconnected, reconnecting/.test(p)),
         JSON.stringify(down),

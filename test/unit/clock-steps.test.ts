@@ -61,7 +61,6 @@ describe('request clock', () => {
     }
     // A request arriving now was issued (now - issued) ms ago: 4 s, twice its budget.
     const age = now - issued;
-    assert.ok(age >= 3_900, `age ${age}`);
     const t = clock.estimate(SERVER, seconds(issued), seconds(issued) + budget, now)!;
     assert.ok(
       t.deadlineMs <= now,

@@ -56,23 +56,37 @@ function onlyAuthFailures(fn: () => unknown): void {
   }
 }
 
-async function onlyAuthFailuresAsync(fn: () => Promise<unknown>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
+/** `fn` must refuse: a success fails, and so does any rejection other than an AuthFailure. */
+async function refusedWithAuthFailure(fn: () => Promise<unknown>): Promise<void> {
+  await assert.rejects(fn, (err: unknown) => {
     assert.ok(err instanceof AuthFailure, `escaped: ${String(err)}`);
-  }
+    return true;
+  });
 }
 
 describe('fuzzed parsers', () => {
   it('decodeNatsJwt returns a decoded JWT or a reason, never throws', () => {
+    // Besides garbage, NATS-shaped JWTs (the right header) with any claims and signatures of any length.
+    const natsHeader = b64('{"typ":"JWT","alg":"ed25519-nkey"}');
+    const natsShaped = fc
+      .tuple(json, fc.oneof(fc.uint8Array({ minLength: 64, maxLength: 64 }), fc.uint8Array({ minLength: 1, maxLength: 80 })))
+      .map(([claims, sig]) => `${natsHeader}.${b64(JSON.stringify(claims) ?? 'null')}.${Buffer.from(sig).toString('base64url')}`);
+    let decoded = 0;
     fc.assert(
-      fc.property(jwtish, (s) => {
+      fc.property(fc.oneof(jwtish, natsShaped), (s) => {
         const d = decodeNatsJwt(s);
-        assert.ok(typeof d === 'string' || typeof d === 'object');
+        if (typeof d === 'string') {
+          assert.ok(d.length > 0, 'an empty reason');
+          return;
+        }
+        decoded++;
+        assert.ok(typeof d.claims === 'object' && d.claims !== null && !Array.isArray(d.claims), `claims decoded as ${JSON.stringify(d.claims)}`);
+        assert.equal(d.signature.length, 64);
+        assert.equal(d.signingInput.toString(), s.slice(0, s.lastIndexOf('.')));
       }),
       { numRuns: RUNS },
     );
+    assert.ok(decoded > 0, 'no case decoded: the decoded branch was never checked');
   });
 
   it('the request verifier refuses any other request with an AuthFailure, with and without xkey', () => {
@@ -81,6 +95,7 @@ describe('fuzzed parsers', () => {
     const sealed = new RequestVerifier(new XkeyBox(new TextDecoder().decode(curve.getSeed())));
     const server = fakeServer();
     const good = authRequestJwt(server, {});
+    const goodBytes = new TextEncoder().encode(good);
     const mutations = fc.oneof(
       jwtish.map((s) => new TextEncoder().encode(s)),
       fc.uint8Array({ maxLength: 512 }),
@@ -95,7 +110,17 @@ describe('fuzzed parsers', () => {
     );
     fc.assert(
       fc.property(mutations, fc.option(fc.string(), { nil: undefined }), (data, header) => {
-        for (const v of [plain, sealed]) onlyAuthFailures(() => v.verifyMessage(data, header));
+        for (const v of [plain, sealed]) {
+          let request: ReturnType<RequestVerifier['verifyMessage']> | undefined;
+          onlyAuthFailures(() => {
+            request = v.verifyMessage(data, header);
+          });
+          if (request === undefined) continue;
+          // A mutation can leave the request intact (a byte set to its own value, a cut at the
+          // very end): only then may it be accepted, in the clear and as the server signed it.
+          assert.equal(v, plain, 'a request that is not sealed to our xkey was accepted');
+          assert.deepEqual(request, plain.verifyMessage(goodBytes, header), 'an altered request was accepted');
+        }
       }),
       { numRuns: RUNS },
     );
@@ -115,7 +140,8 @@ describe('fuzzed parsers', () => {
       .map(([h, p, s]) => `${b64(JSON.stringify(h) ?? '')}.${b64(JSON.stringify({ ...(typeof p === 'object' && p ? p : {}), iss: issuer }))}.${s}`);
     await fc.assert(
       fc.asyncProperty(fc.oneof(jwtish, withIssuer), async (token) => {
-        await onlyAuthFailuresAsync(() => verifier.verify(token));
+        // The key set is empty: no token can verify.
+        await refusedWithAuthFailure(() => verifier.verify(token));
         onlyAuthFailures(() => verifier.issuerOf(token));
       }),
       { numRuns: RUNS },
@@ -143,7 +169,8 @@ describe('fuzzed parsers', () => {
           assert.match(String((err as Error).message), /not a JSON Web Key Set/);
           return;
         }
-        await onlyAuthFailuresAsync(() => new TokenVerifier([keys], 16384).verify(token));
+        // The signature is three bytes: whatever the key set holds, the token is refused.
+        await refusedWithAuthFailure(() => new TokenVerifier([keys], 16384).verify(token));
       }),
       { numRuns: 300 },
     );

@@ -178,7 +178,6 @@ describe('subject templates', () => {
     assert.equal(render('mail.{{claims.email|hash}}', { email: 'ann.lee@example.com' }), `mail.${shortHash('ann.lee@example.com')}`);
     assert.equal(render('m.{{ claims.email | lower | hash }}', { email: 'ANN.LEE@example.com' }), `m.${shortHash('ann.lee@example.com')}`);
     assert.match(shortHash('x'), /^[a-z2-7]{16}$/);
-    assert.equal(shortHash('ann.lee@example.com'), shortHash('ann.lee@example.com'));
     assert.notEqual(shortHash('a'), shortHash('b'));
     // Known answer: the first 80 bits of SHA-256("abc") = ba7816bf8f01cfea4141, base32.
     assert.equal(shortHash('abc'), 'xj4bnp4pahh6uqkb');

@@ -67,8 +67,11 @@ describe('storm scheduler', () => {
     // Its clients reconnect at once: 20 requests in one read.
     for (let i = 0; i < 20; i++) nc.deliver(authRequestJwt(server, { now: behind(clock.mono), connectOpts: {} }));
     await settle(100);
-    const shed = log.decisions(mark).filter((d) => d.shed);
+    const decided = log.decisions(mark);
+    const shed = decided.filter((d) => d.shed);
+    assert.equal(decided.length, 20, `${decided.length} of 20 requests decided`);
     assert.ok(shed.length <= 1, `${shed.length} of 20 fresh requests dropped on an idle service (${shed[0]?.reason}); answers: ${nc.published.length}`);
+    assert.equal(nc.published.length, 20 - shed.length, 'every request not dropped is answered');
     await runner.stop();
   });
 
