@@ -1,20 +1,9 @@
-import {
-  type CompactJWSHeaderParameters,
-  type CryptoKey,
-  createRemoteJWKSet,
-  customFetch,
-  type FetchImplementation,
-  type FlattenedJWSInput,
-  type JWTVerifyGetKey,
-  type RemoteJWKSet,
-} from 'jose';
+import { type CompactJWSHeaderParameters, type CryptoKey, createLocalJWKSet, type FlattenedJWSInput, type JSONWebKeySet } from 'jose';
 import * as oidc from 'openid-client';
 import { Agent } from 'undici';
 import type { IssuerConfig } from './config.js';
 import { AuthFailure } from './errors.js';
 import type { DecisionObserver } from './metrics.js';
-
-type FetchOptions = Parameters<FetchImplementation>[1];
 
 /** What health checks, metrics and `check` report about one issuer. */
 export interface IssuerStatus {
@@ -28,34 +17,39 @@ export interface IssuerStatus {
 }
 
 /**
- * The signing keys of one configured issuer. The JWKS location comes from configuration or
- * OpenID discovery (openid-client, which also pins the discovered `issuer` to the configured
- * one). jose's remote JWKS does the caching: stale reload after `jwks_cache_max_age`, one
- * shared in-flight fetch, and an unknown `kid` refetches at most once per `jwks_cooldown`; our
- * fetch adds the same cooldown after failures and serves the last good key set while the IdP
- * fails, up to `jwks_max_stale`.
+ * The signing keys of one configured issuer, and how fresh they are. The JWKS location comes from
+ * configuration or OpenID discovery (openid-client, which also pins the discovered `issuer` to the
+ * configured one). The store fetches key sets itself and hands jose only a local key set:
+ * - one fetch at a time (every caller waits on the same one);
+ * - keys older than `jwks_cache_max_age` are refetched when next needed;
+ * - an unknown `kid` or a failed signature refetches at most once per `jwks_cooldown`, and after a
+ *   failed fetch the IdP is asked again only once the cooldown has passed;
+ * - while the IdP fails, the last key set fetched stays in use up to `jwks_max_stale` after it was
+ *   fetched; then the issuer fails closed.
  */
 export class IssuerKeys {
   readonly config: IssuerConfig;
-  #jwks: RemoteJWKSet | undefined;
   #jwksUri: string | undefined;
-  #discovering: Promise<RemoteJWKSet> | undefined;
+  #discovering: Promise<string> | undefined;
   #lastDiscoveryFailure = 0;
   #fetches = 0;
   #failures = 0;
   #lastError: string | undefined;
   #lastFailureAt: number | undefined;
-  /** The last key set the IdP served successfully, when, and the kids it holds. */
-  #lastGood: { readonly body: string; readonly at: number; readonly kids: ReadonlySet<unknown> } | undefined;
+  /** When the IdP was last asked for keys (success or not): the cooldown counts from it. */
+  #lastAttemptAt: number | undefined;
+  /** The last key set the IdP served successfully, when, the kids it holds, and jose's view of it. */
+  #lastGood:
+    | { readonly body: string; readonly at: number; readonly kids: ReadonlySet<unknown>; readonly keys: ReturnType<typeof createLocalJWKSet> }
+    | undefined;
+  #refreshing: Promise<void> | undefined;
   /** Discovery or JWKS requests under way, and a promise settled when none is. */
   #inFlight = 0;
   #settled: { readonly promise: Promise<void>; readonly resolve: () => void } | undefined;
 
   readonly #observer: Pick<DecisionObserver, 'jwksFetched'> | undefined;
-
   /** A key set given up front (`explain --jwks`): used instead of any fetch. */
-  readonly #offline: string | undefined;
-
+  readonly #offline: ReturnType<typeof createLocalJWKSet> | undefined;
   readonly #now: () => number;
   /** Connections trusting only the issuer's `ca_file`, when it has one. */
   readonly #dispatcher: Agent | undefined;
@@ -64,70 +58,155 @@ export class IssuerKeys {
   constructor(config: IssuerConfig, observer?: Pick<DecisionObserver, 'jwksFetched'>, offlineJwks?: string, now: () => number = Date.now) {
     this.config = config;
     this.#observer = observer;
-    this.#offline = offlineJwks;
     this.#now = now;
     this.#dispatcher = config.ca === undefined ? undefined : new Agent({ connect: { ca: config.ca } });
+    this.#jwksUri = config.jwksUri;
     if (offlineJwks !== undefined) {
-      if (!isJwks(safeJson(offlineJwks))) throw new Error('the key set is not a JSON Web Key Set ({"keys": [...]})');
-      this.#jwks = this.#remote('offline:jwks');
-    } else if (config.jwksUri) this.#jwks = this.#remote(config.jwksUri);
+      const parsed = safeJson(offlineJwks);
+      const invalid = new Error('the key set is not a JSON Web Key Set ({"keys": [...]})');
+      if (!isJwks(parsed)) throw invalid;
+      try {
+        this.#offline = createLocalJWKSet(parsed as JSONWebKeySet);
+      } catch {
+        throw invalid;
+      }
+    }
   }
 
-  /** Resolves the JWKS (discovering it first if needed); refuses with ISSUER_UNAVAILABLE. */
-  async jwks(): Promise<RemoteJWKSet> {
-    if (this.#jwks) return this.#jwks;
-    // Failed discovery is retried at most once per cooldown so a dead IdP is not hammered.
-    if (!this.#discovering && this.#now() - this.#lastDiscoveryFailure < this.config.jwksCooldownMs) {
-      throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${this.config.issuer} failed recently: ${this.#lastError}`);
-    }
-    if (!this.#discovering) {
-      this.#fetchStarted();
-      this.#discovering = this.#discover().finally(() => {
-        this.#discovering = undefined;
-        this.#fetchEnded();
-      });
-    }
-    return this.#discovering;
+  /** Fetches discovery (if needed) and the key set now (startup, `check`); throws ISSUER_UNAVAILABLE with the cause. */
+  async load(): Promise<void> {
+    if (this.#offline) return;
+    await this.#refresh();
   }
 
-  /** A jose key resolver bound to this issuer's JWKS. */
-  readonly getKey: JWTVerifyGetKey = async (header, token) => (await this.jwks())(header, token);
+  /** Whether a refetch for an unknown kid or a failed signature must wait (jwks_cooldown). */
+  get coolingDown(): boolean {
+    return this.#lastAttemptAt !== undefined && this.#now() - this.#lastAttemptAt < this.config.jwksCooldownMs;
+  }
 
   /**
    * The keys a token's header selects (several when a kid repeats), with jose's failures
    * translated into refusals: an unknown kid (TOKEN_KEY_UNKNOWN, naming what was looked for), an
-   * unsupported key (TOKEN_ALG_NOT_ALLOWED), an IdP that cannot be reached (ISSUER_UNAVAILABLE).
+   * unsupported key (TOKEN_ALG_NOT_ALLOWED), keys that cannot be had (ISSUER_UNAVAILABLE).
    */
   async keysFor(header: CompactJWSHeaderParameters, token: FlattenedJWSInput): Promise<AsyncIterable<CryptoKey> | CryptoKey[]> {
+    const select = async () => {
+      try {
+        return [(await (await this.#keys())(header, token)) as CryptoKey];
+      } catch (err) {
+        if ((err as { code?: unknown }).code === 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') return err as AsyncIterable<CryptoKey>;
+        throw err;
+      }
+    };
     try {
-      return [(await this.getKey(header, token)) as CryptoKey];
+      return await select();
     } catch (err) {
-      if ((err as { code?: unknown }).code === 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') return err as AsyncIterable<CryptoKey>;
-      throw keyFailure(err, this.config, header);
+      // A kid the held set lacks may be a rotation: one refetch, off cooldown, then look again.
+      if ((err as { code?: unknown }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || this.#offline || this.coolingDown) throw keyFailure(err, this.config, header);
+      await this.#refresh().catch(() => undefined);
+      try {
+        return await select();
+      } catch (again) {
+        throw keyFailure(again, this.config, header);
+      }
     }
   }
 
-  /** Refetches the key set unless the cooldown forbids it (false then); refuses as keysFor does. */
+  /** Refetches the key set unless the cooldown forbids it (false then); refuses with ISSUER_UNAVAILABLE when no usable keys remain. */
   async reloadUnlessCoolingDown(): Promise<boolean> {
-    const jwks = await this.jwks();
-    if (jwks.coolingDown) return false;
+    if (this.#offline || this.coolingDown) return false;
     try {
-      await jwks.reload();
+      await this.#refresh();
     } catch (err) {
-      throw keyFailure(err, this.config, {});
+      if (!this.#holdsUsableKeys()) throw err;
     }
     return true;
   }
 
-  /** Loads discovery and keys now (startup, `check`); throws ISSUER_UNAVAILABLE with the cause. */
-  async load(): Promise<void> {
-    const jwks = await this.jwks();
-    try {
-      await jwks.reload();
-    } catch (err) {
-      if (err instanceof AuthFailure) throw err;
-      throw new AuthFailure('ISSUER_UNAVAILABLE', `cannot load JWKS of ${this.config.issuer} from ${this.#jwksUri}: ${describe(err)}`, { cause: err });
+  /** jose's view of the keys in use, fetching or refetching them as freshness requires. */
+  async #keys(): Promise<ReturnType<typeof createLocalJWKSet>> {
+    if (this.#offline) return this.#offline;
+    const good = this.#lastGood;
+    if (!good) {
+      if (this.#lastFailureAt !== undefined && this.coolingDown) {
+        throw new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${this.config.issuer} unavailable: ${this.#lastError ?? 'no key set fetched yet'}`);
+      }
+      await this.#refresh();
+      return this.#lastGood!.keys;
     }
+    if (this.#now() - good.at > this.config.jwksCacheMaxAgeMs && !(this.#lastFailureAt !== undefined && this.coolingDown)) {
+      // Stale: refetch; while the IdP fails, the last set serves until jwks_max_stale.
+      await this.#refresh().catch(() => undefined);
+    }
+    if (!this.#holdsUsableKeys()) {
+      throw new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${this.config.issuer} unavailable: ${this.#lastError ?? 'stale'}`);
+    }
+    return this.#lastGood!.keys;
+  }
+
+  /** Fetches the key set (discovering its location first if needed): one fetch at a time. */
+  #refresh(): Promise<void> {
+    this.#refreshing ??= this.#fetchKeySet().finally(() => {
+      this.#refreshing = undefined;
+    });
+    return this.#refreshing;
+  }
+
+  async #fetchKeySet(): Promise<void> {
+    const c = this.config;
+    this.#fetchStarted();
+    try {
+      const uri = await this.#location();
+      this.#fetches++;
+      this.#lastAttemptAt = this.#now();
+      try {
+        const init = { signal: AbortSignal.timeout(c.httpTimeoutMs), headers: { accept: 'application/json' } };
+        // As for discovery: one immediate retry when a pooled connection was reset.
+        const res = await this.#fetch(uri, init).catch((err: unknown) => {
+          if (err instanceof TypeError) return this.#fetch(uri, { ...init, signal: AbortSignal.timeout(c.httpTimeoutMs) });
+          throw err;
+        });
+        if (!res.ok) {
+          await res.body?.cancel();
+          throw new Error(`HTTP ${res.status}`);
+        }
+        const body = await readCapped(res, MAX_JWKS_BYTES);
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(body);
+        } catch {
+          throw new Error('the response is not JSON');
+        }
+        if (!isJwks(parsed)) throw new Error('the response is not a JSON Web Key Set');
+        const count = (parsed as { keys: unknown[] }).keys.length;
+        if (count > MAX_JWKS_KEYS) throw new Error(`the key set holds ${count} keys, more than ${MAX_JWKS_KEYS}`);
+        const keys = createLocalJWKSet(parsed as JSONWebKeySet);
+        this.#lastGood = { body, at: this.#now(), kids: new Set((parsed as { keys: { kid?: unknown }[] }).keys.map((k) => k.kid)), keys };
+        this.#lastFailureAt = undefined;
+        this.#lastError = undefined;
+        this.#observer?.jwksFetched(c.issuer, true);
+      } catch (err) {
+        this.#failures++;
+        this.#lastFailureAt = this.#now();
+        this.#lastError = `JWKS fetch from ${uri}: ${describe(err)}`;
+        this.#observer?.jwksFetched(c.issuer, false);
+        throw new AuthFailure('ISSUER_UNAVAILABLE', `cannot load JWKS of ${c.issuer} from ${uri}: ${describe(err)}`, { cause: err });
+      }
+    } finally {
+      this.#fetchEnded();
+    }
+  }
+
+  /** The JWKS URL: configured, or discovered (retried at most once per cooldown after a failure). */
+  async #location(): Promise<string> {
+    if (this.#jwksUri) return this.#jwksUri;
+    if (!this.#discovering && this.#now() - this.#lastDiscoveryFailure < this.config.jwksCooldownMs) {
+      throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${this.config.issuer} failed recently: ${this.#lastError}`);
+    }
+    this.#discovering ??= this.#discover().finally(() => {
+      this.#discovering = undefined;
+    });
+    return this.#discovering;
   }
 
   /** fetch, through the issuer's own CA when it has one. */
@@ -198,8 +277,9 @@ export class IssuerKeys {
     };
   }
 
-  async #discover(): Promise<RemoteJWKSet> {
+  async #discover(): Promise<string> {
     const c = this.config;
+    this.#fetchStarted();
     try {
       const configuration = await this.#fetchDiscovery();
       const uri = configuration.serverMetadata().jwks_uri;
@@ -208,12 +288,14 @@ export class IssuerKeys {
       if (url.protocol !== 'https:' && !(url.protocol === 'http:' && c.allowInsecureHttp)) {
         throw new Error(`discovered jwks_uri ${uri} is not https`);
       }
-      this.#jwks = this.#remote(uri);
-      return this.#jwks;
+      this.#jwksUri = uri;
+      return uri;
     } catch (err) {
       this.#lastDiscoveryFailure = this.#now();
       this.#lastError = `discovery: ${describe(err)}`;
       throw new AuthFailure('ISSUER_UNAVAILABLE', `discovery for ${c.issuer} failed: ${describe(err)}`, { cause: err });
+    } finally {
+      this.#fetchEnded();
     }
   }
 
@@ -243,78 +325,13 @@ export class IssuerKeys {
   }
 
   /**
-   * jose's fetch, with what it does not do itself: after a failed fetch the network is asked
-   * again only once `jwks_cooldown` has passed (jose's cooldown counts from the last success),
-   * and while the IdP is failing the last good key set keeps being served for up to
-   * `jwks_max_stale` after it was fetched; then the issuer fails closed.
-   */
-  async #fetchJwks(url: string, options: FetchOptions): Promise<Response> {
-    const c = this.config;
-    if (this.#offline !== undefined) return new Response(this.#offline, { status: 200, headers: { 'content-type': 'application/json' } });
-    if (this.#lastFailureAt !== undefined && this.#now() - this.#lastFailureAt < c.jwksCooldownMs) return this.#lastGoodOr(this.#lastError);
-    this.#fetches++;
-    this.#fetchStarted();
-    try {
-      // As for discovery: one immediate retry when a pooled connection was reset.
-      const res = await this.#fetch(url, options).catch((err: unknown) => {
-        if (err instanceof TypeError && !options.signal?.aborted) return this.#fetch(url, options);
-        throw err;
-      });
-      if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const body = await readCapped(res, MAX_JWKS_BYTES);
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(body);
-      } catch {
-        throw new Error('the response is not JSON');
-      }
-      if (!isJwks(parsed)) throw new Error('the response is not a JSON Web Key Set');
-      const count = (parsed as { keys: unknown[] }).keys.length;
-      if (count > MAX_JWKS_KEYS) throw new Error(`the key set holds ${count} keys, more than ${MAX_JWKS_KEYS}`);
-      this.#lastGood = { body, at: this.#now(), kids: new Set((parsed as { keys: { kid?: unknown }[] }).keys.map((k) => k.kid)) };
-      this.#lastFailureAt = undefined;
-      this.#lastError = undefined;
-      this.#observer?.jwksFetched(c.issuer, true);
-      return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
-    } catch (err) {
-      this.#failures++;
-      this.#lastFailureAt = this.#now();
-      this.#lastError = `JWKS fetch from ${url}: ${describe(err)}`;
-      this.#observer?.jwksFetched(c.issuer, false);
-      return this.#lastGoodOr(this.#lastError);
-    } finally {
-      this.#fetchEnded();
-    }
-  }
-
-  /**
    * A usable key set is held: one was fetched, and either the IdP has not failed since (keys are
    * fetched on demand, so a quiet hour says nothing about the IdP) or it is within jwks_max_stale.
    */
   #holdsUsableKeys(): boolean {
     if (this.#offline !== undefined) return true;
     if (!this.#lastGood) return false;
-    return this.#lastFailureAt === undefined || this.#usableLastGood() !== undefined;
-  }
-
-  #usableLastGood(): string | undefined {
-    return this.#lastGood && this.#now() - this.#lastGood.at <= this.config.jwksMaxStaleMs ? this.#lastGood.body : undefined;
-  }
-
-  #lastGoodOr(reason: string | undefined): Response {
-    const body = this.#usableLastGood();
-    if (body !== undefined) return new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
-    throw new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${this.config.issuer} unavailable: ${reason ?? 'no key set fetched yet'}`);
-  }
-
-  #remote(uri: string): RemoteJWKSet {
-    this.#jwksUri = uri;
-    return createRemoteJWKSet(new URL(uri), {
-      cacheMaxAge: this.config.jwksCacheMaxAgeMs,
-      cooldownDuration: this.config.jwksCooldownMs,
-      timeoutDuration: this.config.httpTimeoutMs,
-      [customFetch]: (url, options) => this.#fetchJwks(url, options),
-    });
+    return this.#lastFailureAt === undefined || this.#now() - this.#lastGood.at <= this.config.jwksMaxStaleMs;
   }
 }
 
@@ -350,8 +367,9 @@ const isJwks = (v: unknown): boolean =>
   typeof v === 'object' &&
   v !== null &&
   Array.isArray((v as { keys?: unknown }).keys) &&
-  (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null);
+  (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null && !Array.isArray(k));
 
+/** Maps jose's key-selection errors onto our stable codes, keeping jose's message as the reason. */
 function keyFailure(err: unknown, cfg: IssuerConfig, header: { readonly kid?: unknown; readonly alg?: unknown }): AuthFailure {
   if (err instanceof AuthFailure) return err;
   const code = (err as { code?: unknown })?.code;

@@ -37,8 +37,8 @@ function normalizeType(typ: string): string {
 /**
  * Verifies OIDC tokens. The issuer is chosen by the exact `iss` before any key is touched, so
  * a token can only ever be checked against the one issuer it names; shape, size, `alg` and
- * `typ` are refused before any cryptography. jose's remote JWKS resolves the key; the signature
- * is verified natively (src/jws.ts) and the registered claims are checked here, after it.
+ * `typ` are refused before any cryptography. The issuer's key store (issuers.ts) selects the key;
+ * the signature is verified natively (src/jws.ts) and the registered claims are checked here, after it.
  */
 export class TokenVerifier {
   readonly #issuers: ReadonlyMap<string, IssuerKeys>;
@@ -191,7 +191,6 @@ function quote(value: unknown): string {
   return s.length > 120 ? `${s.slice(0, 120)}...` : s;
 }
 
-/** Maps jose's key-resolution errors onto our stable codes, keeping jose's message as the reason. */
 /**
  * While an issuer's keys are being fetched, a kid they do not hold is refused at once rather than
  * waiting on the fetch: a flood of junk kids at a slow IdP holds no slot and no time.
