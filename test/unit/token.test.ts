@@ -275,18 +275,31 @@ describe('issuer availability', () => {
 
   it('keeps serving the last good keys while the IdP fails, up to jwks_max_stale, then fails closed', async () => {
     await using idp = await startLocalIssuer();
-    const keys = new IssuerKeys(issuerConfig(idp.issuer, { jwks_uri: idp.jwksUri, jwks_cache_max_age: '1s', jwks_cooldown: '0s', jwks_max_stale: '2s' }));
+    // The key store's clock, moved by the test: no waiting for real.
+    let clock = Date.now();
+    const keys = new IssuerKeys(
+      issuerConfig(idp.issuer, { jwks_uri: idp.jwksUri, jwks_cache_max_age: '1m', jwks_cooldown: '0s', jwks_max_stale: '1h' }),
+      undefined,
+      undefined,
+      () => clock,
+    );
     const verifier = new TokenVerifier([keys], 4096);
     await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 }));
     idp.faults.jwks = { status: 503 };
-    await new Promise((r) => setTimeout(r, 1100));
-    // Keys are stale for jose; the refetch fails; the last good set still verifies.
+    clock += 61_000;
+    // The keys are past jwks_cache_max_age; the refetch fails; the last good set still verifies.
     assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'stale-ok' }))).claims.sub, 'stale-ok');
     assert.match(keys.status().lastError ?? '', /HTTP 503/);
     assert.equal(keys.status().keysLoaded, true);
-    await new Promise((r) => setTimeout(r, 2100));
+    const fetches = idp.jwksFetches;
+    clock += 3_600_000;
     await refused(verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60 })), 'ISSUER_UNAVAILABLE');
     assert.equal(keys.status().keysLoaded, false);
+    assert.ok(idp.jwksFetches > fetches, 'the IdP was asked again before failing closed');
+    // The IdP recovers: the next token refetches and verifies.
+    idp.faults.jwks = undefined;
+    assert.equal((await verifier.verify(await idp.sign({ aud: 'nats', exp: now() + 60, sub: 'back' }))).claims.sub, 'back');
+    assert.equal(keys.status().keysLoaded, true);
   });
 
   it('does not count a 200 response that is not a key set as loaded keys', async () => {
