@@ -66,7 +66,19 @@ export async function runService(file: string, version: string): Promise<number>
   await runner.start();
   metrics.attach(runner.metricsSources());
   // Revocation: every replica listens (outside the queue group) on the first connection.
-  const system = config.admin?.system ? await connectAs(config, config.admin.system, { name: `${config.nats.name} (system)` }) : undefined;
+  // A system login that fails must not take authentication down: revocation then only refuses
+  // new logins, and says so.
+  let system: NatsConnection | undefined;
+  if (config.admin?.system) {
+    try {
+      system = await connectAs(config, config.admin.system, { name: `${config.nats.name} (system)` });
+    } catch (err) {
+      log.error('admin.system login failed: revocation will refuse new logins but cannot disconnect live connections', {
+        servers: config.nats.servers.map(withoutCredentials),
+        error: (err as Error).message,
+      });
+    }
+  }
   if (config.admin) {
     await new AdminListener(connections[0]!, system, () => runner.service, log, `${config.nats.name}@${hostname()}#${process.pid}`).start();
   }

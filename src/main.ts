@@ -13,7 +13,7 @@ import { ConfigError } from './errors.js';
 import { explainOutput } from './explain-output.js';
 import { buildService, runService } from './lifecycle.js';
 import { createLogger } from './log.js';
-import { connectNats, withoutCredentials } from './nats-connection.js';
+import { connectAs, connectNats, withoutCredentials } from './nats-connection.js';
 import { NkeySigner } from './nkey.js';
 import { CONNECTION_TYPES, type ConnectionType } from './policy-schema.js';
 import { CalloutService } from './service.js';
@@ -123,6 +123,17 @@ async function check(file: string): Promise<number> {
     ok = false;
     process.stderr.write(`nats: cannot connect to ${config.nats.servers.map(withoutCredentials).join(', ')}: ${(err as Error).message}\n`);
   }
+  if (config.admin?.system) {
+    try {
+      const sys = await connectAs(config, config.admin.system, { maxReconnectAttempts: 0, timeout: 5000, name: `${config.nats.name} (check system)` });
+      await sys.flush();
+      out.admin_system = { connected: sys.getServer() };
+      await sys.close();
+    } catch (err) {
+      ok = false;
+      process.stderr.write(`admin.system: cannot log in to the system account: ${(err as Error).message}\n`);
+    }
+  }
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
   process.stderr.write(ok ? 'check passed\n' : 'check failed\n');
   return ok ? 0 : 1;
@@ -202,13 +213,32 @@ async function revoke(file: string, seedFile: string, issuer: string | undefined
   } catch (err) {
     throw new UsageError(`--admin-seed ${seedFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  const waitMs = parseDuration(wait, '--wait');
-  const nc = await connectNats(config, { maxReconnectAttempts: 0, name: `${config.nats.name} (revoke)` });
+  let waitMs: number;
+  try {
+    waitMs = parseDuration(wait, '--wait');
+  } catch {
+    throw new UsageError(`--wait ${JSON.stringify(wait)}: a duration such as 500ms, 2s or 1m`);
+  }
+  let nc: Awaited<ReturnType<typeof connectNats>>;
+  try {
+    nc = await connectNats(config, { maxReconnectAttempts: 0, name: `${config.nats.name} (revoke)` });
+  } catch (err) {
+    process.stderr.write(`oidc-callout: cannot connect to NATS at ${config.nats.servers.map(withoutCredentials).join(', ')}: ${(err as Error).message}\n`);
+    return 1;
+  }
   try {
     const replies: RevokeResult[] = [];
     const inbox = nc.subscribe(`_INBOX.revoke.${randomBytes(8).toString('hex')}`);
     const collecting = (async () => {
-      for await (const m of inbox) replies.push(m.json<RevokeResult>());
+      for await (const m of inbox) {
+        // nats-server's "no responders" status is an empty message: no replica is listening.
+        if (m.data.length === 0) continue;
+        try {
+          replies.push(m.json<RevokeResult>());
+        } catch {
+          // Not a replica's answer.
+        }
+      }
     })();
     nc.publish(`${config.admin.subject}.revoke`, signRevokeRequest({ issuer, subject }, signer, Math.floor(Date.now() / 1000)), { reply: inbox.getSubject() });
     await new Promise((r) => setTimeout(r, waitMs));

@@ -130,7 +130,10 @@ export class NkeySigner {
     const decoded = decodeSeed(seed.trim());
     if (!decoded) throw new Error('not a valid nkey seed');
     if (expectedRole && decoded.role !== expectedRole) {
-      throw new Error(`expected a ${expectedRole} seed (S${ROLE_LETTER[expectedRole]}...), got a ${decoded.role} seed`);
+      const article = (w: string) => (/^[aeiou]/.test(w) ? 'an' : 'a');
+      throw new Error(
+        `expected ${article(expectedRole)} ${expectedRole} seed (S${ROLE_LETTER[expectedRole]}...), got ${article(decoded.role)} ${decoded.role} seed`,
+      );
     }
     if (decoded.role === 'curve') throw new Error('a curve (xkey) seed cannot sign');
     this.role = decoded.role;

@@ -325,9 +325,45 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
         });
         assert.equal(refused.code, 1);
         assert.equal(JSON.parse(refused.stdout).replicas[0].code, 'ADMIN_REQUEST_INVALID');
+        const badWait = await cli(['revoke', '--config', file, '--admin-seed', seedFile, '--subject', 'a', '--wait', 'soon'], {
+          env: { TEST_NATS_PASSWORD: 'pw' },
+        });
+        assert.equal(badWait.code, 2);
+        assert.match(badWait.stderr, /--wait "soon": a duration/);
         const usage = await cli(['revoke', '--config', file, '--admin-seed', seedFile], { env: { TEST_NATS_PASSWORD: 'pw' } });
         assert.equal(usage.code, 2);
         assert.match(usage.stderr, /needs --issuer URL, --subject SUB or both/);
+        // With no replica listening, nats-server answers "no responders": said in words, not a crash.
+        running.kill('SIGKILL');
+        await new Promise((r) => running.once('exit', r));
+        const alone = await cli(['revoke', '--config', file, '--admin-seed', seedFile, '--subject', 'alice', '--wait', '300ms'], {
+          env: { TEST_NATS_PASSWORD: 'pw' },
+        });
+        assert.equal(alone.code, 1, alone.stderr);
+        assert.match(alone.stderr, /no replica answered/);
+        assert.doesNotMatch(alone.stderr, /SyntaxError/);
+      } finally {
+        running.kill('SIGKILL');
+      }
+    });
+
+    it('keeps authorizing when its system login fails, saying that revocation cannot disconnect', async () => {
+      const file = join(dir, 'bad-system.yaml');
+      writeFileSync(
+        file,
+        `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}admin:\n  public_keys: [${createUser().getPublicKey()}]\n  system: { user: sys, password: wrong }\n`,
+      );
+      const running = spawnRun(file);
+      let out = '';
+      running.stdout!.on('data', (d) => (out += d));
+      try {
+        for (let i = 0; i < 400 && !/"msg":"admin requests"/.test(out); i++) await new Promise((r) => setTimeout(r, 25));
+        assert.match(out, /"msg":"admin.system login failed: revocation will refuse new logins but cannot disconnect live connections"/);
+        assert.match(out, /"msg":"admin requests".*"kicks":false/);
+        assert.equal(running.exitCode, null, 'still running');
+        const check = await cli(['check', '--config', file], { env: { TEST_NATS_PASSWORD: 'pw' } });
+        assert.equal(check.code, 1);
+        assert.match(check.stderr, /admin.system: cannot log in to the system account/);
       } finally {
         running.kill('SIGKILL');
       }
