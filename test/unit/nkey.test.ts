@@ -46,7 +46,7 @@ describe('nkey', () => {
   });
 
   it('refuses a seed of the wrong role and curve seeds for signing', () => {
-    assert.throws(() => new NkeySigner(text(createUser().getSeed()), 'account'), /expected a account seed/);
+    assert.throws(() => new NkeySigner(text(createUser().getSeed()), 'account'), /expected an account seed \(SA\.\.\.\), got a user seed/);
     assert.throws(() => new NkeySigner(text(createCurve().getSeed())), /cannot sign/);
     assert.throws(() => new NkeySigner('SAAAA'), /not a valid nkey seed/);
   });
