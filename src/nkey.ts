@@ -130,7 +130,7 @@ export class NkeySigner {
     const decoded = decodeSeed(seed.trim());
     if (!decoded) throw new Error('not a valid nkey seed');
     if (expectedRole && decoded.role !== expectedRole) {
-      const article = (w: string) => (/^[aeiou]/.test(w) ? 'an' : 'a');
+      const article = (w: string) => (/^[aeio]/.test(w) ? 'an' : 'a');
       throw new Error(
         `expected ${article(expectedRole)} ${expectedRole} seed (S${ROLE_LETTER[expectedRole]}...), got ${article(decoded.role)} ${decoded.role} seed`,
       );
