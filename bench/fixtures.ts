@@ -15,7 +15,7 @@ export function benchRules(issuer: string): Record<string, unknown>[] {
       issuer,
       match: { groups: 'nats-admins' },
       account: TARGET_ACCOUNT,
-      permissions: { pub: { allow: ['>'] }, sub: { allow: ['>'] } },
+      permissions: { pub: { allow: ['orders.>'] }, sub: { allow: ['orders.>', '_INBOX.{{sub}}.>'] } },
     },
     {
       name: 'guests',

@@ -213,7 +213,21 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
 
 /** Connects a client; no reconnects, so a closed connection stays closed. */
 export function connectClient(url: string, opts: Partial<NodeConnectionOptions> = {}): Promise<NatsConnection> {
-  return connect({ servers: url, reconnect: false, timeout: 10_000, ...opts });
+  const sub = subOf(typeof opts.token === 'string' ? opts.token : typeof opts.pass === 'string' ? opts.pass : undefined);
+  // Clients use the private inbox the rules grant (`_INBOX.{{sub}}.>`), never a shared one.
+  return connect({ servers: url, reconnect: false, timeout: 10_000, ...(sub ? { inboxPrefix: `_INBOX.${sub}` } : {}), ...opts });
+}
+
+/** The `sub` of a JWT-shaped token, read without verifying (to name the client's inbox). */
+export function subOf(token: string | undefined): string | undefined {
+  const payload = token?.split('.')[1];
+  if (!payload) return undefined;
+  try {
+    const sub = (JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { sub?: unknown }).sub;
+    return typeof sub === 'string' && /^[^.*>\s]+$/.test(sub) ? sub : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

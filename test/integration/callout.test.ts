@@ -74,7 +74,7 @@ for (const { version, path } of binaries) {
               match: { purpose: 'short' },
               account: 'APP',
               max_lifetime: '3s',
-              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO'] }, sub: { allow: ['_INBOX.>'] } },
+              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO'] }, sub: { allow: ['_INBOX.{{sub}}.>'] } },
             },
             {
               name: 'developers',
@@ -85,7 +85,7 @@ for (const { version, path } of binaries) {
               user_name_claim: 'name',
               permissions: {
                 pub: { allow: ['app.{{claims.tenant}}.>', 'user.{{sub}}.>', '$SYS.REQ.USER.INFO'], deny: ['app.{{claims.tenant}}.secret'] },
-                sub: { allow: ['_INBOX.>', 'app.{{claims.tenant}}.>', 'user.{{sub}}.>'], deny: ['app.{{claims.tenant}}.admin.>'] },
+                sub: { allow: ['_INBOX.{{sub}}.>', 'app.{{claims.tenant}}.>', 'user.{{sub}}.>'], deny: ['app.{{claims.tenant}}.admin.>'] },
                 resp: { max: 1, ttl: '1m' },
               },
             },
@@ -147,7 +147,7 @@ for (const { version, path } of binaries) {
         // nats-server lists subjects from its own sets: compare them as sets.
         assert.deepEqual(sortedPermissions(info.permissions), {
           publish: { allow: ['$SYS.REQ.USER.INFO', 'app.acme.>', 'user.user-1.>'], deny: ['app.acme.secret'] },
-          subscribe: { allow: ['_INBOX.>', 'app.acme.>', 'user.user-1.>'], deny: ['app.acme.admin.>'] },
+          subscribe: { allow: ['_INBOX.user-1.>', 'app.acme.>', 'user.user-1.>'], deny: ['app.acme.admin.>'] },
           responses: { max: 1, ttl: 60_000_000_000 },
         });
         const decision = await fx.log.nextDecision(mark);
@@ -339,7 +339,7 @@ for (const { version, path } of binaries) {
         let token = 'not-a-jwt';
         await expectRefused({ authenticator: tokenAuthenticator(() => token) }, 'TOKEN_MALFORMED');
         token = await main.sign(devClaims());
-        const info = await withClient({ authenticator: tokenAuthenticator(() => token) }, userInfo);
+        const info = await withClient({ authenticator: tokenAuthenticator(() => token), inboxPrefix: '_INBOX.user-1' }, userInfo);
         assert.equal(info.user, NAME);
       });
 

@@ -63,13 +63,13 @@ const RULE_APP = `    - name: app
       account: APP
       permissions:
         pub: { allow: ["app.{{claims.tenant}}.>", "$SYS.REQ.USER.INFO"] }
-        sub: { allow: ["_INBOX.>"] }`;
+        sub: { allow: ["_INBOX.{{sub}}.>"] }`;
 const RULE_OTHER = `    - name: other
       match: { groups: dev }
       account: OTHER
       permissions:
         pub: { allow: ["$SYS.REQ.USER.INFO"] }
-        sub: { allow: ["_INBOX.>"] }`;
+        sub: { allow: ["_INBOX.{{sub}}.>"] }`;
 
 describe('command line', () => {
   const dir = mkdtempSync(join(tmpdir(), 'oc-cli-'));
@@ -288,7 +288,7 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
 
     async function account(): Promise<string> {
       const token = await idp.sign({ sub: 'bob', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
-      const nc = await connect({ servers: nats.url, token, reconnect: false });
+      const nc = await connect({ servers: nats.url, token, reconnect: false, inboxPrefix: '_INBOX.bob' });
       try {
         return JSON.parse(new TextDecoder().decode((await nc.request('$SYS.REQ.USER.INFO', '')).data)).data.account;
       } finally {

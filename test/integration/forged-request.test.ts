@@ -41,7 +41,7 @@ const rules = [
     when: [{ claim: 'tenant', present: true }],
     account: 'APP',
     user_name_claim: 'name',
-    permissions: { pub: { allow: ['app.{{claims.tenant}}.>'] }, sub: { allow: ['_INBOX.>'] } },
+    permissions: { pub: { allow: ['app.{{claims.tenant}}.>'] }, sub: { allow: ['_INBOX.{{sub}}.>'] } },
   },
 ];
 const issuerDoc = (issuer: LocalIssuer) => ({ issuer: issuer.issuer, audiences: [AUDIENCE], jwks_uri: issuer.jwksUri, allow_insecure_http: true });

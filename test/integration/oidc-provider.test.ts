@@ -38,7 +38,7 @@ for (const { version, path } of binaries) {
             user_name_claim: 'name',
             permissions: {
               pub: { allow: ['app.{{claims.tenant}}.>', '$SYS.REQ.USER.INFO'] },
-              sub: { allow: ['_INBOX.>', 'svc.{{sub}}.>'] },
+              sub: { allow: ['_INBOX.{{sub}}.>', 'svc.{{sub}}.>'] },
             },
           },
         ],
@@ -60,7 +60,7 @@ for (const { version, path } of binaries) {
         assert.equal(info.user, 'Billing Worker');
         assert.deepEqual([...(info.permissions?.publish?.allow ?? [])].sort(), ['$SYS.REQ.USER.INFO', 'app.acme.>']);
         // oidc-provider's sub for client_credentials is the client id.
-        assert.deepEqual([...(info.permissions?.subscribe?.allow ?? [])].sort(), ['_INBOX.>', 'svc.billing-worker.>']);
+        assert.deepEqual([...(info.permissions?.subscribe?.allow ?? [])].sort(), ['_INBOX.billing-worker.>', 'svc.billing-worker.>']);
         assert.equal(info.permissions?.publish?.deny, undefined);
         assert.equal(info.permissions?.subscribe?.deny, undefined);
       } finally {

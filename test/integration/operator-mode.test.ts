@@ -87,13 +87,13 @@ resolver_preload: {
               name: 'ops',
               match: { groups: 'ops' },
               account: 'OPS',
-              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'ops.>'] }, sub: { allow: ['_INBOX.>'] } },
+              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'ops.>'] }, sub: { allow: ['_INBOX.{{sub}}.>'] } },
             },
             {
               name: 'app',
               match: { groups: 'dev' },
               account: 'APP',
-              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'app.>'] }, sub: { allow: ['_INBOX.>'] } },
+              permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'app.>'] }, sub: { allow: ['_INBOX.{{sub}}.>'] } },
             },
           ],
         },
@@ -112,7 +112,12 @@ resolver_preload: {
 
     async function clientWith(groups: string[]): Promise<NatsConnection> {
       const token = await idp.sign({ sub: `user-${groups.join('-')}`, aud: 'nats', exp: now() + 300, groups });
-      return connect({ servers: nats.url, reconnect: false, authenticator: [credsAuthenticator(sentinelCreds), tokenAuthenticator(token)] });
+      return connect({
+        servers: nats.url,
+        reconnect: false,
+        inboxPrefix: `_INBOX.user-${groups.join('-')}`,
+        authenticator: [credsAuthenticator(sentinelCreds), tokenAuthenticator(token)],
+      });
     }
 
     async function userInfo(nc: NatsConnection): Promise<Record<string, any>> {

@@ -50,7 +50,9 @@ for (const { version, path } of binaries) {
           nats: { servers: [nats.url], user: 'auth', password, connections: 1 },
           callout: { account: 'AUTH', issuer_seed: seedOf(account), xkey_seed: seedOf(xkey) },
           issuers: [{ issuer: idp.issuer, audiences: ['nats'], jwks_uri: idp.jwksUri, allow_insecure_http: true }],
-          policy: { rules: [{ name: 'all', allow_broad: true, account: 'APP', permissions: { sub: { allow: ['_INBOX.>'] }, pub: { allow: ['app.>'] } } }] },
+          policy: {
+            rules: [{ name: 'all', allow_broad: true, account: 'APP', permissions: { sub: { allow: ['_INBOX.{{sub}}.>'] }, pub: { allow: ['app.>'] } } }],
+          },
           admin: { public_keys: [adminKey.getPublicKey()], system: { user: 'sys', password: 'sys-password' } },
         },
         {},

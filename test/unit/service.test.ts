@@ -44,7 +44,7 @@ describe('callout service', () => {
             account: 'APP',
             user_name_claim: 'name',
             max_lifetime: '10m',
-            permissions: { pub: { allow: ['app.{{claims.tenant}}.>'] }, sub: { allow: ['_INBOX.>'] }, resp: { max: 1, ttl: '2s' } },
+            permissions: { pub: { allow: ['app.{{claims.tenant}}.>'] }, sub: { allow: ['_INBOX.{{sub}}.>'] }, resp: { max: 1, ttl: '2s' } },
           },
         ],
       },
@@ -82,7 +82,7 @@ describe('callout service', () => {
     assert.equal(user.name, 'Zoë 山田');
     assert.ok(user.exp <= now() + 600 && user.exp >= now() + 598, `exp capped by max_lifetime: ${user.exp - now()}`);
     assert.deepEqual(user.nats.pub, { allow: ['app.acme.>'] });
-    assert.deepEqual(user.nats.sub, { allow: ['_INBOX.>'] });
+    assert.deepEqual(user.nats.sub, { allow: ['_INBOX.alice.>'] });
     assert.deepEqual(user.nats.resp, { max: 1, ttl: 2_000_000_000 });
     assert.equal(user.nats.issuer_account, undefined);
     const d = lastDecision();
