@@ -23,8 +23,19 @@ export interface TimeRange {
   readonly end: string;
 }
 
+/** What a rule restricts beyond subjects: the same in the rule and in each grant it makes. */
+export interface UserRestrictions {
+  readonly connectionTypes: readonly ConnectionType[];
+  readonly sourceNetworks: readonly string[] | undefined;
+  /** `sourceNetworks`, parsed: connections are checked against it (see admitConnection). */
+  readonly sourceBlocks: BlockList | undefined;
+  readonly times: readonly TimeRange[] | undefined;
+  readonly timesLocation: string | undefined;
+  readonly tags: readonly string[] | undefined;
+}
+
 /** Everything the user JWT says about the user, decided by one rule. */
-export interface Grant {
+export interface Grant extends UserRestrictions {
   readonly rule: string;
   readonly account: string;
   readonly name: string;
@@ -34,13 +45,6 @@ export interface Grant {
   readonly sub: SubjectPermission;
   readonly resp: { readonly max: number; readonly ttl: number } | undefined;
   readonly maxLifetimeSeconds: number;
-  readonly connectionTypes: readonly ConnectionType[];
-  readonly sourceNetworks: readonly string[] | undefined;
-  /** `sourceNetworks`, parsed: connections are checked against it (see admitConnection). */
-  readonly sourceBlocks: BlockList | undefined;
-  readonly times: readonly TimeRange[] | undefined;
-  readonly timesLocation: string | undefined;
-  readonly tags: readonly string[] | undefined;
 }
 
 /**
@@ -81,7 +85,7 @@ export interface PermissionSet {
 
 export type AccountChoice = { readonly fixed: string } | { readonly claim: string; readonly map: ReadonlyMap<string, string> };
 
-export interface CompiledRule {
+export interface CompiledRule extends UserRestrictions {
   readonly name: string;
   /** undefined: every configured issuer. */
   readonly issuers: ReadonlySet<string> | undefined;
@@ -92,12 +96,6 @@ export interface CompiledRule {
   readonly rolesFrom: { readonly claim: string; readonly map: ReadonlyMap<string, readonly PermissionSet[]> } | undefined;
   readonly nameClaim: string;
   readonly maxLifetimeSeconds: number;
-  readonly connectionTypes: readonly ConnectionType[];
-  readonly sourceNetworks: readonly string[] | undefined;
-  readonly sourceBlocks: BlockList | undefined;
-  readonly times: readonly TimeRange[] | undefined;
-  readonly timesLocation: string | undefined;
-  readonly tags: readonly string[] | undefined;
 }
 
 export interface CompiledIssuer {
