@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decode, encodeAuthorizationResponse, encodeUser } from '@nats-io/jwt';
 import { createAccount, createCurve, fromSeed } from '@nats-io/nkeys';
+import { systemClock } from '../src/clock.js';
 import { buildConfig, type Config } from '../src/config.js';
 import { IssuerKeys } from '../src/issuers.js';
 import { decodeNatsJwt, type DecodedNatsJwt } from '../src/nats-jwt.js';
@@ -259,7 +260,9 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchResult[]> 
         const counter = new DecisionCounter();
         // A fixed clock: pre-built requests keep their 2 s deadline valid for the whole run.
         const fixedNowMs = now * 1000 + 500;
-        const service = new CalloutService(config(rs, 'RS256', xkey), counter, { now: () => fixedNowMs });
+        const service = new CalloutService(config(rs, 'RS256', xkey), counter, {
+          clock: { ...systemClock, now: () => fixedNowMs, monotonic: () => fixedNowMs },
+        });
         await service.issuers[0]!.load();
         const sealTo = xkey ? service.xkeyPublicKey! : undefined;
         const hdr = xkey ? serverXkey : undefined;

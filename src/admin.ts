@@ -76,7 +76,7 @@ export class AdminListener {
     }
     let result: RevokeResult;
     try {
-      const nowSeconds = Math.floor(Date.now() / 1000);
+      const nowSeconds = Math.floor(service.clock.now() / 1000);
       const request = this.#verifier.verify(msg.data, nowSeconds);
       if (request.issuer !== undefined && !service.config.issuers.some((i) => i.issuer === request.issuer)) {
         throw new AuthFailure('ADMIN_REQUEST_INVALID', `issuer ${JSON.stringify(request.issuer)} is not configured (compared exactly)`);
@@ -115,7 +115,8 @@ export class AdminListener {
     service: CalloutService,
   ): Promise<{ kicked: number; gone: number; errors: string[] }> {
     const system = this.#system!;
-    const until = Date.now() + KICK_BUDGET_MS;
+    const clock = service.clock;
+    const until = clock.monotonic() + KICK_BUDGET_MS;
     const errors: string[] = [];
     let kicked = 0;
     let gone = 0;
@@ -124,7 +125,7 @@ export class AdminListener {
       while (next < live.length) {
         const user = live[next++]!;
         if (user.clientId === undefined) continue;
-        const left = until - Date.now();
+        const left = until - clock.monotonic();
         if (left <= 0) {
           errors.push(`${user.serverId}/${user.clientId}: not kicked within ${KICK_BUDGET_MS}ms; revoke again`);
           continue;

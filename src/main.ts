@@ -9,6 +9,7 @@ import type { RevokeResult } from './admin.js';
 import { signRevokeRequest } from './admin-request.js';
 import type { ConnectionFacts } from './conditions.js';
 import { loadConfig, parseDuration, redactedConfig } from './config.js';
+import { systemClock } from './clock.js';
 import { ConfigError } from './errors.js';
 import { explainOutput } from './explain-output.js';
 import { buildService, runService } from './lifecycle.js';
@@ -190,7 +191,7 @@ async function explain(file: string, tokenArg: string, options: ExplainOptions):
   }
   let service: CalloutService;
   try {
-    service = new CalloutService(config, createLogger('error'), { ...(now !== undefined ? { now: () => now } : {}), offlineJwks });
+    service = new CalloutService(config, createLogger('error'), { ...(now !== undefined ? { clock: { ...systemClock, now: () => now } } : {}), offlineJwks });
   } catch (err) {
     throw new UsageError(`--jwks ${options.jwks}: ${(err as Error).message}`);
   }

@@ -12,6 +12,7 @@ import type { ConnectionType } from './policy-schema.js';
 import { LiveUsers } from './live-users.js';
 import { Revocations } from './revocations.js';
 import { RequestClock, type RequestTiming } from './request-clock.js';
+import { type Clock, systemClock } from './clock.js';
 import type { ShedReason } from './request-queue.js';
 import { RequestVerifier, type AuthRequest, type OpenedRequest } from './request.js';
 import { signResponse } from './response.js';
@@ -46,11 +47,6 @@ export interface Admitted {
 }
 
 const SHED_CODES: Record<ShedReason, FailureCode> = { expired: 'REQUEST_EXPIRED', too_late: 'REQUEST_TOO_LATE', queue_full: 'REQUEST_QUEUE_FULL' };
-
-/** Milliseconds on a clock that never steps (NTP), aligned with the wall clock at start. */
-export function monotonicNow(): number {
-  return performance.timeOrigin + performance.now();
-}
 
 /** What `explain` prints: the decision for a token without any NATS request around it. */
 export type Explanation =
@@ -95,6 +91,7 @@ export class CalloutService {
   readonly #policy: Policy;
   readonly #accounts: Accounts;
   readonly #xkey: XkeyBox | undefined;
+  readonly #clock: Clock;
   readonly #now: () => number;
   readonly #mono: () => number;
   readonly #observer: DecisionObserver | undefined;
@@ -106,17 +103,15 @@ export class CalloutService {
 
   /**
    * Throws Error/ConfigError when keys or policy templates are invalid. `observer` receives
-   * every decision and JWKS fetch (metrics); `now` is the wall clock (tokens, JWTs) and
-   * `monotonic` the clock request deadlines are measured on (tests inject one fake clock as
-   * both: `monotonic` defaults to `now` when only that is given); `previous` is the service a
-   * reload replaces.
+   * every decision and JWKS fetch (metrics); `clock` is the one clock of tokens, request
+   * deadlines, their timers and the issuers' key freshness (tests inject one they move by
+   * hand); `previous` is the service a reload replaces.
    */
   constructor(
     config: Config,
     log: Logger,
     options: {
-      readonly now?: () => number;
-      readonly monotonic?: () => number;
+      readonly clock?: Clock;
       readonly observer?: DecisionObserver;
       readonly previous?: CalloutService;
       /** A key set (JWKS JSON) used for every issuer instead of fetching: `explain --jwks`. */
@@ -125,8 +120,10 @@ export class CalloutService {
   ) {
     this.config = config;
     this.#log = log;
-    this.#now = options.now ?? Date.now;
-    this.#mono = options.monotonic ?? options.now ?? monotonicNow;
+    const clock = options.clock ?? systemClock;
+    this.#clock = clock;
+    this.#now = () => clock.now();
+    this.#mono = () => clock.monotonic();
     this.requestClock = options.previous?.requestClock ?? new RequestClock();
     this.liveUsers = options.previous?.liveUsers ?? new LiveUsers();
     this.revocations = options.previous?.revocations ?? new Revocations();
@@ -138,7 +135,8 @@ export class CalloutService {
     // A reload keeps the loaded keys of every issuer whose settings did not change.
     const kept = new Map((options.previous?.issuers ?? []).map((k) => [JSON.stringify(k.config), k]));
     this.issuers = config.issuers.map(
-      (c) => (options.offlineJwks === undefined ? kept.get(JSON.stringify(c)) : undefined) ?? new IssuerKeys(c, options.observer, options.offlineJwks),
+      (c) =>
+        (options.offlineJwks === undefined ? kept.get(JSON.stringify(c)) : undefined) ?? new IssuerKeys(c, options.observer, options.offlineJwks, this.#now),
     );
     this.#tokens = new TokenVerifier(this.issuers, config.token.maxBytes);
     this.#budgets = new Map(config.issuers.map((i) => [i.issuer, i.maxInFlight ?? config.callout.maxInFlight]));
@@ -156,6 +154,11 @@ export class CalloutService {
 
   issuerStatus(): IssuerStatus[] {
     return this.issuers.map((i) => i.status());
+  }
+
+  /** The service's clock (tokens, deadlines, revocations). */
+  get clock(): Clock {
+    return this.#clock;
   }
 
   /** The clock request deadlines are measured on (ms). */
@@ -359,26 +362,23 @@ export class CalloutService {
       this.#pending.set(key, verification);
     }
     if (deadlineMs === undefined) return verification;
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified')),
-        Math.max(0, deadlineMs - this.#mono()),
-      );
+    const timeout = this.#clock.timeout(deadlineMs - this.#mono());
+    const expired = timeout.done.then(() => {
+      throw new AuthFailure('REQUEST_EXPIRED', 'the request deadline passed while the token was verified');
     });
     try {
       return await Promise.race([verification, expired]);
     } finally {
-      clearTimeout(timer);
+      timeout.cancel();
     }
   }
 
   /** Waits for `settled`, but not past `deadlineMs` (request clock) when there is one. */
   async #settledOrDeadline(settled: Promise<void>, deadlineMs: number | undefined): Promise<void> {
     if (deadlineMs === undefined) return settled;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([settled, new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadlineMs - this.#mono()))))]);
-    clearTimeout(timer);
+    const timeout = this.#clock.timeout(deadlineMs - this.#mono());
+    await Promise.race([settled, timeout.done]);
+    timeout.cancel();
   }
 
   async #verifyAndDecide(token: string, key: string): Promise<CachedDecision> {

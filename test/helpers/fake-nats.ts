@@ -11,6 +11,7 @@ import type { Metrics } from '../../src/metrics.js';
 import { AUTH_SUBJECT } from '../../src/runner.js';
 import { CalloutService } from '../../src/service.js';
 import { LogCapture, seedOf } from './callout-fixture.js';
+import { FakeClock } from './fake-clock.js';
 
 export type FlushMode = 'auto' | 'manual' | 'never';
 
@@ -109,10 +110,10 @@ export class FakeNats {
   }
 }
 
-/** A service whose deadline clock (`mono`) the test moves; wall time stays real. */
+/** A service on a clock the test moves (`clock.mono`, `clock.advance`); wall time starts real. */
 export function fakeClockService(opts: { observer?: Metrics; token?: Record<string, unknown> } = {}) {
   const log = new LogCapture();
-  const clock = { mono: 1_000_000_000_100 };
+  const clock = new FakeClock();
   const config = buildConfig(
     {
       nats: {},
@@ -124,8 +125,7 @@ export function fakeClockService(opts: { observer?: Metrics; token?: Record<stri
     {},
   );
   const service = new CalloutService(config, createLogger('debug', log.write), {
-    now: () => Date.now(),
-    monotonic: () => clock.mono,
+    clock,
     observer: opts.observer,
   });
   return { service, log, clock, logger: createLogger('debug', log.write) };

@@ -9,6 +9,7 @@ import { buildConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { CalloutService } from '../../src/service.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { advanceUntilSettled, FakeClock, until } from '../helpers/fake-clock.js';
 import { type LocalIssuer, startLocalIssuer } from '../helpers/local-issuer.js';
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -19,6 +20,9 @@ describe('isolation between issuers', () => {
   let service: CalloutService;
   const lines: Record<string, unknown>[] = [];
   const server = fakeServer();
+  // Request deadlines run on this clock: the flood expires when the test says so, not when a
+  // slow machine happens to get there.
+  const clock = new FakeClock();
 
   before(async () => {
     [hanging, healthy] = await Promise.all([startLocalIssuer(), startLocalIssuer()]);
@@ -33,6 +37,7 @@ describe('isolation between issuers', () => {
     service = new CalloutService(
       config,
       createLogger('debug', (l) => lines.push(JSON.parse(l))),
+      { clock },
     );
     await Promise.all(service.issuers.map((i) => i.load()));
   });
@@ -48,8 +53,8 @@ describe('isolation between issuers', () => {
   };
 
   it("leaves another issuer's logins untouched while a flood of junk tokens waits on a hanging IdP", async () => {
-    // From now on the hanging IdP answers key set requests only after 3 s.
-    hanging.faults.jwks = { delayMs: 3000 };
+    // From now on the hanging IdP answers key set requests only after a minute (or when stopped).
+    hanging.faults.jwks = { delayMs: 60_000 };
     const junk = await Promise.all(
       Array.from({ length: 40 }, (_, i) =>
         i % 2 === 0
@@ -60,16 +65,17 @@ describe('isolation between issuers', () => {
     // The first junk token starts a key set fetch (a kid the IdP never published); the rest arrive after.
     const start = lines.length;
     const flood = [connect(junk[0]!)];
-    await new Promise((r) => setTimeout(r, 20));
+    await until(() => service.issuers[0]!.fetching, "the first junk token's key set fetch is under way");
     flood.push(...junk.slice(1).map((t) => connect(t)));
     // The junk is in flight (one key set fetch hangs); now the other issuer's users log in.
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setImmediate(r));
     // One after another, as fast as each is answered: none waits on the hanging IdP.
     for (let i = 0; i < 10; i++) {
       const d = await connect(await healthy.sign({ sub: `user-${i}`, aud: 'nats', exp: now() + 300 }));
       assert.equal(d.result, 'allow', JSON.stringify(d));
     }
-    await Promise.all(flood);
+    // The junk's deadlines pass; every junk request is refused without an answer from the IdP.
+    await advanceUntilSettled(clock, Promise.all(flood), 500);
     // Concurrent connects log in any order: read the flood's decisions from the log itself.
     const refused = lines.slice(start).filter((l) => l.msg === 'authorization' && l.result !== 'allow');
     assert.equal(refused.length, junk.length);

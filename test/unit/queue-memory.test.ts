@@ -9,6 +9,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { CalloutRunner } from '../../src/runner.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { until } from '../helpers/fake-clock.js';
 import { FakeNats, fakeClockService, settle } from '../helpers/fake-nats.js';
 
 setFlagsFromString('--expose-gc');
@@ -29,7 +30,7 @@ describe('queue memory', () => {
     const server = fakeServer();
     const now = Math.floor(clock.mono / 1000);
     nc.deliver(authRequestJwt(server, { now, connectOpts: {} }));
-    await settle(20);
+    await until(() => nc.published.length === 1, 'the first request answered: the lane is full');
     // 60 KB fits nats-server's recommended max_control_line (64 KiB) and exceeds token.max_bytes (16 KiB).
     const big = authRequestJwt(server, { now, connectOpts: { auth_token: 'x'.repeat(60_000) } });
     const n = 3_000; // 180 MB of requests

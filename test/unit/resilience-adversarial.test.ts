@@ -24,10 +24,10 @@ import { encodePublicKey, NkeySigner } from '../../src/nkey.js';
 import { CalloutService } from '../../src/service.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
 import { seedOf } from '../helpers/callout-fixture.js';
+import { advanceUntilSettled, FakeClock, until } from '../helpers/fake-clock.js';
 import { type LocalIssuer, startLocalIssuer } from '../helpers/local-issuer.js';
 
 const now = () => Math.floor(Date.now() / 1000);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const enc = new TextEncoder();
 /** A user nkey without tweetnacl's slow key generation: only the public key is needed. */
 const userNkey = () => encodePublicKey(randomBytes(32), 'user');
@@ -37,7 +37,7 @@ type Log = Record<string, unknown>;
 /** A CalloutService over `idps` with an admin section, and a decision-returning connect. */
 function makeService(
   idps: LocalIssuer[],
-  opts: { adminKeys?: string[]; issuer?: Record<string, unknown>; maxInFlight?: number; previous?: CalloutService } = {},
+  opts: { adminKeys?: string[]; issuer?: Record<string, unknown>; maxInFlight?: number; previous?: CalloutService; clock?: FakeClock } = {},
 ) {
   const lines: Log[] = [];
   const config = buildConfig({
@@ -49,7 +49,7 @@ function makeService(
   const service = new CalloutService(
     config,
     createLogger('debug', (l) => lines.push(JSON.parse(l) as Log)),
-    opts.previous ? { previous: opts.previous } : {},
+    { ...(opts.previous ? { previous: opts.previous } : {}), ...(opts.clock ? { clock: opts.clock } : {}) },
   );
   const server = fakeServer();
   const connect = async (token: string, svc: CalloutService = service): Promise<Log> => {
@@ -163,11 +163,11 @@ describe('adversarial: revocation', () => {
     const first = makeService([idp], { adminKeys: [admin.getPublicKey()], issuer: { leeway: '0s' } });
     let current = first.service;
     const nc = await startListener(() => current, undefined);
-    const request = signRevokeRequest({ issuer: idp.issuer, subject: 'alice' }, signer, now());
+    // Signed two seconds ago: alice's fresh token below is newer than the revocation.
+    const request = signRevokeRequest({ issuer: idp.issuer, subject: 'alice' }, signer, now() - 2);
     assert.equal((await nc.request(request)).ok, true);
     assert.match(String((await nc.request(request)).error), /replay/);
     // Alice gets a fresh token from the IdP after the revocation and gets back in.
-    await sleep(1100);
     const fresh = await token('alice');
     assert.equal((await first.connect(fresh)).result, 'allow');
     // A reload adds a second admin key (revocations and live users are kept across reloads) ...
@@ -207,18 +207,19 @@ describe('adversarial: revocation', () => {
   });
 
   it('answers a revoke request within the CLI default --wait (2 s) even when many connections must be kicked', async () => {
-    const { service, connect } = makeService([idp], { adminKeys: [admin.getPublicKey()] });
+    const clock = new FakeClock();
+    const { service, connect } = makeService([idp], { adminKeys: [admin.getPublicKey()], clock });
     // Each kick round trip takes 150 ms (a loaded server, a remote cluster node).
     const system = fakeSystem(async () => {
-      await sleep(150);
+      await clock.timeout(150).done;
       return {};
     });
     const nc = await startListener(() => service, system);
     const t = await token('alice', { iat: now() - 5 });
     for (let i = 0; i < 20; i++) assert.equal((await connect(t)).result, 'allow');
-    const started = performance.now();
-    const result = await nc.request(signRevokeRequest({ subject: 'alice' }, signer, now()));
-    const ms = performance.now() - started;
+    const started = clock.monotonic();
+    const result = await advanceUntilSettled(clock, nc.request(signRevokeRequest({ subject: 'alice' }, signer, now())), 10);
+    const ms = clock.monotonic() - started;
     assert.equal(result.connections_kicked, 20);
     // Observed: ~3 s: kicks run one after another and the reply waits for all of them, so
     // `oidc-callout revoke` prints "no replica answered" and exits 1 although the revocation ran.
@@ -250,36 +251,39 @@ describe('adversarial: issuer isolation', () => {
   });
 
   it("keeps an issuer's budget for real users while junk with the issuer's own kid waits on a hanging key set fetch", async () => {
-    const { service, connect } = makeService([idp], { maxInFlight: 4, issuer: { jwks_cooldown: '1s' } });
+    const clock = new FakeClock();
+    const { service, connect } = makeService([idp], { maxInFlight: 4, issuer: { jwks_cooldown: '1s' }, clock });
     await Promise.all(service.issuers.map((i) => i.load()));
-    await sleep(1100); // past the cooldown of the initial load
+    clock.advance(1100); // past the cooldown of the initial load
     const legit = await idp.sign({ sub: 'real-user', aud: 'nats', exp: now() + 300 });
     // The IdP is slow now; junk arrives with the kid the IdP publishes and a signature of another
     // key. The known kid passes the unknown-kid fail-fast; the failed signature asks for a reload,
     // and every following one waits on that same hanging fetch, each holding a slot.
-    idp.faults.jwks = { delayMs: 3000 };
+    idp.faults.jwks = { delayMs: 60_000 };
     const junk = await Promise.all(
       Array.from({ length: 8 }, (_, i) => idp.sign({ sub: `junk-${i}`, aud: 'nats', exp: now() + 300 }, { key: 'unknown', kid: idp.kid })),
     );
     const flood = junk.map((t) => connect(t));
-    await sleep(100);
+    await until(() => service.issuers[0]!.fetching, 'the junk started a key set fetch');
     const d = await connect(legit);
     idp.faults.jwks = undefined;
-    await Promise.all(flood);
+    // The flood's deadlines pass on the service's clock.
+    await advanceUntilSettled(clock, Promise.all(flood), 500);
     // Observed: OVERLOADED ("4 verifications ... in flight"): a valid token whose key is loaded
     // is refused because junk sits on the budget waiting for a refetch.
     assert.equal(d.result, 'allow', JSON.stringify(d));
   });
 
   it('does not refuse valid tokens of a freshly rotated key while the fetch that loads that key is in flight', async () => {
-    const { service, connect } = makeService([idp], { issuer: { jwks_cooldown: '1s' } });
+    const clock = new FakeClock();
+    const { service, connect } = makeService([idp], { issuer: { jwks_cooldown: '1s' }, clock });
     await Promise.all(service.issuers.map((i) => i.load()));
-    await sleep(1100);
+    clock.advance(1100); // past the cooldown of the initial load
     // A routine rotation: the IdP publishes a new key (keeping the old one) and starts signing with it.
     await idp.rotate({ keepOld: true });
-    idp.faults.jwks = { delayMs: 400 }; // the IdP is a bit slow, as at every rotation rush
+    idp.faults.jwks = { delayMs: 100 }; // the IdP is a bit slow, as at every rotation rush
     const first = connect(await idp.sign({ sub: 'user-1', aud: 'nats', exp: now() + 300 }));
-    await sleep(50);
+    await until(() => service.issuers[0]!.fetching, "the first user's key set fetch is under way");
     const second = await connect(await idp.sign({ sub: 'user-2', aud: 'nats', exp: now() + 300 }));
     const firstDecision = await first;
     idp.faults.jwks = undefined;

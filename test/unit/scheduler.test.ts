@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import { Metrics } from '../../src/metrics.js';
 import { CalloutRunner } from '../../src/runner.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { until } from '../helpers/fake-clock.js';
 import { FakeNats, fakeClockService, settle } from '../helpers/fake-nats.js';
 
 const seconds = (ms: number) => Math.floor(ms / 1000);
@@ -20,7 +21,8 @@ describe('storm scheduler', () => {
     nc.flushMode = 'never'; // the server never confirms: at most 2 answers may be sent
     const server = fakeServer();
     for (let i = 0; i < 10; i++) nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
-    await settle(100);
+    await until(() => nc.published.length + runner.queueLength === 10 && nc.published.length > 0, 'the window is full and the rest queued');
+    await settle(20); // a slice more: a runner ignoring its window would send now
     assert.ok(nc.published.length <= 2, `${nc.published.length} answers unconfirmed on one lane, window is 2`);
     await runner.stop(); // the queued rest is dropped after the drain timeout, and logged
     const stopped = log.records.find((r) => r.msg === 'stopped with requests still waiting');
@@ -41,13 +43,13 @@ describe('storm scheduler', () => {
     // One answer on the stalled lane stays unconfirmed: its PING never comes back.
     healthy.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
     stalled.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
-    await settle(100);
+    await until(() => healthy.published.length === 1 && stalled.published.length === 1, 'both first requests answered');
     assert.equal(stalled.published.length, 1, 'one answer went out on the stalled lane');
-    clock.mono += 2_500; // the stalled lane's PING is now 2.5 s old
+    clock.advance(2_500); // the stalled lane's PING is now 2.5 s old
     const mark = log.mark();
     for (let i = 0; i < 200; i++) healthy.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
     // Two answers per 20 ms PONG: the healthy connection works through them in about 2 s.
-    for (let i = 0; i < 100 && healthy.published.length < 201; i++) await settle(50);
+    await until(() => log.decisions(mark).length === 200, 'all 200 requests decided', 20_000);
     const decisions = log.decisions(mark);
     const tooLate = decisions.filter((d) => d.code === 'REQUEST_TOO_LATE');
     assert.equal(tooLate.length, 0, `${tooLate.length} of 200 fresh requests (2 s budget, queued for ms) dropped as too late; first: ${tooLate[0]?.reason}`);
@@ -66,7 +68,7 @@ describe('storm scheduler', () => {
     const mark = log.mark();
     // Its clients reconnect at once: 20 requests in one read.
     for (let i = 0; i < 20; i++) nc.deliver(authRequestJwt(server, { now: behind(clock.mono), connectOpts: {} }));
-    await settle(100);
+    await until(() => log.decisions(mark).length === 20, 'the burst decided');
     const decided = log.decisions(mark);
     const shed = decided.filter((d) => d.shed);
     assert.equal(decided.length, 20, `${decided.length} of 20 requests decided`);
@@ -83,14 +85,14 @@ describe('storm scheduler', () => {
     nc.flushMode = 'never';
     const server = fakeServer();
     nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
-    await settle(20); // answered: the lane's window (1) is full until a PONG
+    await until(() => nc.published.length === 1, 'the first request answered'); // the lane's window (1) is now full until a PONG
     nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
-    await settle(50);
+    await until(() => runner.queueLength === 1, 'the second request queued');
+    await settle(20);
     assert.equal(nc.published.length, 1);
     assert.equal(runner.queueLength, 1, 'the second request waits for the lane');
-    clock.mono += 10_000; // the held request's deadline is long past
-    await settle(50);
-    assert.equal(runner.queueLength, 0, `a request 10 s past its deadline is still queued (in_flight ${runner.inFlight})`);
+    clock.advance(10_000); // the held request's deadline is long past
+    await until(() => runner.queueLength === 0, `a request 10 s past its deadline leaves the queue (in_flight ${runner.inFlight})`);
     const stopped = await Promise.race([runner.stop().then(() => 'stopped'), settle(1000).then(() => 'hung')]);
     assert.equal(stopped, 'stopped');
   });
@@ -120,11 +122,11 @@ describe('storm scheduler', () => {
     const mark = log.mark();
     nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
     nc.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
-    await settle(50);
-    clock.mono += 300; // the second request waits 300 ms for the lane
+    await until(() => nc.published.length === 1 && runner.queueLength === 1, 'one answered, one waiting for the lane');
+    clock.advance(300); // the second request waits 300 ms for the lane
     nc.flushMode = 'auto';
     nc.pong();
-    await settle(50);
+    await until(() => log.decisions(mark).length === 2, 'both decided');
     const decisions = log.decisions(mark);
     assert.equal(decisions.length, 2);
     const waited = decisions[1]!;

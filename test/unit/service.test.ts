@@ -5,8 +5,10 @@ import { buildConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { decodeNatsJwt } from '../../src/nats-jwt.js';
 import { isPublicKey, publicKeyObject, verifySignature } from '../../src/nkey.js';
+import { systemClock } from '../../src/clock.js';
 import { CalloutService } from '../../src/service.js';
 import { authRequestJwt, fakeServer, newUserNkey, sealRequest } from '../helpers/auth-request.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { startLocalIssuer, type LocalIssuer } from '../helpers/local-issuer.js';
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -53,7 +55,7 @@ describe('callout service', () => {
     return new CalloutService(
       config,
       createLogger('debug', (l) => lines.push(JSON.parse(l))),
-      { now: () => fixedNow ?? Date.now() },
+      { clock: { ...systemClock, now: () => fixedNow ?? Date.now() } },
     );
   }
 
@@ -213,14 +215,15 @@ describe('callout service', () => {
   });
 
   it('sheds on a fake clock: logs the reason, counts it, and learns the clock of a new server from its first request', async () => {
-    let clock = 1_900_000_000_000;
+    const fake = new FakeClock(1_900_000_000_000, 1_900_000_000_000);
+    let clock = fake.mono;
     const shedLines: any[] = [];
     const shedReasons: string[] = [];
     const observer = { decided() {}, jwksFetched() {}, shed: (r: string) => void shedReasons.push(r) };
     const svc = new CalloutService(
       service.config,
       createLogger('debug', (l) => shedLines.push(JSON.parse(l))),
-      { now: () => clock, observer },
+      { clock: fake, observer },
     );
     const srv = fakeServer();
     const at = (ms: number) => enc(authRequestJwt(srv, { now: Math.floor(ms / 1000) }));
@@ -231,7 +234,8 @@ describe('callout service', () => {
     assert.ok(first.verified, 'verified at admission');
     assert.ok(first.timing!.deadlineMs - clock > 1000, `deadline in ${first.timing!.deadlineMs - clock}ms`);
     // A request of that server really 3 s old is stale.
-    clock += 100;
+    fake.advance(100);
+    clock = fake.mono;
     const stale = svc.admit(at(clock - 33_000), undefined, clock)!;
     assert.ok(stale.timing!.deadlineMs <= clock);
     assert.equal(stale.verified, undefined, 'a known server is not verified at admission');
