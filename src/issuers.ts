@@ -1,8 +1,10 @@
-import { type CompactJWSHeaderParameters, type CryptoKey, createLocalJWKSet, type FlattenedJWSInput, type JSONWebKeySet } from 'jose';
+import { type CompactJWSHeaderParameters, type CryptoKey, createLocalJWKSet, type FlattenedJWSInput, importJWK, type JSONWebKeySet, type JWK } from 'jose';
 import * as oidc from 'openid-client';
 import { Agent } from 'undici';
+import { type Clock, systemClock } from './clock.js';
 import type { IssuerConfig } from './config.js';
 import { AuthFailure } from './errors.js';
+import { keyProblem } from './jws.js';
 import type { DecisionObserver } from './metrics.js';
 
 /** What health checks, metrics and `check` report about one issuer. */
@@ -38,9 +40,18 @@ export class IssuerKeys {
   #lastFailureAt: number | undefined;
   /** When the IdP was last asked for keys (success or not): the cooldown counts from it. */
   #lastAttemptAt: number | undefined;
-  /** The last key set the IdP served successfully, when, the kids it holds, and jose's view of it. */
+  /**
+   * The last key set the IdP served successfully, when (`at` on the monotonic clock, `fetchedAt`
+   * on the wall clock for status), the kids it holds, and jose's view of it.
+   */
   #lastGood:
-    | { readonly body: string; readonly at: number; readonly kids: ReadonlySet<unknown>; readonly keys: ReturnType<typeof createLocalJWKSet> }
+    | {
+        readonly body: string;
+        readonly at: number;
+        readonly fetchedAt: number;
+        readonly kids: ReadonlySet<unknown>;
+        readonly keys: ReturnType<typeof createLocalJWKSet>;
+      }
     | undefined;
   #refreshing: Promise<void> | undefined;
   /** Discovery or JWKS requests under way, and a promise settled when none is. */
@@ -50,15 +61,23 @@ export class IssuerKeys {
   readonly #observer: Pick<DecisionObserver, 'jwksFetched'> | undefined;
   /** A key set given up front (`explain --jwks`): used instead of any fetch. */
   readonly #offline: ReturnType<typeof createLocalJWKSet> | undefined;
+  /** Freshness, cooldowns and staleness are measured on the monotonic clock: a wall-clock step (NTP) moves none of them. */
   readonly #now: () => number;
+  readonly #wall: () => number;
   /** Connections trusting only the issuer's `ca_file`, when it has one. */
   readonly #dispatcher: Agent | undefined;
 
-  /** `now` is the clock freshness is judged by (tests inject one). */
-  constructor(config: IssuerConfig, observer?: Pick<DecisionObserver, 'jwksFetched'>, offlineJwks?: string, now: () => number = Date.now) {
+  /** `clock`: the service's (tests inject one). */
+  constructor(
+    config: IssuerConfig,
+    observer?: Pick<DecisionObserver, 'jwksFetched'>,
+    offlineJwks?: string,
+    clock: Pick<Clock, 'now' | 'monotonic'> = systemClock,
+  ) {
     this.config = config;
     this.#observer = observer;
-    this.#now = now;
+    this.#now = () => clock.monotonic();
+    this.#wall = () => clock.now();
     this.#dispatcher = config.ca === undefined ? undefined : new Agent({ connect: { ca: config.ca } });
     this.#jwksUri = config.jwksUri;
     if (offlineJwks !== undefined) {
@@ -71,6 +90,11 @@ export class IssuerKeys {
         throw invalid;
       }
     }
+  }
+
+  /** Releases the connections of the issuer's `ca_file` pool (when a reload drops or replaces the issuer). */
+  async close(): Promise<void> {
+    await this.#dispatcher?.close().catch(() => undefined);
   }
 
   /** Fetches discovery (if needed) and the key set now (startup, `check`); throws ISSUER_UNAVAILABLE with the cause. */
@@ -135,8 +159,11 @@ export class IssuerKeys {
       return this.#lastGood!.keys;
     }
     if (this.#now() - good.at > this.config.jwksCacheMaxAgeMs && !(this.#lastFailureAt !== undefined && this.coolingDown)) {
-      // Stale: refetch; while the IdP fails, the last set serves until jwks_max_stale.
-      await this.#refresh().catch(() => undefined);
+      // Past its max age: refetch. While the held set is usable it keeps serving and the refresh
+      // runs in the background: a slow IdP must not hold every login (and the issuer's budget) at
+      // each refresh. While the IdP fails, the last set serves until jwks_max_stale.
+      const refresh = this.#refresh().catch(() => undefined);
+      if (!this.#holdsUsableKeys()) await refresh;
     }
     if (!this.#holdsUsableKeys()) {
       throw new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${this.config.issuer} unavailable: ${this.#lastError ?? 'stale'}`);
@@ -162,15 +189,15 @@ export class IssuerKeys {
       try {
         const init = { signal: AbortSignal.timeout(c.httpTimeoutMs), headers: { accept: 'application/json' } };
         // As for discovery: one immediate retry when a pooled connection was reset.
-        const res = await this.#fetch(uri, init).catch((err: unknown) => {
-          if (err instanceof TypeError) return this.#fetch(uri, { ...init, signal: AbortSignal.timeout(c.httpTimeoutMs) });
+        const res = await this.#fetchKeySetResponse(uri, init).catch((err: unknown) => {
+          if (err instanceof TypeError) return this.#fetchKeySetResponse(uri, { ...init, signal: AbortSignal.timeout(c.httpTimeoutMs) });
           throw err;
         });
         if (!res.ok) {
           await res.body?.cancel();
           throw new Error(`HTTP ${res.status}`);
         }
-        const body = await readCapped(res, MAX_JWKS_BYTES);
+        const body = await readCapped(res, MAX_JWKS_BYTES, 'the key set');
         let parsed: unknown;
         try {
           parsed = JSON.parse(body);
@@ -180,8 +207,19 @@ export class IssuerKeys {
         if (!isJwks(parsed)) throw new Error('the response is not a JSON Web Key Set');
         const count = (parsed as { keys: unknown[] }).keys.length;
         if (count > MAX_JWKS_KEYS) throw new Error(`the key set holds ${count} keys, more than ${MAX_JWKS_KEYS}`);
+        // A set no token could be verified with (empty, symmetric, encryption keys, keys of
+        // other algorithms, short RSA keys) is a failed fetch: the last good set stays in use.
+        if (!(await holdsSigningKey(parsed as JSONWebKeySet, c.algorithms))) {
+          throw new Error(`the key set holds no key usable to verify ${c.algorithms.join(', ')} signatures`);
+        }
         const keys = createLocalJWKSet(parsed as JSONWebKeySet);
-        this.#lastGood = { body, at: this.#now(), kids: new Set((parsed as { keys: { kid?: unknown }[] }).keys.map((k) => k.kid)), keys };
+        this.#lastGood = {
+          body,
+          at: this.#now(),
+          fetchedAt: this.#wall(),
+          kids: new Set((parsed as { keys: { kid?: unknown }[] }).keys.map((k) => k.kid)),
+          keys,
+        };
         this.#lastFailureAt = undefined;
         this.#lastError = undefined;
         this.#observer?.jwksFetched(c.issuer, true);
@@ -207,6 +245,26 @@ export class IssuerKeys {
       this.#discovering = undefined;
     });
     return this.#discovering;
+  }
+
+  /**
+   * The key set response. Redirects are followed (at most MAX_REDIRECTS) only to URLs the issuer's
+   * transport rule allows: an https key set must never be replaced over plain http.
+   */
+  async #fetchKeySetResponse(uri: string, init: RequestInit): Promise<Response> {
+    let url = uri;
+    for (let hop = 0; ; hop++) {
+      const res = await this.#fetch(url, { ...init, redirect: 'manual' });
+      const location = res.status >= 300 && res.status < 400 ? res.headers.get('location') : null;
+      if (location === null) return res;
+      await res.body?.cancel();
+      if (hop >= MAX_REDIRECTS) throw new Error(`more than ${MAX_REDIRECTS} redirects`);
+      const next = new URL(location, url);
+      if (next.protocol !== 'https:' && !(next.protocol === 'http:' && this.config.allowInsecureHttp)) {
+        throw new Error(`redirected to ${next.protocol}//${next.host}, which is not https`);
+      }
+      url = next.href;
+    }
   }
 
   /** fetch, through the issuer's own CA when it has one. */
@@ -272,7 +330,7 @@ export class IssuerKeys {
       keysLoaded: this.#holdsUsableKeys(),
       jwksFetches: this.#fetches,
       jwksFetchFailures: this.#failures,
-      lastFetchAt: this.#lastGood?.at,
+      lastFetchAt: this.#lastGood?.fetchedAt,
       lastError: this.#lastError,
     };
   }
@@ -312,7 +370,7 @@ export class IssuerKeys {
         // Through the issuer's CA when it has one, and never reading more than a key set may hold.
         [oidc.customFetch]: async (url: string, options: oidc.CustomFetchOptions) => {
           const res = await this.#fetch(url, options as RequestInit);
-          const body = await readCapped(res, MAX_JWKS_BYTES);
+          const body = await readCapped(res, MAX_JWKS_BYTES, 'the discovery document');
           return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
         },
       });
@@ -338,13 +396,14 @@ export class IssuerKeys {
 /** Real key sets are a few KiB with a handful of keys; anything far larger is refused, not held. */
 const MAX_JWKS_BYTES = 1024 * 1024;
 const MAX_JWKS_KEYS = 100;
+const MAX_REDIRECTS = 3;
 
 /** The response body as text, refusing it once it passes `max` bytes (it is not read further). */
-async function readCapped(res: Response, max: number): Promise<string> {
+async function readCapped(res: Response, max: number, what: string): Promise<string> {
   const declared = Number(res.headers.get('content-length'));
   if (declared > max) {
     await res.body?.cancel();
-    throw new Error(`the key set is ${declared} bytes, more than ${max}`);
+    throw new Error(`${what} is ${declared} bytes, more than ${max}`);
   }
   const reader = res.body?.getReader();
   if (!reader) return '';
@@ -356,11 +415,40 @@ async function readCapped(res: Response, max: number): Promise<string> {
     size += value.byteLength;
     if (size > max) {
       await reader.cancel();
-      throw new Error(`the key set is more than ${max} bytes`);
+      throw new Error(`${what} is more than ${max} bytes`);
     }
     chunks.push(value);
   }
   return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Key types and curves each algorithm family verifies with. */
+const KEY_TYPE_OF: Readonly<Record<string, { kty: string; crv?: string }>> = {
+  ES256: { kty: 'EC', crv: 'P-256' },
+  ES384: { kty: 'EC', crv: 'P-384' },
+  ES512: { kty: 'EC', crv: 'P-521' },
+  EdDSA: { kty: 'OKP', crv: 'Ed25519' },
+  Ed25519: { kty: 'OKP', crv: 'Ed25519' },
+};
+
+/** Whether one key of `set` can verify a signature of one of `algorithms` (as token verification would select and check it). */
+async function holdsSigningKey(set: JSONWebKeySet, algorithms: readonly string[]): Promise<boolean> {
+  for (const jwk of set.keys as (JWK & { use?: unknown; key_ops?: unknown })[]) {
+    if (jwk.use !== undefined && jwk.use !== 'sig') continue;
+    if (Array.isArray(jwk.key_ops) && !jwk.key_ops.includes('verify')) continue;
+    for (const alg of algorithms) {
+      if (jwk.alg !== undefined && jwk.alg !== alg) continue;
+      const type = KEY_TYPE_OF[alg] ?? { kty: 'RSA' };
+      if (jwk.kty !== type.kty || (type.crv !== undefined && jwk.crv !== type.crv)) continue;
+      try {
+        const key = await importJWK({ ...jwk, ext: true }, alg);
+        if (typeof key === 'object' && !(key instanceof Uint8Array) && keyProblem(alg, key as CryptoKey) === undefined) return true;
+      } catch {
+        // Not importable for this algorithm: try the next.
+      }
+    }
+  }
+  return false;
 }
 
 const isJwks = (v: unknown): boolean =>
@@ -381,6 +469,11 @@ function keyFailure(err: unknown, cfg: IssuerConfig, header: { readonly kid?: un
     });
   }
   if (code === 'ERR_JOSE_NOT_SUPPORTED') return new AuthFailure('TOKEN_ALG_NOT_ALLOWED', message, { cause: err });
+  // A key the IdP published that cannot be imported (an RSA key without `e`): the IdP's fault,
+  // refused like an unknown key, not reported as a fault of this service.
+  if (code === 'ERR_JWK_INVALID' || (err as { name?: unknown })?.name === 'DataError') {
+    return new AuthFailure('TOKEN_KEY_UNKNOWN', `the JWKS key for kid ${quote(header.kid)} is unusable: ${message}`, { cause: err });
+  }
   if (code === 'ERR_JWKS_TIMEOUT' || code === 'ERR_JWKS_INVALID' || code === 'ERR_JOSE_GENERIC' || err instanceof TypeError) {
     return new AuthFailure('ISSUER_UNAVAILABLE', `keys of ${cfg.issuer} unavailable: ${message}`, { cause: err });
   }

@@ -135,8 +135,7 @@ export class CalloutService {
     // A reload keeps the loaded keys of every issuer whose settings did not change.
     const kept = new Map((options.previous?.issuers ?? []).map((k) => [JSON.stringify(k.config), k]));
     this.issuers = config.issuers.map(
-      (c) =>
-        (options.offlineJwks === undefined ? kept.get(JSON.stringify(c)) : undefined) ?? new IssuerKeys(c, options.observer, options.offlineJwks, this.#now),
+      (c) => (options.offlineJwks === undefined ? kept.get(JSON.stringify(c)) : undefined) ?? new IssuerKeys(c, options.observer, options.offlineJwks, clock),
     );
     this.#tokens = new TokenVerifier(this.issuers, config.token.maxBytes);
     this.#budgets = new Map(config.issuers.map((i) => [i.issuer, i.maxInFlight ?? config.callout.maxInFlight]));
