@@ -4,7 +4,7 @@
  * asked for (`--only storm`): it takes minutes and most of the machine. The 1,000-rule policy
  * benchmark runs only when asked for too (`--only policy`).
  *
- *   --only PART              run one part: micro, e2e, storm or policy
+ *   --only PART              run one part: micro, e2e, storm, policy or accounts
  *   --duration SECONDS       measured time per e2e scenario (default 10)
  *   --concurrency N          e2e connects in flight (default 64); a comma list sweeps
  *   --server LIST            nats-server versions: newest (default), 2.10, 2.15, all; comma list
@@ -28,6 +28,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_SCENARIOS, runConnectStorm } from './connect-storm.js';
 import { e2eTable, machineBusyOver, microTable, type BenchResult } from './lib.js';
 import { runMicro } from './micro.js';
+import { ACCOUNTS, runAccountsScale } from './accounts-scale.js';
 import { RULES, runPolicyScale } from './policy-scale.js';
 import { runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
 
@@ -77,7 +78,9 @@ async function main(): Promise<void> {
     process.stdout.write(`usage: npm run bench -- [options]   (see ${src.replace(/\/dist\//, '/').replace(/\.js$/, '.ts')})\n`);
     return;
   }
-  if (values.only !== undefined && !['micro', 'e2e', 'storm', 'policy'].includes(values.only)) throw new Error('--only is micro, e2e, storm or policy');
+  if (values.only !== undefined && !['micro', 'e2e', 'storm', 'policy', 'accounts'].includes(values.only)) {
+    throw new Error('--only is micro, e2e, storm, policy or accounts');
+  }
   const list = (v: string | undefined, d: readonly string[]) =>
     v === undefined
       ? [...d]
@@ -135,6 +138,15 @@ async function main(): Promise<void> {
     say(
       `rules tried (main issuer): ${policy.map((r) => r.extra?.['rulesTried']).join(' / ')}; compiled by buildConfig in ${policy[0]?.extra?.['compileMs']} ms`,
     );
+  }
+  if (options.only === 'accounts') {
+    say(`\n== operator mode, ${ACCOUNTS} accounts (each >= ${options.microMs} ms after warm-up)`);
+    const accounts = runAccountsScale({
+      minMs: options.microMs,
+      onResult: (r) => say(`  ${r.name}: p50 ${r.p50Us?.toFixed(1)} µs, p99 ${r.p99Us?.toFixed(1)} µs (configuration loaded in ${r.extra?.['loadMs']} ms)`),
+    });
+    results.push(...accounts);
+    say(`\n${microTable(accounts)}`);
   }
   if (options.only === 'e2e' || options.only === 'all') {
     say(`\n== connect storm: ${options.concurrency.join(', ')} in flight, ${options.durationS} s per scenario (+${options.warmupS} s warm-up)`);

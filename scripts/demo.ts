@@ -2,14 +2,19 @@
  * `npm run demo`: the whole flow on one machine, nothing to configure. Starts a real OpenID
  * provider, a nats-server with auth_callout (xkey on), and `oidc-callout run` itself, then
  * connects clients with real access tokens and says in plain words what happened.
+ *
+ * `npm run demo -- --operator`: the same in operator (JWT) mode, from the files
+ * `oidc-callout setup operator` writes: an operator, accounts with signing keys (one scoped),
+ * a sentinel user that clients present with their token.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAccount, createCurve } from '@nats-io/nkeys';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, type NatsConnection, tokenAuthenticator } from '@nats-io/transport-node';
+import { generateOperatorSetup, setupOptions, writeOperatorSetup } from '../src/operator-setup.js';
 import { calloutServerConfig } from '../test/helpers/callout-fixture.js';
 import { natsServerBinaries } from '../test/helpers/nats-server-bin.js';
 import { startNatsServer } from '../test/helpers/nats-server.js';
@@ -79,38 +84,7 @@ policy:
 `,
     );
     say(`configuration: ${configFile}`);
-    const service = spawn(process.execPath, [join(here, '..', 'src', 'main.js'), 'run', '--config', configFile], {
-      env: { ...process.env, DEMO_NATS_PASSWORD: 'demo-password' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    const serviceLog: Record<string, unknown>[] = [];
-    let listening!: () => void;
-    const ready = new Promise<void>((resolve) => (listening = resolve));
-    let buffered = '';
-    service.stdout.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString();
-      for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-        const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
-        buffered = buffered.slice(nl + 1);
-        serviceLog.push(line);
-        if (line.msg === 'listening') listening();
-      }
-    });
-    cleanups.push(
-      () =>
-        new Promise<void>((resolve) => {
-          service.once('exit', () => resolve());
-          service.kill('SIGTERM');
-        }),
-    );
-    await Promise.race([ready, new Promise((_, reject) => service.once('exit', (code) => reject(new Error(`oidc-callout exited with ${code}`))))]);
-    say('oidc-callout is subscribed to $SYS.REQ.USER.AUTH');
-    const decisions = () => serviceLog.filter((l) => l.msg === 'authorization');
-    /** The service's log arrives through a pipe, possibly after the client saw the outcome. */
-    const nextDecision = async (seen: number): Promise<Record<string, unknown>> => {
-      for (let i = 0; i < 100 && decisions().length <= seen; i++) await new Promise((r) => setTimeout(r, 20));
-      return decisions()[seen] ?? {};
-    };
+    const { decisions, nextDecision } = await startService(configFile, { DEMO_NATS_PASSWORD: 'demo-password' }, cleanups);
 
     step('Client "orders-service" connects with its access token');
     const token = await idp.token('orders-service');
@@ -132,7 +106,7 @@ policy:
     step('Client "stranger" connects with a valid token that no policy rule grants');
     const strangerToken = await idp.token('stranger');
     seen = decisions().length;
-    say(await refusedConnect(nats.url, strangerToken));
+    say(await refusedConnect({ servers: nats.url, token: strangerToken, reconnect: false }));
     const refusal = await nextDecision(seen);
     say(`oidc-callout logged why: ${refusal.code} (${refusal.reason})`);
 
@@ -140,9 +114,137 @@ policy:
     const [h, p] = token.split('.');
     const forged = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p!, 'base64url').toString()), tenant: 'globex' })).toString('base64url')}.${token.split('.')[2]}`;
     seen = decisions().length;
-    say(await refusedConnect(nats.url, forged));
+    say(await refusedConnect({ servers: nats.url, token: forged, reconnect: false }));
     const forgery = await nextDecision(seen);
     say(`oidc-callout logged why: ${forgery.code} (${forgery.reason})`);
+    step('Done: stopping everything');
+  } finally {
+    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+  }
+}
+
+type Cleanups = (() => Promise<unknown> | unknown)[];
+
+/** `oidc-callout run` as a child process, its JSON log read for the decisions it logs. */
+async function startService(configFile: string, env: Record<string, string>, cleanups: Cleanups) {
+  const service = spawn(process.execPath, [join(here, '..', 'src', 'main.js'), 'run', '--config', configFile], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const serviceLog: Record<string, unknown>[] = [];
+  let listening!: () => void;
+  const ready = new Promise<void>((resolve) => (listening = resolve));
+  let buffered = '';
+  service.stdout.on('data', (chunk: Buffer) => {
+    buffered += chunk.toString();
+    for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
+      const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
+      buffered = buffered.slice(nl + 1);
+      serviceLog.push(line);
+      if (line.msg === 'listening') listening();
+    }
+  });
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        service.once('exit', () => resolve());
+        service.kill('SIGTERM');
+      }),
+  );
+  await Promise.race([ready, new Promise((_, reject) => service.once('exit', (code) => reject(new Error(`oidc-callout exited with ${code}`))))]);
+  say('oidc-callout is subscribed to $SYS.REQ.USER.AUTH');
+  const decisions = () => serviceLog.filter((l) => l.msg === 'authorization');
+  /** The service's log arrives through a pipe, possibly after the client saw the outcome. */
+  const nextDecision = async (seen: number): Promise<Record<string, unknown>> => {
+    for (let i = 0; i < 100 && decisions().length <= seen; i++) await new Promise((r) => setTimeout(r, 20));
+    return decisions()[seen] ?? {};
+  };
+  return { decisions, nextDecision };
+}
+
+/** `--operator`: decentralized mode, set up by the code of `oidc-callout setup operator`. */
+async function operatorDemo(): Promise<void> {
+  const work = mkdtempSync(join(tmpdir(), 'oidc-callout-demo-'));
+  const cleanups: Cleanups = [() => rmSync(work, { recursive: true, force: true })];
+  try {
+    step('Starting an OpenID provider with three machine clients (client_credentials)');
+    const idp = await startOidcProvider({
+      clients: [
+        { clientId: 'billing', clientSecret: 'billing-secret', claims: { groups: ['app1'] } },
+        { clientId: 'reports', clientSecret: 'reports-secret', claims: { groups: ['app2'] } },
+        { clientId: 'stranger', clientSecret: 'stranger-secret', claims: { groups: ['guests'] } },
+      ],
+    });
+    cleanups.push(() => idp.stop());
+    say(`issuer ${idp.issuer}, access tokens for audience ${idp.resource}`);
+
+    step('oidc-callout setup operator --dir ... (an operator, accounts, users, seeds and both configurations)');
+    const dir = join(work, 'setup');
+    const setup = await generateOperatorSetup(setupOptions({ issuer: idp.issuer, audience: idp.resource }));
+    writeOperatorSetup(dir, setup, false);
+    for (const f of setup.files) say(`  ${f.name.padEnd(20)} ${f.secret ? '0600' : '    '}  ${f.what}`);
+    const accountName = new Map([...setup.accounts.map((a) => [a.publicKey, a.name] as const)]);
+
+    step('Starting nats-server in operator mode with the written nats-server.conf');
+    const [bin] = (await natsServerBinaries()).slice(-1);
+    // The demo's server takes a free port instead of the written 127.0.0.1:4222.
+    const conf = readFileSync(join(dir, 'nats-server.conf'), 'utf8').replace(/^listen: .*$/m, '');
+    const nats = await startNatsServer({ bin: bin!.path, config: conf });
+    cleanups.push(() => nats.stop());
+    say(`nats-server ${bin!.version} at ${nats.url}; AUTH's account JWT sends every login to the callout`);
+
+    step('Starting oidc-callout run with the written oidc-callout.yaml');
+    const configFile = join(dir, 'demo.yaml');
+    writeFileSync(configFile, readFileSync(join(dir, 'oidc-callout.yaml'), 'utf8').replace('nats://127.0.0.1:4222', nats.url));
+    const { decisions, nextDecision } = await startService(configFile, {}, cleanups);
+    const sentinel = readFileSync(join(dir, 'sentinel.creds'));
+
+    for (const [clientId, other] of [
+      ['billing', 'APP2.reports'],
+      ['reports', 'APP1.invoices'],
+    ] as const) {
+      step(`Client "${clientId}" connects with sentinel.creds and its access token`);
+      const token = await idp.token(clientId);
+      const sub = (JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { sub: string }).sub;
+      const seen = decisions().length;
+      const nc = await connect({
+        servers: nats.url,
+        reconnect: false,
+        inboxPrefix: `_INBOX.${sub}`,
+        authenticator: [credsAuthenticator(sentinel), tokenAuthenticator(token)],
+      });
+      cleanups.push(() => nc.close());
+      const d = await nextDecision(seen);
+      say(`connected. oidc-callout: ${d.result} by rule "${d.rule}" into account ${d.account}`);
+      const info = JSON.parse(new TextDecoder().decode((await nc.request('$SYS.REQ.USER.INFO', '')).data)) as {
+        data: { user: string; account: string; permissions: unknown };
+      };
+      const scoped = setup.accounts.find((a) => a.publicKey === info.data.account)?.scoped;
+      say(
+        `the server sees user "${info.data.user}" in account ${accountName.get(info.data.account)} with permissions ${JSON.stringify(info.data.permissions)}${
+          scoped ? ": the scope of the account's signing key, expanded by nats-server for this user" : ": the rule's"
+        }`,
+      );
+      say(`publish to ${other}: ${await deniedPublish(nc, other)}`);
+    }
+
+    step('A client presents sentinel.creds without a token');
+    const seen = decisions().length;
+    say(await refusedConnect({ servers: nats.url, reconnect: false, authenticator: credsAuthenticator(sentinel) }));
+    const alone = await nextDecision(seen);
+    say(`oidc-callout logged why: ${alone.code} (${alone.reason})`);
+
+    step('Client "stranger" connects with a valid token that no policy rule grants');
+    const strangerSeen = decisions().length;
+    say(
+      await refusedConnect({
+        servers: nats.url,
+        reconnect: false,
+        authenticator: [credsAuthenticator(sentinel), tokenAuthenticator(await idp.token('stranger'))],
+      }),
+    );
+    const refusal = await nextDecision(strangerSeen);
+    say(`oidc-callout logged why: ${refusal.code} (${refusal.reason})`);
     step('Done: stopping everything');
   } finally {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
@@ -159,9 +261,9 @@ async function deniedPublish(nc: NatsConnection, subject: string): Promise<strin
   return Promise.race([violation, new Promise<string>((r) => setTimeout(() => r('NOT denied (unexpected)'), 2000))]);
 }
 
-async function refusedConnect(url: string, token: string): Promise<string> {
+async function refusedConnect(options: Parameters<typeof connect>[0]): Promise<string> {
   try {
-    const nc = await connect({ servers: url, token, reconnect: false });
+    const nc = await connect(options);
     await nc.close();
     return 'connected (unexpected!)';
   } catch (err) {
@@ -169,7 +271,7 @@ async function refusedConnect(url: string, token: string): Promise<string> {
   }
 }
 
-main().then(
+(process.argv.includes('--operator') ? operatorDemo() : main()).then(
   () => process.exit(0),
   (err: unknown) => {
     process.stderr.write(`demo failed: ${(err as Error).stack ?? String(err)}\n`);

@@ -7,12 +7,15 @@ export interface AccountSigner {
   readonly issuerAccount: string | undefined;
   /** Server-config mode names the target account in the user JWT's `aud`. */
   readonly audience: string | undefined;
+  /** `signer` is a scoped signing key: the user JWT carries no permissions or limits of its own. */
+  readonly scoped?: boolean;
 }
 
 /** A target account of operator mode: its public key and the key that signs its users. */
 export interface AccountKey {
   readonly publicKey: string;
   readonly signer: NkeySigner;
+  readonly scoped: boolean;
 }
 
 /**
@@ -35,7 +38,12 @@ export class Accounts {
       audience: undefined,
     };
     for (const [name, a] of targets) {
-      this.#byName.set(name, { signer: a.signer, issuerAccount: a.signer.publicKey === a.publicKey ? undefined : a.publicKey, audience: undefined });
+      this.#byName.set(name, {
+        signer: a.signer,
+        issuerAccount: a.signer.publicKey === a.publicKey ? undefined : a.publicKey,
+        audience: undefined,
+        scoped: a.scoped,
+      });
     }
   }
 

@@ -3,6 +3,7 @@ import { parse as parseYaml } from 'yaml';
 import { createAccount } from '@nats-io/nkeys';
 import { z } from 'zod';
 import { Accounts, type AccountKey } from './accounts.js';
+import { AuditSubject } from './audit/subject.js';
 import { bounded, parseDuration } from './duration.js';
 import { ConfigError } from './errors.js';
 import { isPublicKey, NkeySigner } from './nkey.js';
@@ -36,6 +37,7 @@ export const DEFAULTS = deepFreeze({
   rule: { max_lifetime: '1h', user_name_claim: 'sub', connection_types: ['STANDARD', 'WEBSOCKET'] as ConnectionType[] },
   cache: { max_entries: 50000, ttl: '60s' },
   log: { level: 'info' as LogLevel },
+  audit: { subject: 'oidc-callout.audit.{result}', buffer_events: 10_000, buffer_bytes: 8 * 1024 * 1024, client_ports: false },
 });
 
 export type TokenField = 'auth_token' | 'pass';
@@ -90,9 +92,23 @@ const schema = z.strictObject({
     system_account: z.string().min(1).optional().describe('the system account (server_config: its name, default SYS; operator: its public key)'),
     issuer_account: z.string().optional(),
     xkey_seed: secret.optional(),
+    account_jwt: secret
+      .optional()
+      .describe(
+        "operator mode: the callout account's JWT (a string, { file } or { env }), checked against this configuration at start; default: read from the servers through admin.system",
+      ),
     max_in_flight: z.number().int().positive().optional(),
   }),
-  accounts: z.record(z.string().min(1), z.strictObject({ public_key: z.string(), signing_seed: secret })).optional(),
+  accounts: z
+    .record(
+      z.string().min(1),
+      z.strictObject({
+        public_key: z.string(),
+        signing_seed: secret,
+        scoped: z.boolean().optional().describe("signing_seed is a scoped signing key: users get the scope's permissions, and rules for this account set none"),
+      }),
+    )
+    .optional(),
   token: z
     .strictObject({
       fields: z
@@ -106,7 +122,24 @@ const schema = z.strictObject({
   policy: policySchema,
   cache: z.strictObject({ max_entries: z.number().int().nonnegative().optional(), ttl: duration.optional() }).optional(),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).optional() }).optional(),
-  http: z.strictObject({ listen: z.string().min(1) }).optional(),
+  http: z
+    .strictObject({
+      listen: z.string().min(1),
+      ready_max_latency: duration.optional().describe('/readyz reports slow decisions when more than 5 % of the last 30 s took longer than this'),
+    })
+    .optional(),
+  audit: z
+    .strictObject({
+      subject: z.string().min(1).optional().describe('subject of the events, in the service account; {result} and {account} are replaced per event'),
+      buffer_events: z.number().int().min(1).max(1_000_000).optional().describe('events held while NATS is slow or away; more are dropped and counted'),
+      buffer_bytes: z.number().int().min(4096).max(1_073_741_824).optional().describe('bytes of events held at most'),
+      client_ports: z
+        .boolean()
+        .optional()
+        .describe("look up each client's source port and accept time in nats-server's CONNZ (needs admin.system; one system request per decision)"),
+    })
+    .optional()
+    .describe('audit events: one per authorization decision, published on NATS'),
   admin: z
     .strictObject({
       public_keys: z.array(z.string().min(1)).min(1).describe('user public keys (U...) whose signed requests the service acts on'),
@@ -160,6 +193,8 @@ export interface IssuerConfig {
 export interface AccountSigning {
   readonly publicKey: string;
   readonly signingSeed: Secret;
+  /** The signing key carries a scope (a permission template in the account JWT) that nats-server applies. */
+  readonly scoped: boolean;
 }
 
 /** Keys decoded at load, so a bad seed is a configuration error naming its key. */
@@ -190,6 +225,8 @@ export interface Config {
     readonly systemAccount: string | undefined;
     readonly xkeySeed: Secret | undefined;
     readonly maxInFlight: number;
+    /** Operator mode: the callout account's JWT to check the configuration against (`check`, `run`). */
+    readonly accountJwt: string | undefined;
   };
   /** Operator mode: how to sign users for each account name a rule may grant. */
   readonly accounts: Readonly<Record<string, AccountSigning>>;
@@ -211,8 +248,10 @@ export interface Config {
         readonly system: Pick<Config['nats'], 'user' | 'password' | 'token' | 'nkeySeed' | 'credsFile'> | undefined;
       }
     | undefined;
+  /** Audit events (one per decision, on NATS); off when not configured. */
+  readonly audit: { readonly subject: AuditSubject; readonly bufferEvents: number; readonly bufferBytes: number; readonly clientPorts: boolean } | undefined;
   /** The monitoring endpoints (/healthz, /readyz, /metrics); off when not configured. */
-  readonly http: { readonly host: string; readonly port: number } | undefined;
+  readonly http: { readonly host: string; readonly port: number; readonly readyMaxLatencyMs: number } | undefined;
 }
 
 function resolveSecret(value: z.infer<typeof secret>, path: string, env: NodeJS.ProcessEnv, baseDir: string): Secret {
@@ -336,7 +375,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
   const accounts: Record<string, AccountSigning> = {};
   if (raw.accounts && mode !== 'operator') throw new ConfigError('accounts', 'accounts are only used in callout.mode: operator');
   for (const [name, a] of Object.entries(raw.accounts ?? {})) {
-    accounts[name] = { publicKey: a.public_key, signingSeed: signingSecret(a.signing_seed, `accounts.${name}.signing_seed`) };
+    accounts[name] = { publicKey: a.public_key, signingSeed: signingSecret(a.signing_seed, `accounts.${name}.signing_seed`), scoped: a.scoped ?? false };
   }
   if (mode === 'server_config' && raw.callout.issuer_account !== undefined) {
     throw new ConfigError('callout.issuer_account', 'only used in callout.mode: operator (server_config mode signs with the auth_callout issuer key)');
@@ -392,6 +431,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     policy: raw.policy,
     issuers: raw.issuers,
     accounts: mode === 'operator' ? new Set(Object.keys(accounts)) : undefined,
+    scopedAccounts: new Set(Object.keys(accounts).filter((n) => accounts[n]!.scoped)),
     reserved: reservedAccounts(mode, raw.callout.account, systemAccount, keys, accounts),
     defaults: { maxLifetime: DEFAULTS.rule.max_lifetime, userNameClaim: DEFAULTS.rule.user_name_claim, connectionTypes: DEFAULTS.rule.connection_types },
   });
@@ -406,6 +446,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       systemAccount,
       xkeySeed,
       maxInFlight: raw.callout.max_in_flight ?? DEFAULTS.callout.max_in_flight,
+      accountJwt: accountJwt(raw.callout.account_jwt, mode, env, baseDir),
     },
     accounts,
     token: { fields: raw.token?.fields ?? DEFAULTS.token.fields, maxBytes: raw.token?.max_bytes ?? DEFAULTS.token.max_bytes },
@@ -418,8 +459,13 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       ttlMs: parseDuration(raw.cache?.ttl ?? DEFAULTS.cache.ttl, 'cache.ttl'),
     },
     log: { level: raw.log?.level ?? DEFAULTS.log.level },
-    http: raw.http && parseListen(raw.http.listen, 'http.listen'),
+    http: raw.http && {
+      ...parseListen(raw.http.listen, 'http.listen'),
+      // Half nats-server's default authorization timeout (2 s): an answer later than that is close to lost.
+      readyMaxLatencyMs: bounded(parseDuration(raw.http.ready_max_latency ?? '1s', 'http.ready_max_latency'), 10, 60_000, 'http.ready_max_latency'),
+    },
     admin: raw.admin && adminSettings(raw.admin, natsSecrets, env, baseDir),
+    audit: raw.audit && auditSettings(raw.audit, raw.admin?.system !== undefined),
   };
   // The compiled parts are immutable by construction; freezing them would reach into key objects.
   const { policy: compiled, keys: decoded, ...data } = config;
@@ -448,6 +494,25 @@ function refuseUserLimits(doc: unknown): void {
       );
     }
   }
+}
+
+function auditSettings(raw: NonNullable<RawConfig['audit']>, systemLogin: boolean): NonNullable<Config['audit']> {
+  if (raw.client_ports && !systemLogin) {
+    throw new ConfigError('audit.client_ports', 'needs admin.system: client ports are looked up in CONNZ, a system account request');
+  }
+  const d = DEFAULTS.audit;
+  let subject: AuditSubject;
+  try {
+    subject = AuditSubject.compile(raw.subject ?? d.subject);
+  } catch (err) {
+    throw new ConfigError('audit.subject', (err as Error).message);
+  }
+  return {
+    subject,
+    bufferEvents: raw.buffer_events ?? d.buffer_events,
+    bufferBytes: raw.buffer_bytes ?? d.buffer_bytes,
+    clientPorts: raw.client_ports ?? d.client_ports,
+  };
 }
 
 /** Secret.source of a seed `explain` did not read (LoadOptions.signingSecrets). */
@@ -484,6 +549,13 @@ function adminSettings(raw: NonNullable<RawConfig['admin']>, natsSecrets: boolea
   };
 }
 
+/** `callout.account_jwt`, read at load (not a secret: an account JWT is public). */
+function accountJwt(value: z.infer<typeof secret> | undefined, mode: Config['callout']['mode'], env: NodeJS.ProcessEnv, baseDir: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (mode !== 'operator') throw new ConfigError('callout.account_jwt', 'only used in callout.mode: operator (server_config mode has no account JWT)');
+  return resolveSecret(value, 'callout.account_jwt', env, baseDir).value.trim();
+}
+
 function decodeKeys(
   mode: Config['callout']['mode'],
   issuerSeed: Secret,
@@ -498,7 +570,15 @@ function decodeKeys(
   const targets = new Map<string, AccountKey>();
   for (const [name, a] of Object.entries(accounts)) {
     if (!isPublicKey(a.publicKey, 'account')) throw new ConfigError(`accounts.${name}.public_key`, 'not an account public key (A...)');
-    targets.set(name, { publicKey: a.publicKey, signer: seedSigner(a.signingSeed.value, `accounts.${name}.signing_seed`) });
+    const signer = seedSigner(a.signingSeed.value, `accounts.${name}.signing_seed`);
+    // Only a signing key can carry a scope: an account's identity key always signs with full say.
+    if (a.scoped && signer.publicKey === a.publicKey) {
+      throw new ConfigError(
+        `accounts.${name}.scoped`,
+        "the signing_seed is the account's identity key, which has no scope; give the scoped signing key's seed",
+      );
+    }
+    targets.set(name, { publicKey: a.publicKey, signer, scoped: a.scoped });
   }
   let xkey: XkeyBox | undefined;
   if (xkeySeed) {

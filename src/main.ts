@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createAccount, createCurve } from '@nats-io/nkeys';
+import type { NatsConnection } from '@nats-io/transport-node';
 import type { RevokeResult } from './admin.js';
 import { signRevokeRequest } from './admin-request.js';
+import { inspectCalloutAccount } from './account-check.js';
 import type { ConnectionFacts } from './conditions.js';
 import { loadConfig, parseDuration, redactedConfig } from './config.js';
 import { systemClock } from './clock.js';
@@ -16,8 +18,12 @@ import { buildService, runService } from './lifecycle.js';
 import { createLogger } from './log.js';
 import { connectAs, connectNats, withoutCredentials } from './nats-connection.js';
 import { NkeySigner } from './nkey.js';
+import { setupOperator, setupOptions } from './operator-setup.js';
+import { probe } from './probe.js';
 import { CONNECTION_TYPES, type ConnectionType } from './policy-schema.js';
+import { pathExists, refuseSharedDirectory, writeSecretFiles } from './secret-files.js';
 import { CalloutService } from './service.js';
+import { UsageError } from './usage-error.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -31,13 +37,22 @@ const USAGE = `usage:
   oidc-callout revoke --config FILE --admin-seed FILE [--issuer URL] [--subject SUB] [--wait 2s]
                                        on every replica: drop the identity's cached decisions, refuse
                                        its tokens issued until now, disconnect its live connections
+  oidc-callout probe --config FILE --token TOKEN|@FILE|- [--server URL] [--timeout 5s]
+                                       log in through nats-server and the callout with the token,
+                                       print the latency (a JSON line per server), exit 1 on failure
   oidc-callout keys [--dir DIR] [--force]
                                        write issuer.nk (SA...) and xkey.nk (SX...) seeds (mode 0600)
-                                       and print the nats-server auth_callout block`;
+                                       and print the nats-server auth_callout block
+  oidc-callout setup operator --dir DIR [--accounts 2] [--no-xkey] [--issuer URL --audience AUD] [--force]
+                                       first steps in operator (JWT) mode: write an operator, the
+                                       system, callout and application accounts, the users, the
+                                       seeds (mode 0600), nats-server.conf and oidc-callout.yaml`;
 
 /** Exit codes: 0 ok, 1 refused/failed check, 2 usage or configuration error. */
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // `setup` takes what to set up as its first word.
+  const subcommand = command === 'setup' && rest[0] !== undefined && !rest[0].startsWith('-') ? rest.shift() : undefined;
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -54,6 +69,12 @@ async function main(argv: string[]): Promise<number> {
       issuer: { type: 'string' },
       subject: { type: 'string' },
       wait: { type: 'string' },
+      server: { type: 'string' },
+      timeout: { type: 'string' },
+      accounts: { type: 'string' },
+      xkey: { type: 'boolean' },
+      'no-xkey': { type: 'boolean' },
+      audience: { type: 'string' },
     },
     strict: true,
   });
@@ -74,8 +95,17 @@ async function main(argv: string[]): Promise<number> {
         connectionType: values['connection-type'],
         clientHost: values['client-host'],
       });
+    case 'probe':
+      if (!values.token) throw new UsageError('probe needs --token TOKEN, --token @FILE or --token -');
+      return probeLogin(requireConfig(values.config), values.token, values.server, values.timeout ?? '5s');
     case 'keys':
       return keys(values.dir ?? '.', values.force ?? false);
+    case 'setup':
+      if (subcommand !== 'operator') throw new UsageError('setup needs what to set up: setup operator --dir DIR');
+      if (!values.dir) throw new UsageError('setup operator needs --dir DIR (a new or empty directory)');
+      if (values.xkey && values['no-xkey']) throw new UsageError('--xkey and --no-xkey contradict each other');
+      process.stdout.write(await setupOperator(values.dir, setupOptions(values), values.force ?? false));
+      return 0;
     case 'revoke':
       if (!values['admin-seed']) throw new UsageError('revoke needs --admin-seed FILE (the seed of a key in admin.public_keys)');
       if (values.issuer === '' || values.subject === '') throw new UsageError('revoke: --issuer and --subject cannot be empty');
@@ -91,8 +121,6 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   }
 }
-
-class UsageError extends Error {}
 
 function requireConfig(file: string | undefined): string {
   if (!file) throw new UsageError('--config FILE is required');
@@ -124,16 +152,27 @@ async function check(file: string): Promise<number> {
     ok = false;
     process.stderr.write(`nats: cannot connect to ${config.nats.servers.map(withoutCredentials).join(', ')}: ${(err as Error).message}\n`);
   }
+  let sys: NatsConnection | undefined;
   if (config.admin?.system) {
     try {
-      const sys = await connectAs(config, config.admin.system, { maxReconnectAttempts: 0, timeout: 5000, name: `${config.nats.name} (check system)` });
+      sys = await connectAs(config, config.admin.system, { maxReconnectAttempts: 0, timeout: 5000, name: `${config.nats.name} (check system)` });
       await sys.flush();
       out.admin_system = { connected: sys.getServer() };
-      await sys.close();
     } catch (err) {
       ok = false;
       process.stderr.write(`admin.system: cannot log in to the system account: ${(err as Error).message}\n`);
     }
+  }
+  // Operator mode: the callout account's JWT against this configuration.
+  const account = await inspectCalloutAccount(config, sys, Math.floor(Date.now() / 1000));
+  await sys?.close();
+  if (account) {
+    out.callout_account = { checked_from: account.source, problems: account.problems, warnings: account.warnings };
+    for (const p of account.problems) process.stderr.write(`callout account: ${p}\n`);
+    for (const w of account.warnings) process.stderr.write(`callout account (warning): ${w}\n`);
+    if (account.problems.length > 0) ok = false;
+  } else if (config.callout.mode === 'operator') {
+    process.stderr.write("callout account: not checked; set callout.account_jwt or admin.system to check the account's JWT against this configuration\n");
   }
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
   process.stderr.write(ok ? 'check passed\n' : 'check failed\n');
@@ -158,6 +197,32 @@ async function readToken(arg: string): Promise<string> {
   // Any user of the machine can read a process's arguments: a live token belongs in a file or stdin.
   process.stderr.write('oidc-callout: note: a token on the command line is visible in the process list; prefer --token @FILE or --token -\n');
   return arg.trim();
+}
+
+/**
+ * Logs in to each configured server (or `--server`) with the token, through the callout. One JSON
+ * line per server; exit 1 when any login failed.
+ */
+async function probeLogin(file: string, tokenArg: string, server: string | undefined, timeoutArg: string): Promise<number> {
+  let timeoutMs: number;
+  try {
+    timeoutMs = parseDuration(timeoutArg, '--timeout');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (timeoutMs < 1 || timeoutMs > 120_000) throw new UsageError('--timeout must be between 1ms and 2m');
+  if (server !== undefined && !/^(nats|tls|ws|wss):\/\/|^[^/:]+:\d+$/.test(server)) throw new UsageError(`--server ${server}: expected nats://HOST:PORT`);
+  // The probe is a client like any other: it needs the servers, none of the service's secrets.
+  const config = loadConfig(file, process.env, { natsSecrets: false, signingSecrets: false });
+  const token = await readToken(tokenArg);
+  if (!token) throw new UsageError('the token is empty');
+  let ok = true;
+  for (const url of server !== undefined ? [server] : config.nats.servers) {
+    const result = await probe(url, token, timeoutMs);
+    ok &&= result.ok;
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  }
+  return ok ? 0 : 1;
 }
 
 interface ExplainOptions {
@@ -265,55 +330,6 @@ function parseTime(value: string): number {
   const ms = /^\d+(\.\d+)?$/.test(value) ? Number(value) * 1000 : Date.parse(value);
   if (!Number.isFinite(ms)) throw new UsageError(`--now ${JSON.stringify(value)}: use an ISO 8601 time (2026-01-31T12:00:00Z) or seconds since the epoch`);
   return ms;
-}
-
-/** Whether anything is at `path`, a dangling symlink included. */
-function pathExists(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Writes secrets as new files of our own, mode 0600, then renames them into place: an existing
- * file or symlink is replaced, never written through (a symlink would send the seed into its
- * target, which keeps its owner and mode). All are written before any is renamed, and a failure
- * removes what was written: all files are replaced or none, and no stray copy of a seed remains.
- */
-function writeSecretFiles(files: readonly (readonly [path: string, text: string])[]): void {
-  const written: [tmp: string, path: string][] = [];
-  try {
-    for (const [path, text] of files) {
-      const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-      const fd = openSync(tmp, 'wx', 0o600);
-      written.push([tmp, path]);
-      try {
-        writeSync(fd, text);
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
-    }
-    // A directory in the way fails here, before any seed is replaced.
-    for (const [, path] of written) {
-      if (pathExists(path) && lstatSync(path).isDirectory()) throw new UsageError(`${path} is a directory`);
-    }
-    for (const [tmp, path] of written) renameSync(tmp, path);
-  } catch (err) {
-    for (const [tmp] of written) rmSync(tmp, { force: true });
-    throw err;
-  }
-}
-
-/** Seeds go only into a directory no one else can write to (they could swap a seed of their own in). */
-function refuseSharedDirectory(dir: string): void {
-  const st = statSync(dir);
-  if ((st.mode & 0o022) !== 0 || (typeof process.getuid === 'function' && st.uid !== process.getuid())) {
-    throw new UsageError(`${dir} is writable by others or owned by another user: keep seeds in a directory only you can write to`);
-  }
 }
 
 function keys(dir: string, force: boolean): number {

@@ -1,4 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { AuditDropReason } from './audit/buffer.js';
+import type { DecisionRecord } from './audit/event.js';
 
 /** Where a service reports what it decided; the process keeps one across reloads. */
 export interface DecisionObserver {
@@ -7,6 +9,26 @@ export interface DecisionObserver {
   jwksFetched(issuer: string, ok: boolean): void;
   /** A request dropped unanswered because its answer could not arrive in time. */
   shed(reason: string): void;
+  /** Every decision with its request's facts, as logged (audit events). */
+  recorded?(record: DecisionRecord): void;
+}
+
+/** One observer that tells each of `list` in turn. */
+export function allOf(...list: readonly DecisionObserver[]): DecisionObserver {
+  return {
+    decided: (...args) => {
+      for (const o of list) o.decided(...args);
+    },
+    jwksFetched: (...args) => {
+      for (const o of list) o.jwksFetched(...args);
+    },
+    shed: (...args) => {
+      for (const o of list) o.shed(...args);
+    },
+    recorded: (record) => {
+      for (const o of list) o.recorded?.(record);
+    },
+  };
 }
 
 /** Read at scrape time: state owned elsewhere (the running service, the runner). */
@@ -31,6 +53,8 @@ export class Metrics implements DecisionObserver {
   readonly #jwks: Counter<'issuer' | 'result'>;
   readonly #reloads: Counter<'result'>;
   readonly #shed: Counter<'reason'>;
+  readonly #auditSent: Counter;
+  readonly #auditDropped: Counter<'reason'>;
   #sources: MetricsSources | undefined;
 
   constructor(version: string) {
@@ -69,6 +93,17 @@ export class Metrics implements DecisionObserver {
     this.#shed = new Counter({
       name: 'oidc_callout_shed_total',
       help: 'Requests dropped unanswered, by reason (expired, too_late, queue_full): the server would have given up before the answer arrived',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.#auditSent = new Counter({
+      name: 'oidc_callout_audit_sent_total',
+      help: 'Audit events handed to nats-server',
+      registers,
+    });
+    this.#auditDropped = new Counter({
+      name: 'oidc_callout_audit_dropped_total',
+      help: 'Audit events lost, by reason (buffer_full, permission_denied, publish_failed)',
       labelNames: ['reason'],
       registers,
     });
@@ -140,6 +175,14 @@ export class Metrics implements DecisionObserver {
 
   shed(reason: string): void {
     this.#shed.inc({ reason });
+  }
+
+  auditSent(n: number): void {
+    this.#auditSent.inc(n);
+  }
+
+  auditDropped(reason: AuditDropReason, n: number): void {
+    this.#auditDropped.inc({ reason }, n);
   }
 
   reloaded(ok: boolean): void {

@@ -50,10 +50,18 @@ export async function connectAll(config: Config, overrides: Partial<NodeConnecti
   }
 }
 
+/** The user information of a server URL (`nats://user:secret@host`). */
+const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)?[^@/\s]*@/i;
+
 /**
  * A server URL fit for logs: credentials written into it (`nats://user:secret@host`) are
  * replaced, so a password never reaches a log line or an error message.
  */
 export function withoutCredentials(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^@/\s]*@/i, '$1<redacted>@');
+  return url.replace(USERINFO, '$1<redacted>@');
+}
+
+/** A server URL with the credentials written into it removed: for a login that presents nothing else. */
+export function withoutUserinfo(url: string): string {
+  return url.replace(USERINFO, '$1');
 }

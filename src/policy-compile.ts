@@ -1,7 +1,17 @@
 import { allOf, type Condition, canonicalNetworks, compileCondition, compileMatch, implies, networkList, REGISTERED_CLAIMS } from './conditions.js';
 import { bounded, parseDuration } from './duration.js';
 import { ConfigError } from './errors.js';
-import { type AccountChoice, type CompiledDirection, type CompiledIssuer, type CompiledRule, type PermissionSet, Policy, type TimeRange } from './policy.js';
+import {
+  MAX_TAG,
+  type TagTemplate,
+  type AccountChoice,
+  type CompiledDirection,
+  type CompiledIssuer,
+  type CompiledRule,
+  type PermissionSet,
+  Policy,
+  type TimeRange,
+} from './policy.js';
 import type { ClaimMatchInput, ConditionInput, ConnectionType, PermissionsInput, PolicyInput, RuleInput } from './policy-schema.js';
 import { subjectCovers, subjectsIntersect } from './subject.js';
 import { SubjectTemplate } from './subject-template.js';
@@ -26,6 +36,8 @@ export interface PolicySource {
   readonly accounts: ReadonlySet<string> | undefined;
   /** Accounts no rule may ever place users into, with the reason. */
   readonly reserved: ReadonlyMap<string, string>;
+  /** Accounts whose users are signed with a scoped signing key: nats-server applies the scope, rules grant nothing. */
+  readonly scopedAccounts?: ReadonlySet<string>;
   readonly defaults: { readonly maxLifetime: string; readonly userNameClaim: string; readonly connectionTypes: readonly ConnectionType[] };
 }
 
@@ -49,7 +61,6 @@ const DEFAULT_DELIMITERS: Readonly<Record<string, string>> = { scope: ' ', scp: 
 const ALWAYS_GUARANTEED = new Set(['sub']);
 const ACCOUNT_NAME = /^[^\p{White_Space}\p{Cc}\p{Cf}]+$/u;
 const TIME = /^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$/;
-const MAX_TAG = 255;
 
 /** `indexed: false` builds the reference policy that tries every rule in turn (tests). */
 export function compilePolicy(source: PolicySource, options: { readonly indexed?: boolean } = {}): Policy {
@@ -153,9 +164,24 @@ function compileRule(
     }
     rolesFrom = { claim: raw.roles_from.claim, map };
   }
-  const grantable = [...sets, ...[...(rolesFrom?.map.values() ?? [])].flat()];
-  if (!grantable.some((s) => s.pub.allow.length || s.sub.allow.length || s.resp)) {
-    throw new ConfigError(path, 'grants nothing: give it roles, roles_from or permissions with allow entries (a user with no permissions cannot do anything)');
+  const account = accountChoice(raw.account, `${path}.account`, source);
+  const scoped = scopedTarget(account, raw, path, source);
+  if (scoped) {
+    // The scope in the account JWT is the whole grant: nothing of the rule's own may be signed.
+    if (sets.length > 0 || rolesFrom) {
+      throw new ConfigError(
+        path,
+        "places users into an account whose signing key is scoped: nats-server grants them the scope's permissions and refuses a user JWT carrying its own; remove roles, roles_from and permissions",
+      );
+    }
+  } else {
+    const grantable = [...sets, ...[...(rolesFrom?.map.values() ?? [])].flat()];
+    if (!grantable.some((s) => s.pub.allow.length || s.sub.allow.length || s.resp)) {
+      throw new ConfigError(
+        path,
+        'grants nothing: give it roles, roles_from or permissions with allow entries (a user with no permissions cannot do anything)',
+      );
+    }
   }
 
   const maxLifetime = `${path}.max_lifetime`;
@@ -163,7 +189,8 @@ function compileRule(
     name: raw.name,
     issuers: ruleIssuers && new Set(ruleIssuers),
     when: allOf(conditions),
-    account: accountChoice(raw.account, `${path}.account`, source),
+    account,
+    scoped,
     sets,
     rolesFrom,
     nameClaim: raw.user_name_claim ?? source.defaults.userNameClaim,
@@ -174,7 +201,31 @@ function compileRule(
     times: raw.times && raw.times.map((t, i) => timeRange(t, `${path}.times[${i}]`)),
     timesLocation: raw.times_location && timeZone(raw.times_location, `${path}.times_location`, raw.times !== undefined),
     tags: raw.tags && raw.tags.map((t, i) => tag(t, `${path}.tags[${i}]`)),
+    proxyRequired: raw.proxy_required ?? false,
   };
+}
+
+/**
+ * Whether the rule's accounts sign with scoped keys (all of them, or none: a table mixing both
+ * would grant some users the rule's permissions and others a scope). A scoped user JWT carries no
+ * limits either, so restrictions only the server enforces (times, proxy_required) cannot apply.
+ */
+function scopedTarget(account: AccountChoice, raw: RuleInput, path: string, source: PolicySource): boolean {
+  const names = 'fixed' in account ? [account.fixed] : [...new Set(account.map.values())];
+  const scoped = names.filter((n) => source.scopedAccounts?.has(n));
+  if (scoped.length === 0) return false;
+  if (scoped.length < names.length) {
+    throw new ConfigError(
+      `${path}.account`,
+      `mixes accounts with scoped signing keys (${scoped.join(', ')}) and without (${names.filter((n) => !scoped.includes(n)).join(', ')}); use one rule for each`,
+    );
+  }
+  for (const key of ['times', 'proxy_required'] as const) {
+    if (raw[key] !== undefined) {
+      throw new ConfigError(`${path}.${key}`, `cannot apply to ${scoped.join(', ')}: a user signed with a scoped key carries no limits; put them in the scope`);
+    }
+  }
+  return true;
 }
 
 function accountChoice(raw: RuleInput['account'], path: string, source: PolicySource): AccountChoice {
@@ -252,6 +303,16 @@ function checkGuarantees(
         }
       }
     }
+  }
+  for (const claim of (rule.tags ?? []).flatMap((t) => t.claims)) {
+    if (delimitedBy(claim) !== undefined) {
+      throw new ConfigError(path, `rule ${JSON.stringify(raw.name)}: its tags use claims.${claim}, which ${delimitedBy(claim)} writes as a delimited list`);
+    }
+    if (guaranteed.has(claim)) continue;
+    throw new ConfigError(
+      path,
+      `rule ${JSON.stringify(raw.name)}: its tags use claims.${claim}, which no condition of the rule guarantees; add {claim: ${claim}, present: true} to when (or match on it)`,
+    );
   }
 }
 
@@ -354,8 +415,10 @@ function timeZone(zone: string, path: string, hasTimes: boolean): string {
   return zone;
 }
 
-function tag(t: string, path: string): string {
+/** A tag, possibly with placeholders (`tenant:{{claims.tenant}}`), each rendered as one plain token. */
+function tag(t: string, path: string): TagTemplate {
   if (t.length > MAX_TAG || /[\p{White_Space}\p{Cc},]/u.test(t))
     throw new ConfigError(path, 'tags are at most 255 characters, without whitespace, commas or control characters');
-  return t;
+  // Literal text is any tag text; only a tag with placeholders is parsed as a template.
+  return t.includes('{{') ? SubjectTemplate.compile(t, path) : { render: () => t, claims: [] };
 }

@@ -91,6 +91,7 @@ export const ruleSchema = z.strictObject({
     .optional(),
   times_location: z.string().min(1).optional(),
   tags: z.array(z.string().min(1)).min(1).optional(),
+  proxy_required: z.boolean().optional().describe('nats-server (2.12+) admits the user only through a trusted NATS protocol-aware proxy (its proxies.trusted)'),
 });
 
 export const policySchema = z.strictObject({

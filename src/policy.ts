@@ -4,7 +4,7 @@ import { addressIn, type Condition, type ConnectionFacts, type Failed, type Matc
 import { AuthFailure } from './errors.js';
 import { RuleIndex } from './rule-index.js';
 import type { ConnectionType } from './policy-schema.js';
-import type { SubjectTemplate } from './subject-template.js';
+import { plainToken, type SubjectTemplate } from './subject-template.js';
 
 /**
  * Claims -> NATS user. Compiled once at load (policy-compile.ts); pure at decision time: the
@@ -31,12 +31,15 @@ export interface UserRestrictions {
   readonly sourceBlocks: BlockList | undefined;
   readonly times: readonly TimeRange[] | undefined;
   readonly timesLocation: string | undefined;
-  readonly tags: readonly string[] | undefined;
+  /** The user JWT's `proxy_required`: nats-server, not the service, checks it (see admitServer). */
+  readonly proxyRequired: boolean;
 }
 
 /** Everything the user JWT says about the user, decided by one rule. */
 export interface Grant extends UserRestrictions {
   readonly rule: string;
+  /** The user JWT's tags, rendered for this user (scope templates read them as {{tag(NAME)}}). */
+  readonly tags: readonly string[] | undefined;
   readonly account: string;
   readonly name: string;
   /** The roles granted (named permission sets), in the order first granted. */
@@ -68,6 +71,28 @@ export function admitConnection(grant: Grant, connection: ConnectionFacts): void
   }
 }
 
+/** The first nats-server release that enforces a user JWT's `proxy_required`. */
+const PROXY_REQUIRED_SINCE = [2, 12] as const;
+
+/**
+ * Refuses a grant the answering server would not enforce (POLICY_CONNECTION_REFUSED): a user JWT's
+ * `proxy_required` is read by nats-server 2.12 and later and silently ignored by older servers,
+ * which would then admit the user without a proxy. The request does not say whether the client
+ * came through a trusted proxy, so the service cannot check the requirement itself; it only makes
+ * sure that the server will. A version the request does not give, or that does not parse, fails.
+ */
+export function admitServer(grant: Grant, serverVersion: string | undefined): void {
+  if (!grant.proxyRequired) return;
+  const m = /^v?(\d+)\.(\d+)\./.exec(serverVersion ?? '');
+  const [major, minor] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  const [needMajor, needMinor] = PROXY_REQUIRED_SINCE;
+  if (major > needMajor || (major === needMajor && minor >= needMinor)) return;
+  throw new AuthFailure(
+    'POLICY_CONNECTION_REFUSED',
+    `rule ${grant.rule} requires a trusted proxy, which nats-server ${serverVersion || '(version unknown)'} does not enforce (2.12 or later does)`,
+  );
+}
+
 /** One direction of a compiled permission set. */
 export interface CompiledDirection {
   readonly allow: readonly SubjectTemplate[];
@@ -86,6 +111,10 @@ export interface PermissionSet {
 export type AccountChoice = { readonly fixed: string } | { readonly claim: string; readonly map: ReadonlyMap<string, string> };
 
 export interface CompiledRule extends UserRestrictions {
+  /** Its accounts sign with scoped keys: the user JWT carries no permissions, and its name feeds the scope's templates. */
+  readonly scoped: boolean;
+  /** Tags for the user JWT; placeholders are rendered per user, each value one plain token. */
+  readonly tags: readonly TagTemplate[] | undefined;
   readonly name: string;
   /** undefined: every configured issuer. */
   readonly issuers: ReadonlySet<string> | undefined;
@@ -271,7 +300,9 @@ function grant(rule: CompiledRule, sets: readonly PermissionSet[], ctx: MatchCon
   return {
     rule: rule.name,
     account: account(rule, ctx),
-    name: userName(ctx.claims, rule.nameClaim),
+    // nats-server renders a scope's {{name()}} into subjects unchecked: for a scoped account the
+    // name must be one plain token, or a user named `*` would get every user's subjects.
+    name: rule.scoped ? plainToken(userName(ctx.claims, rule.nameClaim), `user name (${rule.nameClaim})`, rule.name) : userName(ctx.claims, rule.nameClaim),
     roles: sets.map((s) => s.name).filter((n) => n !== 'permissions'),
     pub: direction(sets, 'pub', ctx.claims, rule.name),
     sub: direction(sets, 'sub', ctx.claims, rule.name),
@@ -282,7 +313,8 @@ function grant(rule: CompiledRule, sets: readonly PermissionSet[], ctx: MatchCon
     sourceBlocks: rule.sourceBlocks,
     times: rule.times,
     timesLocation: rule.timesLocation,
-    tags: rule.tags,
+    tags: rule.tags?.map((t) => renderTag(t, ctx.claims, rule.name)),
+    proxyRequired: rule.proxyRequired,
   };
 }
 
@@ -339,4 +371,26 @@ function userName(claims: Readonly<Record<string, unknown>>, claim: string): str
   return Array.from(s.replace(/[\p{Cc}\p{Cf}]/gu, ''))
     .slice(0, MAX_NAME)
     .join('');
+}
+
+/** A tag of a rule: literal text, or a template whose placeholders are subject tokens. */
+export type TagTemplate = Pick<SubjectTemplate, 'render' | 'claims'>;
+
+/** Longest tag nats-server keeps. */
+export const MAX_TAG = 255;
+
+/**
+ * A tag for this user. Inserted claims are held to the subject-token rules (SubjectTemplate):
+ * a scope template reading `{{tag(NAME)}}` puts the value into a subject, where `*` or `>`
+ * would widen the grant. A comma would split the tag in two.
+ */
+function renderTag(template: TagTemplate, claims: Readonly<Record<string, unknown>>, rule: string): string {
+  const tag = template.render(claims, rule);
+  if (tag.length > MAX_TAG || tag.includes(',')) {
+    throw new AuthFailure(
+      'POLICY_CLAIM_UNSAFE',
+      `rule ${rule}: the tag ${JSON.stringify(tag.slice(0, 64))} is longer than ${MAX_TAG} characters or holds a comma`,
+    );
+  }
+  return tag;
 }

@@ -21,6 +21,8 @@ export interface AuthRequest {
   readonly clientType: string;
   /** nats-server's id for the connection (`client_info.id`): what its kick request takes. */
   readonly clientId: number | undefined;
+  /** The name the client gave in CONNECT (client-chosen, unbounded: cut it before logging). */
+  readonly clientName: string;
   readonly connectOpts: Readonly<Record<string, unknown>>;
 }
 
@@ -115,6 +117,7 @@ export class RequestVerifier {
       clientKind: str(client.kind),
       clientType: str(client.type),
       clientId: typeof client.id === 'number' && Number.isSafeInteger(client.id) ? client.id : undefined,
+      clientName: str(client.name),
       connectOpts: typeof connectOpts === 'object' && connectOpts !== null ? (connectOpts as Record<string, unknown>) : {},
     };
   }

@@ -7,7 +7,7 @@ import type { Logger } from './log.js';
 import type { DecisionObserver } from './metrics.js';
 import { isPublicKey } from './nkey.js';
 import type { ConnectionFacts } from './conditions.js';
-import { admitConnection, type Grant, type Policy, type PolicyExplanation } from './policy.js';
+import { admitConnection, admitServer, type Grant, type Policy, type PolicyExplanation } from './policy.js';
 import type { ConnectionType } from './policy-schema.js';
 import { LiveUsers } from './live-users.js';
 import { Revocations } from './revocations.js';
@@ -266,11 +266,13 @@ export class CalloutService {
     this.#observer?.shed(reason);
     // The server named by an unverified request is only a claim, logged as such and only when it is a server key.
     const claimed = isPublicKey(opened.claimedServer, 'server') ? opened.claimedServer : undefined;
-    this.#decided({ result: 'abort', code: SHED_CODES[reason], reason: why, shed: reason }, admitted.verified, undefined, claimed);
+    this.#decided({ result: 'abort', code: SHED_CODES[reason], reason: why, shed: reason }, admitted.verified, undefined, claimed, opened);
   }
 
-  #decided(decision: Decision, request: AuthRequest | undefined, seconds: number | undefined, claimedServer?: string): void {
+  /** `opened`: a shed request not verified, whose unverified claims an audit event may carry, marked as such. */
+  #decided(decision: Decision, request: AuthRequest | undefined, seconds: number | undefined, claimedServer?: string, opened?: OpenedRequest): void {
     this.#observer?.decided(decision.result, decision.code, decision.cached, seconds);
+    this.#observer?.recorded?.({ decision, request, opened: request ? undefined : opened, seconds, timeMs: this.#now() });
     this.#log[decision.result === 'allow' ? 'info' : 'warn']('authorization', {
       ...decision,
       user_nkey: request?.userNkey,
@@ -413,6 +415,7 @@ export class CalloutService {
     const connection = connectionFacts(request);
     const grant = entry.grant ?? this.#policy.decide(entry.issuer, entry.claims, connection);
     admitConnection(grant, connection);
+    admitServer(grant, request.serverVersion);
     const now = Math.floor(nowMs / 1000);
     const exp = expiry(entry.tokenExp, grant, nowMs);
     const account = this.#accounts.forAccount(grant.account);

@@ -143,6 +143,14 @@ function value(p: Placeholder, claims: Readonly<Record<string, unknown>>, rule: 
       text = shortHash(text);
     }
   }
+  return plainToken(text, `claim ${p.raw}`, rule);
+}
+
+/**
+ * `text` when it is one plain subject token that leads nowhere reserved, else POLICY_CLAIM_UNSAFE
+ * naming `what` (e.g. `claim claims.tenant`): for every value that ends up inside a subject.
+ */
+export function plainToken(text: string, what: string, rule: string): string {
   if (text.length === 0 || text.length > MAX_SUBJECT_VALUE || !PLAIN_TOKEN.test(text)) {
     const why =
       text.length === 0
@@ -152,10 +160,10 @@ function value(p: Placeholder, claims: Readonly<Record<string, unknown>>, rule: 
           : /[.*>]/.test(text)
             ? 'it holds ".", "*" or ">"'
             : 'it holds whitespace, control or invisible characters';
-    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} (${show(text)}) is not a single plain subject token: ${why}`);
+    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: ${what} (${show(text)}) is not a single plain subject token: ${why}`);
   }
   if (text.startsWith('$') || text === '_INBOX') {
-    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: claim ${p.raw} would reach a reserved namespace ($... or _INBOX)`);
+    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: ${what} would reach a reserved namespace ($... or _INBOX)`);
   }
   return text;
 }

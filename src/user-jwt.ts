@@ -9,7 +9,25 @@ import type { Grant } from './policy.js';
  * per-user limits from callout JWTs; accounts carry limits.
  */
 export function userClaims(grant: Grant, userNkey: string, account: AccountSigner, nowSeconds: number, exp: number): Record<string, unknown> {
-  const nats: Record<string, unknown> = {
+  // A scoped signing key: nats-server refuses the user unless its permissions and limits are all
+  // empty, then applies the scope's template. Name and tags stay (templates may read them).
+  const nats: Record<string, unknown> = account.scoped
+    ? { ...(grant.tags ? { tags: grant.tags } : {}), issuer_account: account.issuerAccount, type: 'user', version: 2 }
+    : unscopedClaims(grant, account);
+  return {
+    iat: nowSeconds,
+    iss: account.signer.publicKey,
+    name: grant.name,
+    sub: userNkey,
+    exp,
+    // Server-config mode reads the target account from aud; never let it default.
+    ...(account.audience !== undefined ? { aud: account.audience } : {}),
+    nats,
+  };
+}
+
+function unscopedClaims(grant: Grant, account: AccountSigner): Record<string, unknown> {
+  return {
     pub: grant.pub,
     sub: grant.sub,
     ...(grant.resp ? { resp: grant.resp } : {}),
@@ -20,22 +38,14 @@ export function userClaims(grant: Grant, userNkey: string, account: AccountSigne
     ...(grant.times ? { times: grant.times } : {}),
     ...(grant.timesLocation ? { times_location: grant.timesLocation } : {}),
     ...(grant.tags ? { tags: grant.tags } : {}),
+    // nats-server 2.12+ refuses the user unless it came through a trusted NATS proxy.
+    ...(grant.proxyRequired ? { proxy_required: true } : {}),
     subs: -1,
     data: -1,
     payload: -1,
     ...(account.issuerAccount ? { issuer_account: account.issuerAccount } : {}),
     type: 'user',
     version: 2,
-  };
-  return {
-    iat: nowSeconds,
-    iss: account.signer.publicKey,
-    name: grant.name,
-    sub: userNkey,
-    exp,
-    // Server-config mode reads the target account from aud; never let it default.
-    ...(account.audience !== undefined ? { aud: account.audience } : {}),
-    nats,
   };
 }
 

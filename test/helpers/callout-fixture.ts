@@ -125,6 +125,8 @@ export interface CalloutFixtureOptions {
   cache?: Record<string, unknown>;
   /** authorization.timeout of the server (also the request's exp - iat). Default 5. */
   authTimeoutSeconds?: number;
+  /** More nats-server configuration, appended (e.g. a `websocket` listener on 127.0.0.1, port -1). */
+  serverConfig?: string;
 }
 
 /** A running nats-server with the callout service attached. */
@@ -152,7 +154,10 @@ export async function startCalloutFixture(opts: CalloutFixtureOptions): Promise<
   const password = randomBytes(12).toString('hex');
   const nats = await startNatsServer({
     bin: opts.bin,
-    config: calloutServerConfig({ issuer: account.getPublicKey(), xkey: xkey?.getPublicKey(), password, authTimeoutSeconds: opts.authTimeoutSeconds }),
+    config: [
+      calloutServerConfig({ issuer: account.getPublicKey(), xkey: xkey?.getPublicKey(), password, authTimeoutSeconds: opts.authTimeoutSeconds }),
+      opts.serverConfig ?? '',
+    ].join('\n'),
   });
   const log = new LogCapture();
   const logger = createLogger('debug', log.write);

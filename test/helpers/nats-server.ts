@@ -42,6 +42,11 @@ export interface RunningNats extends AsyncDisposable {
   /** Client URL, e.g. "nats://127.0.0.1:4222". */
   readonly url: string;
   readonly port: number;
+  /**
+   * WebSocket URL ("ws://127.0.0.1:PORT") when the config has a `websocket` listener, read from
+   * the same ports file; undefined otherwise.
+   */
+  readonly websocketUrl: string | undefined;
   /** Operating system pid of the server process. */
   readonly pid: number;
   /** Path of the written configuration file (useful in failure messages). */
@@ -161,13 +166,14 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<RunningN
   };
 
   const deadline = Date.now() + (opts.startTimeoutMs ?? 10_000);
-  let port: number | undefined;
-  while (port === undefined) {
+  let ports: ListenerPorts | undefined;
+  while (ports === undefined) {
     if (exited) return fail(exitDescription);
     if (Date.now() > deadline) return fail('did not write its ports file in time');
-    port = await readPort(dir, child.pid);
-    if (port === undefined) await sleep(20);
+    ports = await readPorts(dir, child.pid);
+    if (ports === undefined) await sleep(20);
   }
+  const { port, websocketUrl } = ports;
   // The ports file is written once the listener is open, but check TCP to be sure.
   while (!(await acceptsTcp(port))) {
     if (exited) return fail(exitDescription);
@@ -205,6 +211,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<RunningN
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
+    websocketUrl,
     pid: child.pid ?? -1,
     configPath,
     logs: () => output,
@@ -214,21 +221,31 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<RunningN
   };
 }
 
-/** nats-server writes `<exe>_<pid>.ports` = {"nats": ["nats://127.0.0.1:1234"], ...}. */
-async function readPort(dir: string, pid: number | undefined): Promise<number | undefined> {
+interface ListenerPorts {
+  port: number;
+  websocketUrl: string | undefined;
+}
+
+/**
+ * nats-server writes `<exe>_<pid>.ports` = {"nats": ["nats://127.0.0.1:1234"], "websocket":
+ * ["ws://127.0.0.1:5678"], ...} once its listeners are open.
+ */
+async function readPorts(dir: string, pid: number | undefined): Promise<ListenerPorts | undefined> {
   if (pid === undefined) return undefined;
   const name = (await readdir(dir)).find((file) => file.endsWith(`_${pid}.ports`));
   if (name === undefined) return undefined;
-  let parsed: { nats?: unknown };
+  let parsed: { nats?: unknown; websocket?: unknown };
   try {
-    parsed = JSON.parse(await readFile(join(dir, name), 'utf8')) as { nats?: unknown };
+    parsed = JSON.parse(await readFile(join(dir, name), 'utf8')) as { nats?: unknown; websocket?: unknown };
   } catch {
     return undefined; // Caught mid-write: try again.
   }
   const first = Array.isArray(parsed.nats) ? parsed.nats[0] : undefined;
   if (typeof first !== 'string') return undefined;
   const port = Number(new URL(first).port);
-  return Number.isInteger(port) && port > 0 ? port : undefined;
+  if (!Number.isInteger(port) || port <= 0) return undefined;
+  const ws = Array.isArray(parsed.websocket) ? parsed.websocket[0] : undefined;
+  return { port, websocketUrl: typeof ws === 'string' ? ws : undefined };
 }
 
 function acceptsTcp(port: number): Promise<boolean> {

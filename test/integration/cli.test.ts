@@ -503,6 +503,43 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       await stopRun();
     });
 
+    it('probe logs in through nats-server and the callout, prints the latency, and exits 1 on a refusal', async () => {
+      // The service's own credentials written into the URL: the probe must present the token alone.
+      const withPassword = nats.url.replace('nats://', 'nats://auth:pw@');
+      const file = join(dir, 'probed.yaml');
+      writeFileSync(file, `${configYaml({ url: withPassword, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}http:\n  listen: 127.0.0.1:0\n`);
+      await startRun(file);
+      const tokenFile = join(dir, 'probe.jwt');
+      writeFileSync(tokenFile, await idp.sign({ sub: 'monitor', aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'ops' }), { mode: 0o600 });
+      const good = await cli(['probe', '--config', file, '--token', `@${tokenFile}`]);
+      assert.equal(good.code, 0, good.stdout + good.stderr);
+      const result = JSON.parse(good.stdout.trim()) as Record<string, unknown>;
+      assert.equal(result.ok, true);
+      assert.equal(result.server, nats.url, 'the password is not in the output');
+      assert.ok(typeof result.login_ms === 'number' && result.login_ms > 0, good.stdout);
+      assert.match(String(result.server_id), /^N[A-Z2-7]{55}$/);
+
+      // A token the policy refuses (no tenant claim matches no rule): refused, exit 1, the code says why.
+      writeFileSync(tokenFile, await idp.sign({ sub: 'monitor', aud: 'nats', exp: now() + 300, groups: ['ops'] }));
+      const refused = await cli(['probe', '--config', file, '--token', '-'], { input: readFileSync(tokenFile, 'utf8') });
+      assert.equal(refused.code, 1);
+      const r = JSON.parse(refused.stdout.trim()) as Record<string, unknown>;
+      assert.equal(r.ok, false);
+      assert.equal(r.code, 'PROBE_REFUSED', refused.stdout);
+      assert.ok(!refused.stdout.includes('pw@'), 'no password in the output');
+
+      const port = await freeServerPort();
+      const down = await cli(['probe', '--config', file, '--token', `@${tokenFile}`, '--server', `nats://127.0.0.1:${port}`, '--timeout', '2s']);
+      assert.equal(down.code, 1);
+      assert.equal((JSON.parse(down.stdout.trim()) as Record<string, unknown>).code, 'PROBE_UNREACHABLE', down.stdout);
+
+      const usage = await cli(['probe', '--config', file, '--token', `@${tokenFile}`, '--timeout', 'soon']);
+      assert.equal(usage.code, 2);
+      assert.match(usage.stderr, /--timeout/);
+      assert.equal((await cli(['probe', '--config', file])).code, 2);
+      await stopRun();
+    });
+
     it("reports not ready, with the reason, while an issuer's keys are missing", async () => {
       const file = join(dir, 'unready.yaml');
       const yaml = configYaml({

@@ -3,9 +3,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { encodeAccount, encodeOperator, encodeUser, fmtCreds } from '@nats-io/jwt';
+import { encodeAccount, encodeOperator, encodeUser, fmtCreds, newScopedSigner } from '@nats-io/jwt';
 import { createAccount, createCurve, createOperator, createUser, type KeyPair } from '@nats-io/nkeys';
 import { connect, credsAuthenticator, tokenAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { inspectCalloutAccount } from '../../src/account-check.js';
 import { buildConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { connectNats } from '../../src/nats-connection.js';
@@ -28,6 +29,15 @@ for (const bin of await natsServerBinaries()) {
     const app = createAccount();
     const ops = createAccount();
     const opsSigning = createAccount();
+    // An account whose users are signed by a scoped key: the scope in its JWT is their grant.
+    const tenant = createAccount();
+    const tenantScoped = createAccount();
+    // Configured for the service, but missing from the callout account's allowed_accounts.
+    const outside = createAccount();
+    const sysUser = createUser();
+    let sysCreds: Uint8Array;
+    let authJwtText: string;
+    let config: ReturnType<typeof buildConfig>;
     const xkey = createCurve();
     const serviceUser = createUser();
     const sentinel = createUser();
@@ -42,17 +52,31 @@ for (const bin of await natsServerBinaries()) {
       const sign = { signer: operator };
       const operatorJwt = await encodeOperator('OP', operator, { system_account: sys.getPublicKey() });
       const sysJwt = await encodeAccount('SYS', sys, { limits: UNLIMITED }, sign);
-      const authJwt = await encodeAccount(
+      authJwtText = await encodeAccount(
         'AUTH',
         auth,
         {
           limits: UNLIMITED,
-          authorization: { auth_users: [serviceUser.getPublicKey()], allowed_accounts: [app.getPublicKey(), ops.getPublicKey()], xkey: xkey.getPublicKey() },
+          authorization: {
+            auth_users: [serviceUser.getPublicKey()],
+            allowed_accounts: [app.getPublicKey(), ops.getPublicKey(), tenant.getPublicKey()],
+            xkey: xkey.getPublicKey(),
+          },
         },
         sign,
       );
       const appJwt = await encodeAccount('APP', app, { limits: UNLIMITED }, sign);
       const opsJwt = await encodeAccount('OPS', ops, { limits: UNLIMITED, signing_keys: [opsSigning.getPublicKey()] }, sign);
+      const scope = newScopedSigner(tenantScoped, 'tenant-user', {
+        pub: { allow: ['$SYS.REQ.USER.INFO', 'tenant.{{name()}}.>'] },
+        sub: { allow: ['_INBOX.{{name()}}.>'] },
+        subs: -1,
+        data: -1,
+        payload: -1,
+      });
+      const tenantJwt = await encodeAccount('TENANT', tenant, { limits: UNLIMITED, signing_keys: [scope] }, sign);
+      const outsideJwt = await encodeAccount('OUTSIDE', outside, { limits: UNLIMITED }, sign);
+      sysCreds = fmtCreds(await encodeUser('sys', sysUser, sys, {}), sysUser);
       nats = await startNatsServer({
         bin: bin.path,
         config: `max_control_line: 65536
@@ -62,9 +86,11 @@ system_account: ${sys.getPublicKey()}
 resolver: MEMORY
 resolver_preload: {
   ${sys.getPublicKey()}: ${sysJwt}
-  ${auth.getPublicKey()}: ${authJwt}
+  ${auth.getPublicKey()}: ${authJwtText}
   ${app.getPublicKey()}: ${appJwt}
   ${ops.getPublicKey()}: ${opsJwt}
+  ${tenant.getPublicKey()}: ${tenantJwt}
+  ${outside.getPublicKey()}: ${outsideJwt}
 }`,
       });
       const serviceJwt = await encodeUser('callout', serviceUser, auth, {});
@@ -73,12 +99,14 @@ resolver_preload: {
       const sentinelJwt = await encodeUser('sentinel', sentinel, auth, { pub: { deny: ['>'] }, sub: { deny: ['>'] } });
       sentinelCreds = fmtCreds(sentinelJwt, sentinel);
 
-      const config = buildConfig({
+      config = buildConfig({
         nats: { servers: [nats.url], creds_file: join(dir, 'service.creds') },
         callout: { mode: 'operator', issuer_seed: seed(auth), xkey_seed: seed(xkey), system_account: sys.getPublicKey() },
         accounts: {
           APP: { public_key: app.getPublicKey(), signing_seed: seed(app) },
           OPS: { public_key: ops.getPublicKey(), signing_seed: seed(opsSigning) },
+          TENANT: { public_key: tenant.getPublicKey(), signing_seed: seed(tenantScoped), scoped: true },
+          OUTSIDE: { public_key: outside.getPublicKey(), signing_seed: seed(outside) },
         },
         issuers: [{ issuer: idp.issuer, audiences: ['nats'], allow_insecure_http: true }],
         policy: {
@@ -88,6 +116,14 @@ resolver_preload: {
               match: { groups: 'ops' },
               account: 'OPS',
               permissions: { pub: { allow: ['$SYS.REQ.USER.INFO', 'ops.>'] }, sub: { allow: ['_INBOX.{{sub}}.>'] } },
+            },
+            // No permissions of its own: the scope grants them.
+            { name: 'tenant', match: { groups: 'tenant' }, account: 'TENANT' },
+            {
+              name: 'outside',
+              match: { groups: 'outside' },
+              account: 'OUTSIDE',
+              permissions: { pub: { allow: ['outside.>'] }, sub: { allow: ['_INBOX.{{sub}}.>'] } },
             },
             {
               name: 'app',
@@ -143,6 +179,58 @@ resolver_preload: {
         assert.deepEqual(info.permissions.publish.allow.sort(), ['$SYS.REQ.USER.INFO', 'ops.>']);
       } finally {
         await nc.close();
+      }
+    });
+
+    it("gives a user of an account with a scoped signing key the scope's permissions, rendered for the user", async () => {
+      const nc = await clientWith(['tenant']);
+      try {
+        const info = await userInfo(nc);
+        assert.equal(info.account, tenant.getPublicKey());
+        // The user JWT's name is the token's sub (user_name_claim): {{name()}} renders it.
+        assert.deepEqual(info.permissions.publish.allow.sort(), ['$SYS.REQ.USER.INFO', 'tenant.user-tenant.>']);
+        assert.deepEqual(info.permissions.subscribe.allow, ['_INBOX.user-tenant.>']);
+      } finally {
+        await nc.close();
+      }
+    });
+
+    it('refuses users of an account missing from allowed_accounts, which the startup check reports from the JWT file and from the servers', async () => {
+      await assert.rejects(clientWith(['outside']), (err: Error) =>
+        /Authorization Violation|connection reset|ECONNRESET/i.test(`${err.message} ${String(err.cause)}`),
+      );
+      const missing = new RegExp(`account OUTSIDE \\(${outside.getPublicKey()}\\) is not in authorization.allowed_accounts`);
+      // From the account JWT given in the configuration ...
+      const fromFile = await inspectCalloutAccount({ ...config, callout: { ...config.callout, accountJwt: authJwtText } }, undefined, now());
+      assert.equal(fromFile?.source, 'callout.account_jwt');
+      assert.deepEqual(
+        fromFile?.problems.map((p) => missing.test(p)),
+        [true],
+        JSON.stringify(fromFile),
+      );
+      // ... and from the servers, through a system-account login, which also checks every target account's signing key.
+      const system = await connect({ servers: nats.url, reconnect: false, authenticator: credsAuthenticator(sysCreds) });
+      try {
+        const fromServers = await inspectCalloutAccount(config, system, now());
+        assert.equal(fromServers?.source, 'the servers (admin.system)');
+        assert.deepEqual(fromServers?.problems.length, 1, JSON.stringify(fromServers));
+        assert.match(fromServers!.problems[0]!, missing);
+        // A MEMORY resolver's account is known to the servers once a user of it has connected:
+        // OUTSIDE never had one (refused above), so its JWT cannot be read back, and that is said.
+        assert.deepEqual(
+          fromServers?.warnings.filter((w) => !/^account OUTSIDE: its JWT could not be checked: .*does not exist/.test(w)),
+          [],
+          'the scoped and signing keys match their account JWTs',
+        );
+        // A wrong belief about a scope is caught: OPS's signing key is not scoped.
+        const wrong = { ...config, accounts: { ...config.accounts, OPS: { ...config.accounts.OPS!, scoped: true } } };
+        const found = await inspectCalloutAccount(wrong, system, now());
+        assert.ok(
+          found?.problems.some((p) => /accounts\.OPS\.scoped is true but its signing key .* has no scope/.test(p)),
+          JSON.stringify(found),
+        );
+      } finally {
+        await system.close();
       }
     });
 

@@ -127,8 +127,13 @@ describe('config', () => {
 
   it('parses the monitoring listen address, IPv6 included, and refuses a bare port', () => {
     assert.equal(buildConfig(minimal()).http, undefined);
-    assert.deepEqual(buildConfig({ ...minimal(), http: { listen: '127.0.0.1:9464' } }).http, { host: '127.0.0.1', port: 9464 });
-    assert.deepEqual(buildConfig({ ...minimal(), http: { listen: '[::1]:0' } }).http, { host: '::1', port: 0 });
+    assert.deepEqual(buildConfig({ ...minimal(), http: { listen: '127.0.0.1:9464' } }).http, { host: '127.0.0.1', port: 9464, readyMaxLatencyMs: 1000 });
+    assert.deepEqual(buildConfig({ ...minimal(), http: { listen: '[::1]:0', ready_max_latency: '250ms' } }).http, {
+      host: '::1',
+      port: 0,
+      readyMaxLatencyMs: 250,
+    });
+    configError({ ...minimal(), http: { listen: '[::1]:0', ready_max_latency: '5ms' } }, 'http.ready_max_latency', /at least|between|10/);
     configError({ ...minimal(), http: { listen: '9464' } }, 'http.listen', /expected host:port/);
     configError({ ...minimal(), http: { listen: 'localhost:70000' } }, 'http.listen', /expected host:port/);
   });

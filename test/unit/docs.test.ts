@@ -9,6 +9,7 @@ import { parse } from 'yaml';
 import { buildConfig, configSchema, DEFAULTS } from '../../src/config.js';
 import type { ConnectionFacts } from '../../src/conditions.js';
 import { AuthFailure, FAILURES } from '../../src/errors.js';
+import { Metrics } from '../../src/metrics.js';
 import { CONNECTION_TYPES, conditionSchema, ruleSchema } from '../../src/policy-schema.js';
 import { shortHash, SubjectTemplate } from '../../src/subject-template.js';
 import { natsServerBinaries } from '../helpers/nats-server-bin.js';
@@ -284,3 +285,23 @@ function policyExamples(): { text: string; config: ReturnType<typeof buildConfig
     return { text, config: buildConfig(doc, {}) };
   });
 }
+
+describe('README: Monitoring', () => {
+  it('alerts only on metrics the service exports, and the probe command is the one the CLI accepts', async () => {
+    const text = section('## Monitoring');
+    const [rules] = [...text.matchAll(/^```yaml\n([\s\S]*?)^```$/gm)].map((m) => parse(m[1]!) as { groups: { rules: { alert: string; expr: string }[] }[] });
+    assert.ok(rules, 'the Monitoring section shows alert rules');
+    const exported = new Set((await new Metrics('0.0.0').registry.getMetricsAsJSON()).map((m) => m.name));
+    const alerts = rules.groups.flatMap((g) => g.rules);
+    assert.ok(alerts.length >= 3);
+    for (const { alert, expr } of alerts) {
+      const names = [...expr.matchAll(/oidc_callout_\w+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, ''));
+      assert.ok(names.length > 0, alert);
+      for (const n of names) assert.ok(exported.has(n), `${alert} uses ${n}, which the service does not export`);
+    }
+    const probe = /^oidc-callout probe (.*)$/m.exec(text);
+    assert.ok(probe, 'the Monitoring section shows a probe command');
+    const usage = spawnSync(process.execPath, [join(root, 'dist', 'src', 'main.js'), '--help'], { encoding: 'utf8' }).stdout;
+    for (const flag of probe[1]!.matchAll(/--[a-z-]+/g)) assert.match(usage, new RegExp(`probe[^\\n]*${flag[0]}`), `probe ${flag[0]} is not in the usage`);
+  });
+});

@@ -1,0 +1,30 @@
+// A Node.js NATS client of an operator-mode nats-server that logs in with the user's OIDC access token.
+import { connect, credsAuthenticator, tokenAuthenticator } from '@nats-io/transport-node';
+
+/**
+ * Connects with the callout account's sentinel credentials (the contents of sentinel.creds) plus
+ * the token: works on every nats-server with auth callout (2.10 and later). nats.js asks
+ * `currentToken()` for the token on every connect and reconnect, so a client whose NATS user
+ * expired comes back with the token it holds by then: keep it fresh, and answer at once (no await).
+ */
+export function connectWithSentinel(servers, sentinelCreds, currentToken, options = {}) {
+  return connect({
+    servers,
+    authenticator: [credsAuthenticator(sentinelCreds), tokenAuthenticator(currentToken)],
+    maxReconnectAttempts: -1,
+    ...options,
+  });
+}
+
+/**
+ * Connects with the token alone: nats-server (2.11.2 and later) hands the client to the callout
+ * with its `default_sentinel`. Elsewhere the login fails with `Authorization Violation`.
+ */
+export function connectWithToken(servers, currentToken, options = {}) {
+  return connect({
+    servers,
+    authenticator: tokenAuthenticator(currentToken),
+    maxReconnectAttempts: -1,
+    ...options,
+  });
+}

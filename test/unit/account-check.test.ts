@@ -1,0 +1,67 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { encodeAccount } from '@nats-io/jwt';
+import { createAccount, createCurve, createOperator, createUser } from '@nats-io/nkeys';
+import { checkCalloutAccount, readAccountJwt } from '../../src/account-check.js';
+import { buildConfig } from '../../src/config.js';
+
+const seedOf = (kp: { getSeed(): Uint8Array }) => new TextDecoder().decode(kp.getSeed());
+
+describe('callout account check (operator mode)', () => {
+  const operator = createOperator();
+  const auth = createAccount();
+  const app = createAccount();
+  const xkey = createCurve();
+  const service = createUser();
+  const config = buildConfig({
+    callout: { mode: 'operator', issuer_seed: seedOf(auth), xkey_seed: seedOf(xkey), system_account: createAccount().getPublicKey() },
+    accounts: { APP: { public_key: app.getPublicKey(), signing_seed: seedOf(app) } },
+    issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
+    policy: { rules: [{ name: 'r', match: { groups: 'dev' }, account: 'APP', permissions: { sub: { allow: ['x'] } } }] },
+  });
+  const jwtOf = (authorization: Record<string, unknown> | undefined, extra: Record<string, unknown> = {}) =>
+    encodeAccount('AUTH', auth, { limits: { conn: -1 }, ...(authorization ? { authorization } : {}) }, { signer: operator, ...extra });
+  const check = async (authorization: Record<string, unknown> | undefined, opts: { xkey?: string; now?: number; exp?: number } = {}) => {
+    const claims = readAccountJwt(await jwtOf(authorization, opts.exp ? { exp: opts.exp } : {}), auth.getPublicKey());
+    assert.ok(typeof claims !== 'string', String(claims));
+    return checkCalloutAccount(config, claims, {
+      serviceUser: service.getPublicKey(),
+      xkey: 'xkey' in opts ? opts.xkey : xkey.getPublicKey(),
+      nowSeconds: opts.now ?? Math.floor(Date.now() / 1000),
+    });
+  };
+  const good = () => ({ auth_users: [service.getPublicKey()], allowed_accounts: [app.getPublicKey()], xkey: xkey.getPublicKey() });
+
+  it('finds nothing wrong with a matching account JWT', async () => {
+    assert.deepEqual(await check(good()), { problems: [], warnings: [] });
+    assert.deepEqual(await check({ ...good(), allowed_accounts: ['*'] }), { problems: [], warnings: [] });
+  });
+
+  it('reports each mismatch that would refuse logins, naming the key to fix', async () => {
+    assert.match((await check(undefined)).problems[0]!, /has no auth callout/);
+    assert.match((await check({ ...good(), allowed_accounts: [] })).problems[0]!, /account APP \(A[A-Z2-7]+\) is not in authorization.allowed_accounts/);
+    assert.match((await check({ ...good(), auth_users: [createUser().getPublicKey()] })).problems[0]!, /not in authorization.auth_users/);
+    assert.match((await check({ ...good(), xkey: createCurve().getPublicKey() })).problems[0]!, /is not the public key of callout.xkey_seed/);
+    assert.match((await check(good(), { xkey: undefined })).problems[0]!, /callout.xkey_seed is not set/);
+    assert.match((await check(good(), { exp: 1000, now: 2000 })).problems[0]!, /expired/);
+  });
+
+  it('warns about users that bypass the callout and about unencrypted requests', async () => {
+    const other = createUser().getPublicKey();
+    const found = await check({ ...good(), auth_users: [service.getPublicKey(), other] });
+    assert.deepEqual(found.problems, []);
+    assert.match(found.warnings[0]!, new RegExp(`also lists ${other}`));
+    const plain = await check({ auth_users: [service.getPublicKey()], allowed_accounts: [app.getPublicKey()] });
+    assert.match(plain.warnings[0]!, /requests and answers travel unencrypted/);
+  });
+
+  it('refuses a JWT that is not this account, not signed by an operator, or not an account JWT at all', async () => {
+    assert.match(String(readAccountJwt(await jwtOf(good()), app.getPublicKey())), /not .*A/);
+    assert.match(String(readAccountJwt('x.y.z', auth.getPublicKey())), /not a NATS JWT/);
+    const bySelf = await encodeAccount('AUTH', auth, { authorization: good() });
+    assert.match(String(readAccountJwt(bySelf, auth.getPublicKey())), /not an operator key/);
+    const [h, p] = (await jwtOf(good())).split('.');
+    const forged = `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`;
+    assert.match(String(readAccountJwt(forged, auth.getPublicKey())), /signature does not verify/);
+  });
+});
