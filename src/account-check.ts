@@ -65,6 +65,12 @@ export function serviceUserKey(config: Config): string | undefined {
 
 const short = (key: string) => `${key.slice(0, 8)}...`;
 
+/** An `exp` for a message: a date when it is one, the raw number otherwise (never throws). */
+function whenText(seconds: number): string {
+  const d = new Date(seconds * 1000);
+  return Number.isNaN(d.getTime()) ? String(seconds) : d.toISOString();
+}
+
 /**
  * Checks the callout account's JWT against the configuration: the service's user in
  * `auth_users` (and who else is), every configured account in `allowed_accounts`, the xkey.
@@ -79,8 +85,7 @@ export function checkCalloutAccount(
   const problems: string[] = [];
   const warnings: string[] = [];
   const account = String(claims.sub);
-  if (typeof claims.exp === 'number' && claims.exp <= opts.nowSeconds)
-    problems.push(`the callout account's JWT expired at ${new Date(claims.exp * 1000).toISOString()}`);
+  if (typeof claims.exp === 'number' && claims.exp <= opts.nowSeconds) problems.push(`the callout account's JWT expired (exp ${whenText(claims.exp)})`);
   const auth = claims.nats?.authorization;
   const authUsers = Array.isArray(auth?.auth_users) ? auth.auth_users.filter((u): u is string => typeof u === 'string') : [];
   if (authUsers.length === 0) {

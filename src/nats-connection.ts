@@ -50,8 +50,8 @@ export async function connectAll(config: Config, overrides: Partial<NodeConnecti
   }
 }
 
-/** The user information of a server URL (`nats://user:secret@host`). */
-const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)?[^@/\s]*@/i;
+/** The user information of a server URL (`nats://user:secret@host`), up to the last `@` before the path, as URL parsers read it. */
+const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)?[^/\s]*@/i;
 
 /**
  * A server URL fit for logs: credentials written into it (`nats://user:secret@host`) are

@@ -302,7 +302,7 @@ function grant(rule: CompiledRule, sets: readonly PermissionSet[], ctx: MatchCon
     account: account(rule, ctx),
     // nats-server renders a scope's {{name()}} into subjects unchecked: for a scoped account the
     // name must be one plain token, or a user named `*` would get every user's subjects.
-    name: rule.scoped ? plainToken(userName(ctx.claims, rule.nameClaim), `user name (${rule.nameClaim})`, rule.name) : userName(ctx.claims, rule.nameClaim),
+    name: rule.scoped ? scopedUserName(ctx.claims, rule.nameClaim, rule.name) : userName(ctx.claims, rule.nameClaim),
     roles: sets.map((s) => s.name).filter((n) => n !== 'permissions'),
     pub: direction(sets, 'pub', ctx.claims, rule.name),
     sub: direction(sets, 'sub', ctx.claims, rule.name),
@@ -365,12 +365,25 @@ function response(sets: readonly PermissionSet[]): Grant['resp'] {
 }
 
 function userName(claims: Readonly<Record<string, unknown>>, claim: string): string {
-  const v = claimAt(claims, claim);
-  const s = typeof v === 'string' && v ? v : typeof v === 'number' ? String(v) : typeof claims.sub === 'string' ? claims.sub : '';
+  const s = rawUserName(claims, claim);
   // Names reach server logs and monitoring: no control characters, bounded length.
   return Array.from(s.replace(/[\p{Cc}\p{Cf}]/gu, ''))
     .slice(0, MAX_NAME)
     .join('');
+}
+
+function rawUserName(claims: Readonly<Record<string, unknown>>, claim: string): string {
+  const v = claimAt(claims, claim);
+  return typeof v === 'string' && v ? v : typeof v === 'number' ? String(v) : typeof claims.sub === 'string' ? claims.sub : '';
+}
+
+/**
+ * The name of a user of a scoped account, checked as it is in the token, never cleaned: a
+ * scope's {{name()}} renders it into subjects, and a name that only cleaning makes plain
+ * (`ali\u00ADce`) would become another user's.
+ */
+function scopedUserName(claims: Readonly<Record<string, unknown>>, claim: string, rule: string): string {
+  return plainToken(rawUserName(claims, claim), `user name (${claim})`, rule);
 }
 
 /** A tag of a rule: literal text, or a template whose placeholders are subject tokens. */

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, lstatSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, openSync, realpathSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { UsageError } from './usage-error.js';
 
 /** Whether anything is at `path`, a dangling symlink included. */
@@ -47,7 +48,26 @@ export function writeSecretFiles(files: readonly (readonly [path: string, text: 
 /** Seeds go only into a directory no one else can write to (they could swap a seed of their own in). */
 export function refuseSharedDirectory(dir: string): void {
   const st = statSync(dir);
-  if ((st.mode & 0o022) !== 0 || (typeof process.getuid === 'function' && st.uid !== process.getuid())) {
+  const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
+  if ((st.mode & 0o022) !== 0 || (uid !== undefined && st.uid !== uid)) {
     throw new UsageError(`${dir} is writable by others or owned by another user: keep seeds in a directory only you can write to`);
+  }
+  // Whoever can write to a parent can rename this directory away and put their own in its place
+  // (as ssh checks): every parent must be ours or root's, and not writable by others unless
+  // sticky (/tmp), where only the owner may rename what is ours.
+  let child = realpathSync(dir);
+  for (let parent = dirname(child); parent !== child; child = parent, parent = dirname(parent)) {
+    const p = statSync(parent);
+    const sticky = (p.mode & 0o1000) !== 0;
+    if (uid !== undefined && p.uid !== uid && p.uid !== 0) {
+      throw new UsageError(
+        `${parent} (a parent of ${dir}) belongs to another user, who could replace ${dir}: keep seeds under directories only you or root own`,
+      );
+    }
+    if ((p.mode & 0o022) !== 0 && !sticky) {
+      throw new UsageError(
+        `${parent} (a parent of ${dir}) is writable by others, who could replace ${dir}: keep seeds under directories only you can write to`,
+      );
+    }
   }
 }

@@ -162,8 +162,8 @@ export function plainToken(text: string, what: string, rule: string): string {
             : 'it holds whitespace, control or invisible characters';
     throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: ${what} (${show(text)}) is not a single plain subject token: ${why}`);
   }
-  if (text.startsWith('$') || text === '_INBOX') {
-    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: ${what} would reach a reserved namespace ($... or _INBOX)`);
+  if (RESERVED_TOKEN.test(text)) {
+    throw new AuthFailure('POLICY_CLAIM_UNSAFE', `rule ${rule}: ${what} would reach a reserved namespace ($..., _INBOX, _R_ or _GR_)`);
   }
   return text;
 }

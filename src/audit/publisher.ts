@@ -75,7 +75,8 @@ export class AuditPublisher implements DecisionObserver {
     try {
       const event = buildAuditEvent(record, this.#replica);
       // The lookup adds a number and a timestamp at most: the size taken now is close enough.
-      if (!this.#buffer.push(event, JSON.stringify(event).length + 64)) {
+      // Bytes as published (UTF-8): client-chosen text in CJK takes three per character.
+      if (!this.#buffer.push(event, Buffer.byteLength(JSON.stringify(event), 'utf8') + 64)) {
         this.#dropped('buffer_full', 1);
         if (!this.#droppedLogged) {
           this.#droppedLogged = true;
