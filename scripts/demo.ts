@@ -6,6 +6,9 @@
  * `npm run demo -- --operator`: the same in operator (JWT) mode, from the files
  * `oidc-callout setup operator` writes: an operator, accounts with signing keys (one scoped),
  * a sentinel user that clients present with their token.
+ *
+ * `npm run demo -- --idp`: only the OpenID provider, kept running until Ctrl-C, for trying the
+ * service by hand: it prints its issuer, the audience of its tokens and how to get one.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -271,7 +274,37 @@ async function refusedConnect(options: Parameters<typeof connect>[0]): Promise<s
   }
 }
 
-(process.argv.includes('--operator') ? operatorDemo() : main()).then(
+/** `--idp`: a local OpenID provider for trying things by hand, until Ctrl-C. */
+async function idpOnly(): Promise<void> {
+  const ttlSeconds = 3600;
+  const clients = [
+    { clientId: 'orders-service', clientSecret: 'orders-secret', claims: { groups: ['orders-writers'], tenant: 'acme', name: 'Orders service' } },
+    { clientId: 'billing', clientSecret: 'billing-secret', claims: { groups: ['app1'] } },
+    { clientId: 'reports', clientSecret: 'reports-secret', claims: { groups: ['app2'] } },
+    { clientId: 'stranger', clientSecret: 'stranger-secret', claims: { groups: ['guests'] } },
+  ];
+  const idp = await startOidcProvider({ clients, ttlSeconds });
+  step('A local OpenID provider (client_credentials), for trying oidc-callout by hand');
+  say(`issuer:   ${idp.issuer}   (http on loopback: set allow_insecure_http: true on this issuer)`);
+  say(`audience: ${idp.resource}`);
+  say(`tokens:   valid ${ttlSeconds / 60} minutes; the client id is the token's sub`);
+  for (const c of clients) say(`  ${c.clientId.padEnd(15)} secret ${c.clientSecret.padEnd(16)} claims ${JSON.stringify(c.claims)}`);
+  say('\nGet a token (here for billing) into a file:');
+  say(
+    `  curl -s -u billing:billing-secret -d grant_type=client_credentials --data-urlencode resource=${idp.resource} ${idp.tokenEndpoint} | node -pe 'JSON.parse(require("fs").readFileSync(0)).access_token' > billing.jwt`,
+  );
+  say(`\nWith setup operator: oidc-callout setup operator --dir DIR --issuer ${idp.issuer} --audience ${idp.resource}`);
+  say('  (its rules admit groups app1 and app2: billing and reports)');
+  say('\nCtrl-C stops the provider.');
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await idp.stop();
+}
+
+const mode = process.argv.includes('--idp') ? idpOnly : process.argv.includes('--operator') ? operatorDemo : main;
+mode().then(
   () => process.exit(0),
   (err: unknown) => {
     process.stderr.write(`demo failed: ${(err as Error).stack ?? String(err)}\n`);

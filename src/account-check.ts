@@ -161,7 +161,13 @@ export async function lookupAccountJwt(system: NatsConnection, account: string, 
   const reply = await system.request(`$SYS.REQ.ACCOUNT.${account}.INFO`, '', { timeout: timeoutMs });
   const body = reply.json<{ data?: { jwt?: unknown }; error?: { description?: unknown } }>();
   if (typeof body.data?.jwt === 'string' && body.data.jwt !== '') return body.data.jwt;
-  throw new Error(`no JWT for account ${account}${body.error?.description ? `: ${String(body.error.description)}` : ''}`);
+  const why = String(body.error?.description ?? '');
+  if (/does not exist/i.test(why)) {
+    throw new Error(
+      'not loaded by the servers yet (a MEMORY resolver loads an account when a user of it first connects; a full resolver or callout.account_jwt avoids this)',
+    );
+  }
+  throw new Error(`no JWT for account ${account}${why ? `: ${why}` : ''}`);
 }
 
 /**

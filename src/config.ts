@@ -46,7 +46,13 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 /** Asymmetric JWS algorithms only: HMAC and `none` can never be allowed. */
 export const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
 
-const secret = z.union([z.string().min(1), z.strictObject({ file: z.string().min(1) }), z.strictObject({ env: z.string().min(1) })]);
+const secret = z.union([
+  z.string().min(1),
+  z.strictObject({ file: z.string().min(1) }),
+  z.strictObject({ env: z.string().min(1) }),
+  // systemd's LoadCredential=: $CREDENTIALS_DIRECTORY/NAME, whatever the unit is called.
+  z.strictObject({ credential: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/, 'a credential name (letters, digits, _ . -)') }),
+]);
 const duration = z.union([z.string(), z.number().nonnegative()]);
 
 const issuerSchema = z.strictObject({
@@ -142,7 +148,11 @@ const schema = z.strictObject({
     .describe('audit events: one per authorization decision, published on NATS'),
   admin: z
     .strictObject({
-      public_keys: z.array(z.string().min(1)).min(1).describe('user public keys (U...) whose signed requests the service acts on'),
+      public_keys: z
+        .array(z.string().min(1))
+        .min(1)
+        .optional()
+        .describe('user public keys (U...) whose signed revoke requests the service acts on; without them revocation is off'),
       subject: z.string().min(1).optional().describe('subject prefix of administrative requests, in the service account'),
       system: z
         .strictObject({
@@ -261,7 +271,19 @@ function resolveSecret(value: z.infer<typeof secret>, path: string, env: NodeJS.
     if (v === undefined || v === '') throw new ConfigError(path, `environment variable ${value.env} is not set`);
     return { value: v.trim(), source: `env:${value.env}` };
   }
-  const file = value.file.startsWith('/') ? value.file : `${baseDir}/${value.file}`;
+  let file: string;
+  if ('credential' in value) {
+    const dir = env.CREDENTIALS_DIRECTORY;
+    if (!dir) {
+      throw new ConfigError(
+        path,
+        `credential ${value.credential}: CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential=${value.credential}:FILE, or set CREDENTIALS_DIRECTORY to the directory holding ${value.credential})`,
+      );
+    }
+    file = `${dir}/${value.credential}`;
+  } else {
+    file = value.file.startsWith('/') ? value.file : `${baseDir}/${value.file}`;
+  }
   try {
     const v = readFileSync(file, 'utf8').trim();
     if (!v) throw new ConfigError(path, `secret file ${file} is empty`);
@@ -523,7 +545,7 @@ function standInSeed(): string {
 }
 
 function adminSettings(raw: NonNullable<RawConfig['admin']>, natsSecrets: boolean, env: NodeJS.ProcessEnv, baseDir: string): NonNullable<Config['admin']> {
-  raw.public_keys.forEach((k, i) => {
+  (raw.public_keys ?? []).forEach((k, i) => {
     if (!isPublicKey(k, 'user')) throw new ConfigError(`admin.public_keys[${i}]`, 'not a user public key (U...): sign revoke requests with a user nkey');
   });
   const subject = raw.subject ?? 'oidc-callout.admin';
@@ -537,7 +559,7 @@ function adminSettings(raw: NonNullable<RawConfig['admin']>, natsSecrets: boolea
   }
   const read = (v: z.infer<typeof secret> | undefined, path: string) => (v === undefined || !natsSecrets ? undefined : resolveSecret(v, path, env, baseDir));
   return {
-    publicKeys: raw.public_keys,
+    publicKeys: raw.public_keys ?? [],
     subject,
     system: s && {
       user: s.user,

@@ -67,6 +67,8 @@ export const GENERIC_REJECTION = 'not authorized';
 export class AuthFailure extends Error {
   readonly code: FailureCode;
   readonly outcome: Outcome;
+  /** Whose verified token was refused (policy, revocation): set once the token is known good. */
+  identity: { readonly issuer: string; readonly subject: string } | undefined;
   constructor(code: FailureCode, reason: string, options?: { cause?: unknown }) {
     super(reason, options);
     this.name = 'AuthFailure';

@@ -25,7 +25,9 @@ export function explainOutput(e: Explanation, connection: ConnectionFacts | unde
     account: g.account,
     user_name: g.name,
     roles: g.roles,
-    permissions: { pub: g.pub, sub: g.sub, ...(g.resp ? { resp: { max: g.resp.max, ttl: seconds(g.resp.ttl) } } : {}) },
+    permissions: g.scoped
+      ? `from the scope of ${g.account}'s signing key (in its account JWT): the user JWT carries none`
+      : { pub: g.pub, sub: g.sub, ...(g.resp ? { resp: { max: g.resp.max, ttl: seconds(g.resp.ttl) } } : {}) },
     expires: new Date(e.expires * 1000).toISOString(),
     // The signing keys are not read by explain: the issuer stands for the key that would sign.
     user_jwt: { ...e.userJwt, iss: '(the public key of the seed that signs users of this account; explain does not read it)' },

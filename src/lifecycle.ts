@@ -102,7 +102,8 @@ export async function runService(file: string, version: string): Promise<number>
       log.error('audit connection failed: audit events are dropped until a restart', { error: (err as Error).message });
     }
   }
-  if (config.admin) {
+  // Revocation is on when admin keys are listed (admin.system alone serves checks and audit).
+  if (config.admin?.publicKeys.length) {
     await new AdminListener(connections[0]!, system, () => runner.service, log, `${config.nats.name}@${hostname()}#${process.pid}`).start();
   }
   // Operator mode: say now what would otherwise show only as refused logins. Never fatal: the

@@ -37,7 +37,7 @@ const USAGE = `usage:
   oidc-callout revoke --config FILE --admin-seed FILE [--issuer URL] [--subject SUB] [--wait 2s]
                                        on every replica: drop the identity's cached decisions, refuse
                                        its tokens issued until now, disconnect its live connections
-  oidc-callout probe --config FILE --token TOKEN|@FILE|- [--server URL] [--timeout 5s]
+  oidc-callout probe --config FILE --token TOKEN|@FILE|- [--creds FILE] [--server URL] [--timeout 5s]
                                        log in through nats-server and the callout with the token,
                                        print the latency (a JSON line per server), exit 1 on failure
   oidc-callout keys [--dir DIR] [--force]
@@ -71,6 +71,7 @@ async function main(argv: string[]): Promise<number> {
       wait: { type: 'string' },
       server: { type: 'string' },
       timeout: { type: 'string' },
+      creds: { type: 'string' },
       accounts: { type: 'string' },
       xkey: { type: 'boolean' },
       'no-xkey': { type: 'boolean' },
@@ -97,7 +98,7 @@ async function main(argv: string[]): Promise<number> {
       });
     case 'probe':
       if (!values.token) throw new UsageError('probe needs --token TOKEN, --token @FILE or --token -');
-      return probeLogin(requireConfig(values.config), values.token, values.server, values.timeout ?? '5s');
+      return probeLogin(requireConfig(values.config), values.token, values.server, values.timeout ?? '5s', values.creds);
     case 'keys':
       return keys(values.dir ?? '.', values.force ?? false);
     case 'setup':
@@ -203,7 +204,7 @@ async function readToken(arg: string): Promise<string> {
  * Logs in to each configured server (or `--server`) with the token, through the callout. One JSON
  * line per server; exit 1 when any login failed.
  */
-async function probeLogin(file: string, tokenArg: string, server: string | undefined, timeoutArg: string): Promise<number> {
+async function probeLogin(file: string, tokenArg: string, server: string | undefined, timeoutArg: string, credsFile: string | undefined): Promise<number> {
   let timeoutMs: number;
   try {
     timeoutMs = parseDuration(timeoutArg, '--timeout');
@@ -216,9 +217,17 @@ async function probeLogin(file: string, tokenArg: string, server: string | undef
   const config = loadConfig(file, process.env, { natsSecrets: false, signingSecrets: false });
   const token = await readToken(tokenArg);
   if (!token) throw new UsageError('the token is empty');
+  let creds: Uint8Array | undefined;
+  if (credsFile !== undefined) {
+    try {
+      creds = readFileSync(credsFile);
+    } catch (err) {
+      throw new UsageError(`--creds ${credsFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
   let ok = true;
   for (const url of server !== undefined ? [server] : config.nats.servers) {
-    const result = await probe(url, token, timeoutMs);
+    const result = await probe(url, token, timeoutMs, creds);
     ok &&= result.ok;
     process.stdout.write(`${JSON.stringify(result)}\n`);
   }
@@ -272,7 +281,7 @@ async function explain(file: string, tokenArg: string, options: ExplainOptions):
  */
 async function revoke(file: string, seedFile: string, issuer: string | undefined, subject: string | undefined, wait: string): Promise<number> {
   const config = loadConfig(file);
-  if (!config.admin) throw new UsageError('the configuration has no admin section: revocation is off');
+  if (!config.admin?.publicKeys.length) throw new UsageError('the configuration lists no admin.public_keys: revocation is off');
   let signer: NkeySigner;
   try {
     signer = new NkeySigner(readFileSync(seedFile, 'utf8'), 'user');
@@ -362,10 +371,17 @@ authorization {
   return 0;
 }
 
+// A log reader that goes away (a closed pipe) must not take the service down with an EPIPE.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
+}
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
-    if (err instanceof UsageError) process.stderr.write(`oidc-callout: ${err.message}\n${USAGE}\n`);
+    if (err instanceof UsageError) process.stderr.write(`oidc-callout: ${err.message}\n(oidc-callout --help lists the commands and their options)\n`);
     else if (err instanceof ConfigError) process.stderr.write(`oidc-callout: configuration error: ${err.message}\n`);
     else process.stderr.write(`oidc-callout: ${(err as Error)?.message ?? String(err)}\n`);
     process.exit(2);

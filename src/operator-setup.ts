@@ -353,6 +353,10 @@ callout:
   system_account: ${setup.systemAccount}   # SYS: no rule may place users into it
 accounts:
 ${accounts}
+admin:
+  # A system account login: check and run read each account's JWT through it (signing keys,
+  # scopes). Add public_keys (user nkeys) to turn on revocation as well.
+  system: { creds_file: sys.creds }
 issuers:
 ${issuer}
 policy:

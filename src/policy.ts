@@ -38,6 +38,8 @@ export interface UserRestrictions {
 /** Everything the user JWT says about the user, decided by one rule. */
 export interface Grant extends UserRestrictions {
   readonly rule: string;
+  /** The account signs with a scoped key: the scope, not `pub`/`sub`/`resp`, grants the permissions. */
+  readonly scoped: boolean;
   /** The user JWT's tags, rendered for this user (scope templates read them as {{tag(NAME)}}). */
   readonly tags: readonly string[] | undefined;
   readonly account: string;
@@ -299,6 +301,7 @@ function grantedSets(rule: CompiledRule, ctx: MatchContext): readonly Permission
 function grant(rule: CompiledRule, sets: readonly PermissionSet[], ctx: MatchContext): Grant {
   return {
     rule: rule.name,
+    scoped: rule.scoped,
     account: account(rule, ctx),
     // nats-server renders a scope's {{name()}} into subjects unchecked: for a scoped account the
     // name must be one plain token, or a user named `*` would get every user's subjects.

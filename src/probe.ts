@@ -3,7 +3,7 @@
  * makes it, timed. For monitoring systems: it fails when logins fail or take too long, whatever
  * the service's own endpoints say.
  */
-import { connect } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, tokenAuthenticator } from '@nats-io/transport-node';
 import { withoutUserinfo } from './nats-connection.js';
 
 /** Why a probe failed (stable codes for alerts). */
@@ -23,15 +23,19 @@ export type ProbeResult =
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
 
-/** Logs in to `server` with `token` (as `auth_token`), once, within `timeoutMs`. Never throws. */
-export async function probe(server: string, token: string, timeoutMs: number): Promise<ProbeResult> {
+/**
+ * Logs in to `server` with `token` (as `auth_token`), once, within `timeoutMs`; with `creds`
+ * (operator mode: the sentinel's creds file contents) the sentinel user JWT comes along, as
+ * clients send it. Never throws.
+ */
+export async function probe(server: string, token: string, timeoutMs: number, creds?: Uint8Array): Promise<ProbeResult> {
   // The probe logs in with the token alone, never with credentials written into the URL.
   const url = withoutUserinfo(server);
   const started = performance.now();
   try {
     const nc = await connect({
       servers: [url],
-      token,
+      ...(creds ? { authenticator: [credsAuthenticator(creds), tokenAuthenticator(token)] } : { token }),
       name: 'oidc-callout probe',
       timeout: timeoutMs,
       reconnect: false,

@@ -232,7 +232,8 @@ export class CalloutService {
       reply = result.reply;
     } catch (err) {
       const failure = asAuthFailure(err);
-      decision = { result: failure.outcome, code: failure.code, reason: failure.message };
+      // A refusal of a verified token names whose it was (audit trails ask who was refused).
+      decision = { result: failure.outcome, code: failure.code, reason: failure.message, ...failure.identity };
       reply = undefined;
       if (failure.outcome === 'reject' && request) {
         try {
@@ -318,9 +319,12 @@ export class CalloutService {
     const token = this.#pickToken(request);
     const key = DecisionCache.key(token);
     const hit = this.cache.get(key);
-    if (hit) return this.#issue(request, hit, true, this.#now());
-    const entry = await this.#verifyWithinBudget(token, key, deadlineMs);
-    return this.#issue(request, entry, false, this.#now());
+    const entry = hit ?? (await this.#verifyWithinBudget(token, key, deadlineMs));
+    try {
+      return this.#issue(request, entry, hit !== undefined, this.#now());
+    } catch (err) {
+      throw identified(err, entry.issuer, entry.subject);
+    }
   }
 
   /**
@@ -398,7 +402,7 @@ export class CalloutService {
           { issuer, subject: typeof sub === 'string' ? sub : '', claims: verified.claims, grant: undefined, tokenExp: verified.exp },
           this.#now(),
         );
-        throw err;
+        throw identified(err, issuer, typeof sub === 'string' ? sub : '');
       }
     }
     const entry = { issuer, subject: typeof sub === 'string' ? sub : '', claims: verified.claims, grant, tokenExp: verified.exp };
@@ -472,4 +476,11 @@ function expiry(tokenExp: number | undefined, grant: Grant, nowMs: number): numb
   const exp = Math.min(tokenExp ?? Number.POSITIVE_INFINITY, now + grant.maxLifetimeSeconds);
   if (exp <= now) throw new AuthFailure('TOKEN_EXPIRED', 'the token expires before a user could connect');
   return exp;
+}
+
+/** `err` as an AuthFailure naming the verified identity it refused. */
+function identified(err: unknown, issuer: string, subject: string): AuthFailure {
+  const failure = asAuthFailure(err);
+  failure.identity = { issuer, subject };
+  return failure;
 }

@@ -21,9 +21,6 @@ export const ROOT = (() => {
 export const EXAMPLES_DIR = join(ROOT, 'conf', 'examples');
 export const FIXTURES_DIR = join(ROOT, 'test', 'fixtures', 'providers');
 
-/** Where every example reads its secrets: systemd's LoadCredential= directory of the unit. */
-export const CREDENTIALS_DIR = '/run/credentials/oidc-callout.service/';
-
 /** Every provider with an example, by file name without `.yaml`. */
 export const PROVIDERS = ['keycloak', 'entra-id', 'okta', 'auth0', 'google', 'github-actions', 'kubernetes', 'cloudflare-access', 'delimited-claims'] as const;
 export type Provider = (typeof PROVIDERS)[number];

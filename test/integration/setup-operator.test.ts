@@ -201,6 +201,17 @@ for (const bin of await natsServerBinaries()) {
       await service.waitFor((r) => r.msg === 'authorization' && r.code === 'POLICY_NO_MATCH', { from });
     });
 
+    it('probes a login with the sentinel and a token (operator mode needs both without default_sentinel)', async () => {
+      const tokenFile = join(dir, 'probe.jwt');
+      writeFileSync(tokenFile, await idp.sign({ sub: 'monitor', aud: 'nats', exp: now() + 300, groups: ['app1'] }), { mode: 0o600 });
+      const ok = await cli(['probe', '--config', join(dir, 'test.yaml'), '--token', `@${tokenFile}`, '--creds', join(dir, 'sentinel.creds')]);
+      assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+      assert.equal(JSON.parse(ok.stdout.trim()).ok, true);
+      const tokenOnly = await cli(['probe', '--config', join(dir, 'test.yaml'), '--token', `@${tokenFile}`]);
+      assert.equal(tokenOnly.code, 1);
+      assert.equal(JSON.parse(tokenOnly.stdout.trim()).code, 'PROBE_REFUSED');
+    });
+
     it('passes `check` with the written configuration', async () => {
       const r = await cli(['check', '--config', join(dir, 'test.yaml')]);
       assert.equal(r.code, 0, r.stderr);

@@ -99,6 +99,13 @@ describe('config', () => {
     const missing = minimal();
     missing.callout.issuer_seed = { file: '/nonexistent/issuer.nk' };
     configError(missing, 'callout.issuer_seed', /cannot read secret file \/nonexistent\/issuer.nk: ENOENT/);
+    // systemd credentials: $CREDENTIALS_DIRECTORY/NAME, named by the unit's LoadCredential=.
+    const credential = minimal();
+    credential.callout.issuer_seed = { credential: 'issuer.nk' };
+    assert.equal(buildConfig(credential, { CREDENTIALS_DIRECTORY: dir }, '/elsewhere').callout.issuerSeed.value, SEED);
+    configError(credential, 'callout.issuer_seed', /CREDENTIALS_DIRECTORY is not set \(run under systemd with LoadCredential=issuer.nk:FILE/);
+    credential.callout.issuer_seed = { credential: '../issuer.nk' };
+    configError(credential, 'callout.issuer_seed.credential', /a credential name/);
   });
 
   it('never prints secret values in the redacted view', () => {

@@ -305,3 +305,14 @@ describe('README: Monitoring', () => {
     for (const flag of probe[1]!.matchAll(/--[a-z-]+/g)) assert.match(usage, new RegExp(`probe[^\\n]*${flag[0]}`), `probe ${flag[0]} is not in the usage`);
   });
 });
+
+describe('shipped configuration and unit', () => {
+  it('read the same systemd credentials: every { credential } of the configuration is a LoadCredential= of the unit', () => {
+    const yaml = readFileSync(join(root, 'conf', 'oidc-callout.yaml'), 'utf8');
+    const unit = readFileSync(join(root, 'conf', 'oidc-callout.service'), 'utf8');
+    const wanted = sorted([...yaml.matchAll(/^[^#\n]*\{ credential: ([^ }]+) \}/gm)].map((m) => m[1]!));
+    const loaded = sorted([...unit.matchAll(/^LoadCredential=([^:]+):/gm)].map((m) => m[1]!));
+    assert.deepEqual(wanted, ['issuer.nk', 'nats-password', 'xkey.nk']);
+    assert.deepEqual(loaded, wanted);
+  });
+});

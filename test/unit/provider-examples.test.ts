@@ -15,7 +15,6 @@ import { createAccount, createCurve } from '@nats-io/nkeys';
 import { type CryptoKey, exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { loadConfig } from '../../src/config.js';
 import {
-  CREDENTIALS_DIR,
   EXAMPLES_DIR,
   exampleDoc,
   exampleText,
@@ -84,10 +83,10 @@ describe('provider examples', () => {
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  /** The example, its secrets pointing at the stand-ins; otherwise the file as shipped. */
+  /** The example as shipped (explain reads none of its secrets). */
   function configFile(provider: Provider): string {
     const file = join(dir, `${provider}.yaml`);
-    writeFileSync(file, exampleText(provider).replaceAll(CREDENTIALS_DIR, `${dir}/`));
+    writeFileSync(file, exampleText(provider));
     return file;
   }
 
@@ -127,16 +126,16 @@ describe('provider examples', () => {
         assert.equal(fixture.example, `${provider}.yaml`);
         assert.equal(doc.callout.mode, 'server_config');
         assert.equal(doc.callout.account, 'AUTH');
-        // Secrets come from systemd credentials, never inline.
-        assert.deepEqual(doc.callout.issuer_seed, { file: `${CREDENTIALS_DIR}issuer.nk` });
-        assert.deepEqual(doc.callout.xkey_seed, { file: `${CREDENTIALS_DIR}xkey.nk` });
-        assert.deepEqual(doc.nats.password, { file: `${CREDENTIALS_DIR}nats-password` });
+        // Secrets come from systemd credentials (LoadCredential= in the unit), never inline.
+        assert.deepEqual(doc.callout.issuer_seed, { credential: 'issuer.nk' });
+        assert.deepEqual(doc.callout.xkey_seed, { credential: 'xkey.nk' });
+        assert.deepEqual(doc.nats.password, { credential: 'nats-password' });
         for (const issuer of doc.issuers as Record<string, any>[]) {
           assert.match(issuer.issuer, /^https:\/\//);
           assert.equal(issuer.allow_insecure_http, undefined);
         }
 
-        const loaded = loadConfig(config, {}, { natsSecrets: false });
+        const loaded = loadConfig(config, { CREDENTIALS_DIRECTORY: dir }, { natsSecrets: false });
         assert.equal(loaded.callout.mode, 'server_config');
         assert.ok(loaded.keys.xkey, 'callout traffic is encrypted');
         assert.deepEqual(

@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import { createAccount, createUser } from '@nats-io/nkeys';
 import { buildConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
+import { explainOutput } from '../../src/explain-output.js';
 import { userClaims } from '../../src/user-jwt.js';
 
 const seedOf = (kp: { getSeed(): Uint8Array }) => new TextDecoder().decode(kp.getSeed());
@@ -125,6 +126,13 @@ describe('scoped signing keys', () => {
     assert.equal(claims.name, 'alice');
     // Exactly what ValidateScopedSigner accepts: no pub, sub, resp, limits, src, times or connection types.
     assert.deepEqual(claims.nats, { tags: ['plan:gold', 'tenant:acme'], issuer_account: tenant.getPublicKey(), type: 'user', version: 2 });
+    // explain says where the permissions come from instead of printing the empty grant.
+    const out = explainOutput(
+      { decision: 'allow', grant, expires: 2_000, userJwt: claims } as unknown as Parameters<typeof explainOutput>[0],
+      undefined,
+      1_000_000,
+    );
+    assert.match(String(out.permissions), /from the scope of TENANT's signing key/);
     // An unscoped account of the same configuration keeps its rule's permissions.
     const appGrant = { ...grant, account: 'APP', pub: { allow: ['x'] } };
     const app = userClaims(appGrant, user, config.keys.accounts.forAccount('APP')!, 1_000, 2_000).nats as Record<string, unknown>;

@@ -144,12 +144,20 @@ describe('callout service', () => {
     assert.equal(res.nats.error, 'not authorized');
     assert.equal(res.nats.jwt, undefined);
     assert.equal(lastDecision().code, 'TOKEN_MISSING');
+    assert.equal(lastDecision().subject, undefined);
     const noMatch = await idp.sign({ sub: 'q', aud: 'nats', exp: now() + 300, groups: ['qa'] });
     const cached = service.cache.size;
     await service.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: noMatch } })), undefined);
     assert.equal(lastDecision().code, 'POLICY_NO_MATCH');
+    // A refused verified token names whose it was; a missing or unverified one names no one.
+    assert.equal(lastDecision().issuer, idp.issuer);
+    assert.equal(lastDecision().subject, 'q');
     // The verified token is cached although the policy refused it (a missing token is not).
     assert.equal(service.cache.size, cached + 1);
+    // Refused again from the cache: still named.
+    await service.handle(enc(authRequestJwt(server, { connectOpts: { auth_token: noMatch } })), undefined);
+    assert.equal(lastDecision().code, 'POLICY_NO_MATCH');
+    assert.equal(lastDecision().subject, 'q');
   });
 
   it('aborts (no answer) on a request it cannot trust', async () => {
