@@ -48,6 +48,8 @@ export const DEFAULT_SCENARIOS = ['plain', 'hit', 'miss', 'hit-info'];
 
 export interface E2eOptions {
   readonly durationS: number;
+  /** `workers` of the service; its default when undefined. */
+  readonly workers?: number | 'auto' | undefined;
   /** Connects in flight; one measurement per value. */
   readonly concurrency: readonly number[];
   readonly warmupS: number;
@@ -190,6 +192,7 @@ export async function runConnectStorm(opts: E2eOptions): Promise<BenchResult[]> 
               issuerSeed: { file: 'issuer.nk' },
               xkeySeed: spec.xkey ? { file: 'xkey.nk' } : undefined,
               logLevel: spec.logLevel,
+              workers: opts.workers,
             });
             const configFile = join(work, 'oidc-callout.yaml');
             writeFileSync(configFile, `# written by bench/connect-storm.ts (JSON is YAML)\n${JSON.stringify(doc, null, 2)}\n`);

@@ -99,6 +99,8 @@ export interface ConfigDocOptions {
   readonly httpListen?: string | undefined;
   /** `nats.connections`; the service's default when undefined. */
   readonly connections?: number | undefined;
+  /** `workers`; the service's default (one per core) when undefined. */
+  readonly workers?: number | 'auto' | undefined;
 }
 
 /** A service configuration document (buildConfig input; as JSON it is also valid YAML). */
@@ -117,6 +119,7 @@ export function configDoc(o: ConfigDocOptions): Record<string, unknown> {
     ],
     policy: { rules: benchRules(o.issuer) },
     log: { level: o.logLevel ?? 'error' },
+    ...(o.workers !== undefined ? { workers: o.workers } : {}),
     ...(o.httpListen ? { http: { listen: o.httpListen } } : {}),
   };
 }

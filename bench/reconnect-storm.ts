@@ -46,6 +46,8 @@ export interface ReconnectStormOptions {
   readonly xkey: boolean;
   /** `nats.connections` of the service; its default when undefined. */
   readonly connections?: number | undefined;
+  /** `workers` of the service; its default when undefined. */
+  readonly workers?: number | 'auto' | undefined;
   /** The service's log level; its log is kept as /tmp/oidc-callout-storm-<server>.log when set. */
   readonly serviceLog?: 'debug' | 'info' | 'warn' | 'error' | undefined;
   /** Write a V8 CPU profile of the service process into this directory. */
@@ -330,6 +332,7 @@ async function stormOnce(
       logLevel: opts.serviceLog ?? 'error',
       httpListen: `127.0.0.1:${metricsPort}`,
       connections: opts.connections,
+      workers: opts.workers,
     });
     const configFile = join(work, 'oidc-callout.yaml');
     writeFileSync(configFile, `# written by bench/reconnect-storm.ts (JSON is YAML)\n${JSON.stringify(doc, null, 2)}\n`);

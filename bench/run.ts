@@ -14,6 +14,7 @@
  *   --warmup SECONDS         e2e warm-up per scenario (default 1)
  *   --micro-ms MS            minimum measured time per micro (and policy) benchmark (default 1000)
  *   --filter TEXT            only micro benchmarks whose name contains TEXT
+ *   --workers N|auto         the service's worker threads (default: its own default, one per core)
  *   --profile DIR            write a V8 CPU profile of each service process to DIR
  *   --clients N              storm: clients with distinct tokens (default 10000)
  *   --max-seconds S          storm: cap of each connect phase (default 120)
@@ -66,6 +67,7 @@ async function main(): Promise<void> {
       'max-seconds': { type: 'string' },
       'no-xkey': { type: 'boolean' },
       connections: { type: 'string' },
+      workers: { type: 'string' },
       'service-log': { type: 'string' },
       'auth-timeout': { type: 'string' },
       'no-save': { type: 'boolean' },
@@ -103,6 +105,7 @@ async function main(): Promise<void> {
     maxSeconds: positive('max-seconds', values['max-seconds'], 120),
     xkey: !values['no-xkey'],
     connections: values.connections === undefined ? undefined : Math.round(positive('connections', values.connections, 2)),
+    workers: values.workers === undefined || values.workers === 'auto' ? values.workers : Math.round(positive('workers', values.workers, 1)),
     serviceLog: values['service-log'] as 'debug' | 'info' | 'warn' | 'error' | undefined,
     authTimeoutS: values['auth-timeout'] === undefined ? undefined : Math.round(positive('auth-timeout', values['auth-timeout'], 2)),
   };
@@ -152,6 +155,7 @@ async function main(): Promise<void> {
     say(`\n== connect storm: ${options.concurrency.join(', ')} in flight, ${options.durationS} s per scenario (+${options.warmupS} s warm-up)`);
     const e2e = await runConnectStorm({
       durationS: options.durationS,
+      workers: options.workers as number | 'auto' | undefined,
       concurrency: options.concurrency,
       warmupS: options.warmupS,
       servers: options.servers,
@@ -171,11 +175,12 @@ async function main(): Promise<void> {
   }
   if (options.only === 'storm') {
     const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS } = options;
+    const workers = options.workers as number | 'auto' | undefined;
     const conns = connections === undefined ? 'default' : String(connections);
     say(
-      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}, authorization timeout ${authTimeoutS ?? 2} s`,
+      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}, workers ${workers ?? 'default'}, authorization timeout ${authTimeoutS ?? 2} s`,
     );
-    storms.push(...(await runReconnectStorm({ clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS, log: say })));
+    storms.push(...(await runReconnectStorm({ clients, maxSeconds, servers, xkey, connections, workers, serviceLog, profileDir, authTimeoutS, log: say })));
     say(`\n${stormTable(storms)}`);
     say('late answers: allow answers the service sent minus clients that got in (answers nats-server no longer waited for);');
     say('failed: auth_violation = refused by the service (see its reject counters) or no callout answer within the 2 s nats-server waits;');

@@ -24,6 +24,24 @@ export interface RevokeResult {
   readonly kick_errors?: readonly string[];
 }
 
+/** An identity to revoke, as verified from an admin request. */
+export interface RevokeTarget {
+  readonly issuer: string | undefined;
+  readonly subject: string | undefined;
+  /** Seconds: tokens issued until then are refused. */
+  readonly at: number;
+}
+
+/** What applying a revocation did on one worker of a replica. */
+export interface AppliedRevocation {
+  readonly dropped: number;
+  readonly found: number;
+  readonly kicked: number;
+  readonly gone: number;
+  readonly errors: readonly string[];
+  readonly incomplete: boolean;
+}
+
 /**
  * Revocation, on every replica: each subscribes to `<admin.subject>.revoke` outside the queue
  * group, so every replica gets every request. A request signed by an admin key drops the
@@ -42,7 +60,18 @@ export class AdminListener {
   #verifier: RevokeVerifier;
   #keys: string;
 
-  constructor(nc: NatsConnection, system: NatsConnection | undefined, service: () => CalloutService, log: Logger, replica: string) {
+  /** The replica's other workers: the revocation applied on each, their results (workers > 1). */
+  readonly #peers: ((target: RevokeTarget) => Promise<AppliedRevocation[]>) | undefined;
+
+  constructor(
+    nc: NatsConnection,
+    system: NatsConnection | undefined,
+    service: () => CalloutService,
+    log: Logger,
+    replica: string,
+    peers?: (target: RevokeTarget) => Promise<AppliedRevocation[]>,
+  ) {
+    this.#peers = peers;
     this.#nc = nc;
     this.#system = system;
     this.#service = service;
@@ -82,20 +111,20 @@ export class AdminListener {
         throw new AuthFailure('ADMIN_REQUEST_INVALID', `issuer ${JSON.stringify(request.issuer)} is not configured (compared exactly)`);
       }
       // As of when it was signed (never later than now).
-      service.revocations.revoke(request.issuer, request.subject, Math.min(request.iat, nowSeconds));
-      const dropped = service.cache.dropWhere(request.issuer, request.subject);
-      const live = service.liveUsers.matching(request.issuer, request.subject);
-      const { kicked, gone, errors } = this.#system ? await this.#kick(live, service) : { kicked: 0, gone: 0, errors: [] };
-      const incomplete = service.liveUsers.incomplete(request.issuer, request.subject);
+      const target: RevokeTarget = { issuer: request.issuer, subject: request.subject, at: Math.min(request.iat, nowSeconds) };
+      // Every worker of this replica holds its own cache and live users: apply it on each.
+      const applied = [await this.apply(target), ...((await this.#peers?.(target)) ?? [])];
+      const sum = (k: 'dropped' | 'found' | 'kicked' | 'gone') => applied.reduce((n, a) => n + a[k], 0);
+      const errors = applied.flatMap((a) => a.errors);
       result = {
         replica: this.#replica,
         ok: errors.length === 0,
-        cache_entries_dropped: dropped,
-        connections_found: live.length,
-        connections_kicked: kicked,
-        connections_already_closed: gone,
+        cache_entries_dropped: sum('dropped'),
+        connections_found: sum('found'),
+        connections_kicked: sum('kicked'),
+        connections_already_closed: sum('gone'),
         ...(errors.length ? { kick_errors: errors.slice(0, 20) } : {}),
-        ...(incomplete ? { registry_incomplete: true } : {}),
+        ...(applied.some((a) => a.incomplete) ? { registry_incomplete: true } : {}),
       };
       this.#log.warn('revoked', { admin: request.admin, issuer: request.issuer, subject: request.subject, ...result });
     } catch (err) {
@@ -106,50 +135,64 @@ export class AdminListener {
     if (msg.reply) msg.respond(JSON.stringify(result));
   }
 
-  /**
-   * Kicks the connections, up to KICK_CONCURRENCY at once and for at most KICK_BUDGET_MS, so the
-   * answer comes within the CLI's wait. A connection the server no longer has is already gone.
-   */
-  async #kick(
-    live: readonly (LiveUser & { readonly userNkey: string })[],
-    service: CalloutService,
-  ): Promise<{ kicked: number; gone: number; errors: string[] }> {
-    const system = this.#system!;
-    const clock = service.clock;
-    const until = clock.monotonic() + KICK_BUDGET_MS;
-    const errors: string[] = [];
-    let kicked = 0;
-    let gone = 0;
-    let next = 0;
-    const worker = async () => {
-      while (next < live.length) {
-        const user = live[next++]!;
-        if (user.clientId === undefined) continue;
-        const left = until - clock.monotonic();
-        if (left <= 0) {
-          errors.push(`${user.serverId}/${user.clientId}: not kicked within ${KICK_BUDGET_MS}ms; revoke again`);
-          continue;
-        }
-        try {
-          const reply = await system.request(`$SYS.REQ.SERVER.${user.serverId}.KICK`, JSON.stringify({ cid: user.clientId }), {
-            timeout: Math.min(2000, left),
-          });
-          const body = reply.json<{ error?: { description?: string } }>();
-          const description = body.error?.description ?? '';
-          if (!body.error) {
-            kicked++;
-            service.liveUsers.forget(user.userNkey);
-          } else if (/no such client/i.test(description)) {
-            gone++;
-            service.liveUsers.forget(user.userNkey);
-          } else errors.push(`${user.serverId}/${user.clientId}: ${description || 'refused'}`);
-        } catch (err) {
-          // No answer: the server is gone (a restart gives it a new id), or slow; kept for a retry.
-          errors.push(`${user.serverId}/${user.clientId}: ${(err as Error).message}`);
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(KICK_CONCURRENCY, live.length) }, worker));
-    return { kicked, gone, errors };
+  /** Applies a verified revocation to this worker's service: refuse, drop cached decisions, kick its live connections. */
+  async apply(target: RevokeTarget): Promise<AppliedRevocation> {
+    return applyRevocation(this.#service(), this.#system, target);
   }
+}
+
+/** Applies a verified revocation to `service`: refuse, drop its cached decisions, kick the live connections it let in. */
+export async function applyRevocation(service: CalloutService, system: NatsConnection | undefined, target: RevokeTarget): Promise<AppliedRevocation> {
+  service.revocations.revoke(target.issuer, target.subject, target.at);
+  const dropped = service.cache.dropWhere(target.issuer, target.subject);
+  const live = service.liveUsers.matching(target.issuer, target.subject);
+  const { kicked, gone, errors } = system ? await kick(system, live, service) : { kicked: 0, gone: 0, errors: [] as string[] };
+  return { dropped, found: live.length, kicked, gone, errors, incomplete: service.liveUsers.incomplete(target.issuer, target.subject) };
+}
+
+/**
+ * Kicks the connections, up to KICK_CONCURRENCY at once and for at most KICK_BUDGET_MS, so the
+ * answer comes within the CLI's wait. A connection the server no longer has is already gone.
+ */
+async function kick(
+  system: NatsConnection,
+  live: readonly (LiveUser & { readonly userNkey: string })[],
+  service: CalloutService,
+): Promise<{ kicked: number; gone: number; errors: string[] }> {
+  const clock = service.clock;
+  const until = clock.monotonic() + KICK_BUDGET_MS;
+  const errors: string[] = [];
+  let kicked = 0;
+  let gone = 0;
+  let next = 0;
+  const worker = async () => {
+    while (next < live.length) {
+      const user = live[next++]!;
+      if (user.clientId === undefined) continue;
+      const left = until - clock.monotonic();
+      if (left <= 0) {
+        errors.push(`${user.serverId}/${user.clientId}: not kicked within ${KICK_BUDGET_MS}ms; revoke again`);
+        continue;
+      }
+      try {
+        const reply = await system.request(`$SYS.REQ.SERVER.${user.serverId}.KICK`, JSON.stringify({ cid: user.clientId }), {
+          timeout: Math.min(2000, left),
+        });
+        const body = reply.json<{ error?: { description?: string } }>();
+        const description = body.error?.description ?? '';
+        if (!body.error) {
+          kicked++;
+          service.liveUsers.forget(user.userNkey);
+        } else if (/no such client/i.test(description)) {
+          gone++;
+          service.liveUsers.forget(user.userNkey);
+        } else errors.push(`${user.serverId}/${user.clientId}: ${description || 'refused'}`);
+      } catch (err) {
+        // No answer: the server is gone (a restart gives it a new id), or slow; kept for a retry.
+        errors.push(`${user.serverId}/${user.clientId}: ${(err as Error).message}`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(KICK_CONCURRENCY, live.length) }, worker));
+  return { kicked, gone, errors };
 }

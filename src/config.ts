@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { createAccount } from '@nats-io/nkeys';
 import { z } from 'zod';
@@ -22,6 +23,7 @@ export { bounded, parseDuration } from './duration.js';
 /** Every default in one place; README and conf/ document these values. */
 export const DEFAULTS = deepFreeze({
   nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout', connections: 8 },
+  workers: 'auto',
   callout: { mode: 'server_config' as const, max_in_flight: 256, system_account: 'SYS' },
   token: { fields: ['auth_token'] as TokenField[], max_bytes: 16384 },
   issuer: {
@@ -128,6 +130,10 @@ const schema = z.strictObject({
   policy: policySchema,
   cache: z.strictObject({ max_entries: z.number().int().nonnegative().optional(), ttl: duration.optional() }).optional(),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).optional() }).optional(),
+  workers: z
+    .union([z.number().int().min(1).max(64), z.literal('auto')])
+    .optional()
+    .describe("worker threads of this replica, each with its own NATS connections in the queue group; 'auto': one per core, at most 8"),
   http: z
     .strictObject({
       listen: z.string().min(1),
@@ -262,6 +268,8 @@ export interface Config {
   readonly audit: { readonly subject: AuditSubject; readonly bufferEvents: number; readonly bufferBytes: number; readonly clientPorts: boolean } | undefined;
   /** The monitoring endpoints (/healthz, /readyz, /metrics); off when not configured. */
   readonly http: { readonly host: string; readonly port: number; readonly readyMaxLatencyMs: number } | undefined;
+  /** Worker threads of this replica (`workers`, resolved: 'auto' is one per core, at most MAX_AUTO_WORKERS). */
+  readonly workers: number;
 }
 
 function resolveSecret(value: z.infer<typeof secret>, path: string, env: NodeJS.ProcessEnv, baseDir: string): Secret {
@@ -481,6 +489,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       ttlMs: parseDuration(raw.cache?.ttl ?? DEFAULTS.cache.ttl, 'cache.ttl'),
     },
     log: { level: raw.log?.level ?? DEFAULTS.log.level },
+    workers: (raw.workers ?? DEFAULTS.workers) === 'auto' ? Math.min(availableParallelism(), MAX_AUTO_WORKERS) : (raw.workers as number),
     http: raw.http && {
       ...parseListen(raw.http.listen, 'http.listen'),
       // Half nats-server's default authorization timeout (2 s): an answer later than that is close to lost.
@@ -536,6 +545,9 @@ function auditSettings(raw: NonNullable<RawConfig['audit']>, systemLogin: boolea
     clientPorts: raw.client_ports ?? d.client_ports,
   };
 }
+
+/** 'auto' workers: one per core, no more than this (beyond it the server's reply lanes, not our CPU, limit). */
+export const MAX_AUTO_WORKERS = 8;
 
 /** Secret.source of a seed `explain` did not read (LoadOptions.signingSecrets). */
 export const NOT_READ = 'not read';

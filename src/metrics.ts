@@ -88,6 +88,8 @@ export class Metrics implements DecisionObserver {
       name: 'oidc_callout_config_reloads_total',
       help: 'Configuration reloads by result (ok, error)',
       labelNames: ['result'],
+      // Each worker reloads: the replica reloaded once.
+      aggregator: 'max',
       registers,
     });
     this.#shed = new Counter({
@@ -118,6 +120,7 @@ export class Metrics implements DecisionObserver {
     });
     new Gauge({
       name: 'oidc_callout_reply_lane_delay_seconds',
+      aggregator: 'max',
       help: "How far behind nats-server is in processing the answers sent on each of the service's connections (PING round trip)",
       labelNames: ['connection'],
       registers,
@@ -144,6 +147,8 @@ export class Metrics implements DecisionObserver {
     });
     new Gauge({
       name: 'oidc_callout_issuer_keys_loaded',
+      // Loaded for the replica when loaded in every worker.
+      aggregator: 'min',
       help: "1 when the issuer's signing keys are loaded",
       labelNames: ['issuer'],
       registers,
@@ -152,7 +157,7 @@ export class Metrics implements DecisionObserver {
         for (const { issuer, loaded } of sources()?.issuersKeysLoaded() ?? []) this.set({ issuer }, loaded ? 1 : 0);
       },
     });
-    new Gauge({ name: 'oidc_callout_build_info', help: 'Version of the running service', labelNames: ['version', 'node'], registers }).set(
+    new Gauge({ name: 'oidc_callout_build_info', help: 'Version of the running service', labelNames: ['version', 'node'], aggregator: 'first', registers }).set(
       { version, node: process.version },
       1,
     );

@@ -1,16 +1,18 @@
 import { createServer, type Server } from 'node:http';
 import type { Logger } from './log.js';
-import type { Metrics } from './metrics.js';
 
 /** What keeps the service from being ready; empty when it can answer requests. */
-export type ReadinessCheck = () => string[];
+export type ReadinessCheck = () => string[] | Promise<string[]>;
+
+/** The Prometheus text of the replica (one registry, or its workers' added up). */
+export type MetricsText = () => Promise<{ readonly text: string; readonly contentType: string }>;
 
 /**
  * The operations endpoints: `/healthz` (the process is alive), `/readyz` (subscribed, NATS
  * connected, every issuer's keys loaded; 503 with the reasons otherwise) and `/metrics`
  * (Prometheus). Bound to the configured address only; serves nothing else.
  */
-export async function startMonitoring(listen: { host: string; port: number }, metrics: Metrics, readiness: ReadinessCheck, log: Logger): Promise<Server> {
+export async function startMonitoring(listen: { host: string; port: number }, metrics: MetricsText, readiness: ReadinessCheck, log: Logger): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -20,11 +22,16 @@ export async function startMonitoring(listen: { host: string; port: number }, me
     if (path === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (path === '/readyz') {
-      const problems = readiness();
-      res.writeHead(problems.length ? 503 : 200, { 'content-type': 'application/json' }).end(`${JSON.stringify({ ready: problems.length === 0, problems })}\n`);
+      Promise.resolve(readiness()).then(
+        (problems) =>
+          res
+            .writeHead(problems.length ? 503 : 200, { 'content-type': 'application/json' })
+            .end(`${JSON.stringify({ ready: problems.length === 0, problems })}\n`),
+        (err: Error) => res.writeHead(503, { 'content-type': 'application/json' }).end(`${JSON.stringify({ ready: false, problems: [err.message] })}\n`),
+      );
     } else if (path === '/metrics') {
-      metrics.registry.metrics().then(
-        (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
+      metrics().then(
+        ({ text, contentType }) => res.writeHead(200, { 'content-type': contentType }).end(text),
         (err: Error) => {
           log.error('metrics failed', { error: err.message });
           res.writeHead(500).end();

@@ -34,14 +34,19 @@ export async function connectAs(
 }
 
 /**
- * Opens the `nats.connections` connections of a running service (named `NAME`, `NAME#2`, ...).
+ * Opens `count` (default `nats.connections`) connections of a running service (named `NAME`, `NAME#2`, ...).
  * Closes those already open if one fails.
  */
-export async function connectAll(config: Config, overrides: Partial<NodeConnectionOptions> = {}): Promise<NatsConnection[]> {
+export async function connectAll(
+  config: Config,
+  overrides: Partial<NodeConnectionOptions> = {},
+  count = config.nats.connections,
+  namePrefix = config.nats.name,
+): Promise<NatsConnection[]> {
   const open: NatsConnection[] = [];
   try {
-    for (let i = 0; i < config.nats.connections; i++) {
-      open.push(await connectNats(config, { name: i === 0 ? config.nats.name : `${config.nats.name}#${i + 1}`, ...overrides }));
+    for (let i = 0; i < count; i++) {
+      open.push(await connectNats(config, { name: i === 0 ? namePrefix : `${namePrefix}#${i + 1}`, ...overrides }));
     }
     return open;
   } catch (err) {

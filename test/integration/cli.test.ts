@@ -444,16 +444,23 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
 
   describe('monitoring endpoints', () => {
     let service: ChildProcess | undefined;
-    after(() => service?.kill('SIGKILL'));
+    // Every process started here, so a test failing before its stopRun leaves none behind.
+    const spawned: ChildProcess[] = [];
+    after(() => {
+      for (const child of spawned) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
 
     /** Starts `run` and resolves with the monitoring port it logged. */
-    function startRun(file: string): Promise<number> {
+    /** Starts `run`; resolves with its monitoring port. `onOutput` sees everything it writes to stdout. */
+    function startRun(file: string, onOutput?: (chunk: string) => void): Promise<number> {
       service = spawnRun(file);
+      spawned.push(service);
       let out = '';
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`no monitoring line in:\n${out}`)), 10_000);
         service!.stdout!.on('data', (d) => {
           out += d;
+          onOutput?.(String(d));
           const m = /"msg":"monitoring","host":"127\.0\.0\.1","port":(\d+)/.exec(out);
           if (m && /"msg":"listening"/.test(out)) {
             clearTimeout(timer);
@@ -472,7 +479,11 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
 
     it('answers /healthz, /readyz and /metrics with decisions, fetches and reloads counted', async () => {
       const file = join(dir, 'monitored.yaml');
-      writeFileSync(file, `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}http:\n  listen: 127.0.0.1:0\n`);
+      // One worker: the second connect with the same token is a cache hit (caches are per worker).
+      writeFileSync(
+        file,
+        `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}workers: 1\nhttp:\n  listen: 127.0.0.1:0\n`,
+      );
       const port = await startRun(file);
       const base = `http://127.0.0.1:${port}`;
       assert.equal((await fetch(`${base}/healthz`)).status, 200);
@@ -538,6 +549,41 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       assert.match(usage.stderr, /--timeout/);
       assert.equal((await cli(['probe', '--config', file])).code, 2);
       await stopRun();
+    });
+
+    it('runs two workers as one replica: both serve, /metrics adds them up, revocations and reloads reach both', async () => {
+      const file = join(dir, 'workers.yaml');
+      writeFileSync(
+        file,
+        `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}workers: 2\nhttp:\n  listen: 127.0.0.1:0\n`,
+      );
+      let out = '';
+      const port = await startRun(file, (d) => (out += d));
+      const base = `http://127.0.0.1:${port}`;
+      const connects = 40;
+      for (let i = 0; i < connects; i++) {
+        const token = await idp.sign({ sub: `w-${i}`, aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
+        await (await connect({ servers: nats.url, token, reconnect: false })).close();
+      }
+      const decisions = out
+        .split('\n')
+        .filter((l) => l.includes('"msg":"authorization"'))
+        .map((l) => JSON.parse(l) as { worker?: number; result: string });
+      assert.equal(decisions.length, connects);
+      // nats-server spreads the queue group's requests over both workers' connections.
+      assert.deepEqual([...new Set(decisions.map((d) => d.worker))].sort(), [0, 1]);
+      const text = await (await fetch(`${base}/metrics`)).text();
+      assert.match(text, new RegExp(`oidc_callout_requests_total\\{result="allow",code=""\\} ${connects}`));
+      assert.match(text, /oidc_callout_workers 2/);
+      assert.match(text, /oidc_callout_build_info\{version="\d+\.\d+\.\d+",node="v\d+[^"]*"\} 1/);
+      assert.equal((await fetch(`${base}/readyz`)).status, 200);
+      const mark = out.length;
+      service!.kill('SIGHUP');
+      for (let i = 0; i < 100 && !/"msg":"configuration reloaded"/.test(out.slice(mark)); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.match(out.slice(mark), /"msg":"configuration reloaded"/);
+      await stopRun();
+      // Both workers drained.
+      assert.equal(out.match(/"msg":"stopping"/g)?.length ?? 0, 1);
     });
 
     it("reports not ready, with the reason, while an issuer's keys are missing", async () => {

@@ -142,7 +142,9 @@ for (const { version, path } of binaries) {
     /** Writes the configuration of replica `r<i+1>` with these servers (mode 0600) and returns its path. */
     function replicaConfig(i: number, servers: readonly string[]): string {
       const file = join(dir, `r${i + 1}.yaml`);
-      const yaml = `nats:
+      // One worker per replica: each replica is one process whose connections the test counts by name.
+      const yaml = `workers: 1
+nats:
   servers: [${servers.join(', ')}]
   name: r${i + 1}
   connections: ${LANES}

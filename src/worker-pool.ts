@@ -1,0 +1,181 @@
+/**
+ * The worker threads of one replica (workers > 1), seen from its main thread: started with the
+ * configuration file, asked for readiness and metrics (one monitoring endpoint, one set of
+ * metrics for the replica), told to reload and to drain, restarted (and counted) when one dies.
+ * Revocations received by the primary worker are applied on every other worker through here.
+ */
+import { Worker } from 'node:worker_threads';
+import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
+import type { AppliedRevocation, RevokeTarget } from './admin.js';
+import type { Logger } from './log.js';
+import type { FromWorker, ToPrimary, ToWorker, WorkerData } from './worker-protocol.js';
+
+/** How long the main thread waits for a worker's answer (readiness, metrics, revocations). */
+const ASK_TIMEOUT_MS = 2000;
+/** Revocations remembered for workers that start again (the oldest are forgotten beyond it). */
+const MAX_REMEMBERED_REVOCATIONS = 10_000;
+/** A worker that died is started again after this pause (a crash loop costs no more than this). */
+const RESTART_DELAY_MS = 1000;
+
+type Ask = { [K in ToWorker['type']]: Omit<Extract<ToWorker, { type: K }>, 'id'> }[ToWorker['type']];
+
+interface Slot {
+  worker: Worker | undefined;
+  started: boolean;
+  readonly pending: Map<number, (m: { value: unknown; error?: string }) => void>;
+}
+
+export class WorkerPool {
+  readonly #log: Logger;
+  readonly #data: Omit<WorkerData, 'index'>;
+  readonly #slots: Slot[];
+  readonly #registry = new Registry();
+  /** The worker's code: worker-main.js (tests give a stand-in speaking the same protocol). */
+  readonly #script: URL;
+  readonly #restarts: Counter<'worker'>;
+  #nextId = 0;
+  #stopping = false;
+  /** Revocations applied so far, replayed to a worker that starts again (its state died with it). */
+  readonly #revocations: RevokeTarget[] = [];
+
+  private constructor(data: Omit<WorkerData, 'index'>, log: Logger, script: URL) {
+    this.#script = script;
+    this.#data = data;
+    this.#log = log;
+    this.#slots = Array.from({ length: data.count }, () => ({ worker: undefined, started: false, pending: new Map() }));
+    this.#restarts = new Counter({
+      name: 'oidc_callout_worker_restarts_total',
+      help: 'Worker threads started again after they died, by worker index',
+      labelNames: ['worker'],
+      registers: [this.#registry],
+    });
+    const slots = this.#slots;
+    new Gauge({
+      name: 'oidc_callout_workers',
+      help: 'Worker threads of this replica serving now',
+      registers: [this.#registry],
+      collect() {
+        this.set(slots.filter((s) => s.started).length);
+      },
+    });
+  }
+
+  /** Starts every worker; resolves once all serve (rejects when one fails to start). */
+  static async start(data: Omit<WorkerData, 'index'>, log: Logger, script = new URL('./worker-main.js', import.meta.url)): Promise<WorkerPool> {
+    const pool = new WorkerPool(data, log, script);
+    await Promise.all(pool.#slots.map((_, i) => pool.#spawn(i)));
+    return pool;
+  }
+
+  #spawn(index: number): Promise<void> {
+    const slot = this.#slots[index]!;
+    // A worker started again knows no revocation: it gets every one before it serves.
+    const worker = new Worker(this.#script, { workerData: { ...this.#data, index, revocations: [...this.#revocations] } satisfies WorkerData });
+    slot.worker = worker;
+    slot.started = false;
+    return new Promise<void>((resolve, reject) => {
+      worker.on('message', (m: FromWorker) => {
+        if (m.type === 'started') {
+          slot.started = true;
+          resolve();
+        } else if (m.type === 'answer') {
+          slot.pending.get(m.id)?.({ value: m.value, error: m.error });
+          slot.pending.delete(m.id);
+        } else if (m.type === 'peers') {
+          void this.#applyOnPeers(index, m.target).then((results) => worker.postMessage({ type: 'peers-answer', id: m.id, results } satisfies ToPrimary));
+        }
+      });
+      worker.on('error', (err) => this.#log.error('worker failed', { worker: index, error: err.message }));
+      worker.on('exit', (code) => {
+        const wasStarted = slot.started;
+        slot.started = false;
+        slot.worker = undefined;
+        for (const answer of slot.pending.values()) answer({ value: undefined, error: `worker ${index} exited` });
+        slot.pending.clear();
+        if (!wasStarted && !this.#stopping) {
+          reject(new Error(`worker ${index} exited with code ${code} before it served`));
+          return;
+        }
+        if (this.#stopping) return;
+        // A worker that dies is started again, and counted: the replica keeps every core busy.
+        this.#restarts.inc({ worker: String(index) });
+        this.#log.error('worker exited; starting it again', { worker: index, code });
+        setTimeout(() => {
+          if (!this.#stopping) this.#spawn(index).catch((err: Error) => this.#log.error('worker restart failed', { worker: index, error: err.message }));
+        }, RESTART_DELAY_MS).unref();
+      });
+    });
+  }
+
+  /** Asks worker `index`; undefined (with the reason) when it does not answer in time. */
+  #ask(index: number, ask: Ask, timeoutMs = ASK_TIMEOUT_MS): Promise<{ value: unknown; error?: string }> {
+    const slot = this.#slots[index]!;
+    if (!slot.worker || !slot.started) return Promise.resolve({ value: undefined, error: `worker ${index} is not serving (starting again, or stopped)` });
+    const id = this.#nextId++;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        slot.pending.delete(id);
+        resolve({ value: undefined, error: `worker ${index} did not answer within ${timeoutMs}ms` });
+      }, timeoutMs);
+      slot.pending.set(id, (m) => {
+        clearTimeout(timer);
+        resolve(m);
+      });
+      slot.worker!.postMessage({ ...ask, id } as ToWorker);
+    });
+  }
+
+  async #applyOnPeers(from: number, target: RevokeTarget): Promise<AppliedRevocation[]> {
+    if (this.#revocations.length >= MAX_REMEMBERED_REVOCATIONS) this.#revocations.shift();
+    this.#revocations.push(target);
+    const others = this.#slots.map((_, i) => i).filter((i) => i !== from);
+    const answers = await Promise.all(others.map((i) => this.#ask(i, { type: 'revoke', target })));
+    return answers.map((a, k) =>
+      a.error ? { dropped: 0, found: 0, kicked: 0, gone: 0, errors: [`worker ${others[k]}: ${a.error}`], incomplete: true } : (a.value as AppliedRevocation),
+    );
+  }
+
+  /** The workers' readiness problems: one shared by every worker once, others named by their workers. */
+  async readiness(): Promise<string[]> {
+    const answers = await Promise.all(this.#slots.map((_, i) => this.#ask(i, { type: 'readiness' })));
+    const byProblem = new Map<string, number[]>();
+    const silent: string[] = [];
+    answers.forEach((a, i) => {
+      if (a.error) silent.push(a.error);
+      else for (const p of a.value as string[]) byProblem.set(p, [...(byProblem.get(p) ?? []), i]);
+    });
+    return [...silent, ...[...byProblem].map(([p, workers]) => (workers.length === this.#slots.length ? p : `worker ${workers.join(', ')}: ${p}`))];
+  }
+
+  /** The replica's metrics: every worker's, added up (gauges as each declares), and the pool's own. */
+  async metrics(): Promise<{ text: string; contentType: string }> {
+    const answers = await Promise.all(this.#slots.map((_, i) => this.#ask(i, { type: 'metrics' })));
+    const sets = answers.filter((a) => !a.error && Array.isArray(a.value)).map((a) => a.value as Parameters<typeof AggregatorRegistry.aggregate>[0][number]);
+    const merged = Registry.merge([AggregatorRegistry.aggregate(sets), this.#registry]);
+    return { text: await merged.metrics(), contentType: merged.contentType };
+  }
+
+  /** Reloads every worker: the errors of those that kept their configuration, and the issuers whose keys were kept. */
+  async reload(): Promise<{ errors: string[]; issuersKept?: number }> {
+    // Loading warms new issuers' keys: up to their HTTP timeouts.
+    const answers = await Promise.all(this.#slots.map((_, i) => this.#ask(i, { type: 'reload' }, 120_000)));
+    const errors = answers.flatMap((a, i) => (a.error ? [`worker ${i}: ${a.error}`] : []));
+    return { errors, issuersKept: (answers[0]?.value as { issuersKept?: number } | undefined)?.issuersKept };
+  }
+
+  /** Drains every worker and waits for their exits (terminating one that takes longer than `timeoutMs`). */
+  async stop(timeoutMs = 20_000): Promise<void> {
+    this.#stopping = true;
+    await Promise.all(
+      this.#slots.map(async (slot, i) => {
+        const worker = slot.worker;
+        if (!worker) return;
+        const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+        await this.#ask(i, { type: 'stop' }, timeoutMs);
+        const timer = setTimeout(() => void worker.terminate(), 2000);
+        await exited;
+        clearTimeout(timer);
+      }),
+    );
+  }
+}

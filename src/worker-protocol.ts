@@ -1,0 +1,37 @@
+/**
+ * The messages between a replica's main thread and its worker threads (workers > 1). Requests
+ * carry an id; the answer names it. Plain data only: configurations are loaded by each worker
+ * from the file (they hold compiled policies and keys, which do not cross threads).
+ */
+import type { AppliedRevocation, RevokeTarget } from './admin.js';
+
+/** What a worker thread is started with. */
+export interface WorkerData {
+  readonly file: string;
+  readonly version: string;
+  readonly index: number;
+  readonly count: number;
+  /** The replica's name for admin answers and audit events (the worker index is added). */
+  readonly replica: string;
+  /** Revocations the replica applied before this worker started: applied before it serves. */
+  readonly revocations?: readonly RevokeTarget[];
+}
+
+export type ToWorker =
+  | { readonly id: number; readonly type: 'readiness' }
+  | { readonly id: number; readonly type: 'metrics' }
+  | { readonly id: number; readonly type: 'reload' }
+  | { readonly id: number; readonly type: 'revoke'; readonly target: RevokeTarget }
+  | { readonly id: number; readonly type: 'stop' };
+
+export type FromWorker =
+  /** The worker serves (its NATS connections are subscribed). */
+  | { readonly type: 'started' }
+  /** The answer to a request of the main thread. */
+  | { readonly type: 'answer'; readonly id: number; readonly value: unknown; readonly error?: string }
+  /** The primary worker asks for a revocation to be applied on the other workers. */
+  | { readonly type: 'peers'; readonly id: number; readonly target: RevokeTarget }
+  /** Its NATS connections closed for good: it is about to exit. */
+  | { readonly type: 'closed' };
+
+export type ToPrimary = { readonly type: 'peers-answer'; readonly id: number; readonly results: AppliedRevocation[] };
