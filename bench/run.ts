@@ -20,6 +20,7 @@
  *   --max-seconds S          storm: cap of each connect phase (default 120)
  *   --no-xkey                storm: without xkey encryption of the callout traffic
  *   --no-save                do not append to bench/results.jsonl
+ *   --quick                  about a minute: plain, hit and miss for 5 s each, and a headline summary
  */
 import { appendFileSync, existsSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -71,6 +72,7 @@ async function main(): Promise<void> {
       'service-log': { type: 'string' },
       'auth-timeout': { type: 'string' },
       'no-save': { type: 'boolean' },
+      quick: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -90,6 +92,13 @@ async function main(): Promise<void> {
           .split(',')
           .map((s) => s.trim())
           .filter(Boolean);
+  // --quick: about a minute, the headline figures only (a check of a change, not a measurement to publish).
+  if (values.quick) {
+    if (values.only !== undefined && values.only !== 'e2e') throw new Error('--quick runs the e2e part only');
+    values.only = 'e2e';
+    values.scenarios ??= 'plain,hit,miss';
+    values.duration ??= '5';
+  }
   const options = {
     only: values.only ?? 'all',
     durationS: positive('duration', values.duration, 10),
@@ -170,6 +179,7 @@ async function main(): Promise<void> {
     });
     results.push(...e2e);
     say(`\n${e2eTable(e2e)}`);
+    if (values.quick) say(`\n${headline(e2e)}`);
     say('svc/nats/gen µs/c: CPU µs per connect of the service process, nats-server, the load generator;');
     say('box busy: whole machine; other: busy CPU not charged to those three (loopback softirq, other jobs)');
   }
@@ -213,3 +223,19 @@ main().then(
     process.exit(1);
   },
 );
+
+/** --quick's summary: connect rates against plain token auth, and the service's CPU per authorization. */
+function headline(results: readonly BenchResult[]): string {
+  const byLabel = (kind: string) => results.find((r) => r.name.includes(kind));
+  const num = (r: BenchResult | undefined, k: string) => (typeof r?.extra?.[k] === 'number' ? (r.extra[k] as number) : undefined);
+  const plain = byLabel('plain token');
+  const line = (label: string, r: BenchResult | undefined) =>
+    r
+      ? `${label}: ${Math.round(r.opsPerSec)} connects/s (${num(r, 'vsPlain')?.toFixed(2) ?? '-'}x plain), service ${Math.round(num(r, 'serviceCpuUsPerConnect') ?? Number.NaN)} µs CPU per authorization`
+      : `${label}: not run`;
+  return [
+    `headline: plain token auth ${plain ? Math.round(plain.opsPerSec) : '-'} connects/s`,
+    line('  cache hit', byLabel('cache hit')),
+    line('  cache miss', byLabel('cache miss')),
+  ].join('\n');
+}
