@@ -113,7 +113,8 @@ export class AdminListener {
       // As of when it was signed (never later than now).
       const target: RevokeTarget = { issuer: request.issuer, subject: request.subject, at: Math.min(request.iat, nowSeconds) };
       // Every worker of this replica holds its own cache and live users: apply it on each.
-      const applied = [await this.apply(target), ...((await this.#peers?.(target)) ?? [])];
+      const [local, peers] = await Promise.all([this.apply(target), this.#peers?.(target) ?? Promise.resolve([])]);
+      const applied = [local, ...peers];
       const sum = (k: 'dropped' | 'found' | 'kicked' | 'gone') => applied.reduce((n, a) => n + a[k], 0);
       const errors = applied.flatMap((a) => a.errors);
       result = {

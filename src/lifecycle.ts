@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { type Config, loadConfig, redactedConfig } from './config.js';
+import { CRYPTO_BACKEND, CRYPTO_FALLBACK_REASON } from './crypto-backend.js';
 import { createLogger, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { type MetricsText, type ReadinessCheck, startMonitoring } from './monitoring.js';
@@ -73,7 +74,8 @@ export async function runService(file: string, version: string): Promise<number>
 
   let config = loadConfig(file);
   const log = createLogger(config.log.level);
-  log.info('starting', { version, node: process.version, config: file, mode: config.callout.mode, workers: config.workers });
+  log.info('starting', { version, node: process.version, config: file, mode: config.callout.mode, workers: config.workers, crypto: CRYPTO_BACKEND });
+  if (CRYPTO_FALLBACK_REASON) log.warn('crypto runs on node:crypto and tweetnacl, not libsodium', { reason: CRYPTO_FALLBACK_REASON });
   const name = `${config.nats.name}@${hostname()}#${process.pid}`;
   // One worker runs in this thread; more run in worker threads, each with its own connections.
   const replica = config.workers === 1 ? await singleReplica(config, log, version, name) : await pooledReplica(file, config, log, version, name);

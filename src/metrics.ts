@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { CRYPTO_BACKEND } from './crypto-backend.js';
 import type { AuditDropReason } from './audit/buffer.js';
 import type { DecisionRecord } from './audit/event.js';
 
@@ -157,6 +158,13 @@ export class Metrics implements DecisionObserver {
         for (const { issuer, loaded } of sources()?.issuersKeysLoaded() ?? []) this.set({ issuer }, loaded ? 1 : 0);
       },
     });
+    new Gauge({
+      name: 'oidc_callout_crypto_info',
+      help: 'Where the Ed25519 and xkey work runs: libsodium, or the node:crypto/tweetnacl fallback',
+      labelNames: ['backend'],
+      aggregator: 'first',
+      registers,
+    }).set({ backend: CRYPTO_BACKEND }, 1);
     new Gauge({ name: 'oidc_callout_build_info', help: 'Version of the running service', labelNames: ['version', 'node'], aggregator: 'first', registers }).set(
       { version, node: process.version },
       1,

@@ -1,4 +1,5 @@
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
+import { SIGNATURE_BYTES, sodium } from './crypto-backend.js';
 
 /**
  * NATS nkeys on node:crypto. `@nats-io/nkeys` signs with tweetnacl in pure JS, two orders of
@@ -115,8 +116,21 @@ export function publicKeyObject(key: string, role: KeyRole): KeyObject {
   return createPublicKey({ key: Buffer.concat([SPKI_ED25519, raw]), format: 'der', type: 'spki' });
 }
 
-/** Verifies an Ed25519 signature natively. */
+/** The raw 32 bytes of each public key verified with libsodium, taken from its KeyObject once. */
+const rawKeys = new WeakMap<KeyObject, Uint8Array>();
+
+function rawPublicKey(key: KeyObject): Uint8Array {
+  let raw = rawKeys.get(key);
+  if (!raw) {
+    raw = key.export({ format: 'der', type: 'spki' }).subarray(SPKI_ED25519.length);
+    rawKeys.set(key, raw);
+  }
+  return raw;
+}
+
+/** Verifies an Ed25519 signature natively (libsodium, else node:crypto). */
 export function verifySignature(key: KeyObject, data: Uint8Array, signature: Uint8Array): boolean {
+  if (sodium) return signature.length === SIGNATURE_BYTES && sodium.crypto_sign_verify_detached(signature, data, rawPublicKey(key));
   return verify(null, data, key, signature);
 }
 
@@ -125,6 +139,8 @@ export class NkeySigner {
   readonly publicKey: string;
   readonly role: KeyRole;
   readonly #key: KeyObject;
+  /** libsodium's secret key (seed and public key, 64 bytes), when libsodium signs. */
+  readonly #sodiumKey: Uint8Array | undefined;
 
   constructor(seed: string, expectedRole?: KeyRole) {
     const decoded = decodeSeed(seed.trim());
@@ -140,9 +156,17 @@ export class NkeySigner {
     this.#key = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, decoded.raw]), format: 'der', type: 'pkcs8' });
     const spki = createPublicKey(this.#key).export({ format: 'der', type: 'spki' });
     this.publicKey = encodePublicKey(spki.subarray(SPKI_ED25519.length), decoded.role);
+    if (sodium) {
+      const pk = Buffer.alloc(32);
+      this.#sodiumKey = Buffer.alloc(64);
+      sodium.crypto_sign_seed_keypair(pk, this.#sodiumKey, decoded.raw);
+    }
   }
 
   sign(data: Uint8Array): Buffer {
-    return sign(null, data, this.#key);
+    if (!this.#sodiumKey) return sign(null, data, this.#key);
+    const signature = Buffer.allocUnsafe(SIGNATURE_BYTES);
+    sodium!.crypto_sign_detached(signature, data, this.#sodiumKey);
+    return signature;
   }
 }

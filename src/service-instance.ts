@@ -28,6 +28,8 @@ export interface InstanceOptions {
   readonly connectionName?: string;
   /** The replica's other workers, for a revocation the primary received. */
   readonly peers?: (target: RevokeTarget) => Promise<AppliedRevocation[]>;
+  /** Names this instance's reply lanes in metrics (workers: `w1/3`), so lanes of workers never clash. */
+  readonly laneLabel?: (connection: string) => string;
   /** Revocations to hold before serving (a worker started again after the replica applied them). */
   readonly revocations?: readonly RevokeTarget[];
 }
@@ -107,7 +109,9 @@ export class ServiceInstance {
     const connections = await connectWhenUp(config, log, opts.connections ?? config.nats.connections, name);
     const runner = new CalloutRunner(connections, service, log);
     await runner.start();
-    metrics.attach(runner.metricsSources());
+    const sources = runner.metricsSources();
+    const label = opts.laneLabel;
+    metrics.attach(label ? { ...sources, replyLaneDelays: () => sources.replyLaneDelays().map((l) => ({ ...l, connection: label(l.connection) })) } : sources);
     // Operator mode: say whether clients may come with their token alone (default_sentinel).
     if (opts.primary && config.callout.mode === 'operator') logSentinelSupport(log, connections[0]!);
     // A system login that fails must not take authentication down: revocation then only refuses

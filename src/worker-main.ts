@@ -8,7 +8,7 @@ import { loadConfig } from './config.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
 import { ServiceInstance } from './service-instance.js';
-import type { FromWorker, ToPrimary, ToWorker, WorkerData } from './worker-protocol.js';
+import { type FromWorker, type ToPrimary, type ToWorker, type WorkerData, workerLaneLabel } from './worker-protocol.js';
 
 const data = workerData as WorkerData;
 const port = parentPort!;
@@ -39,8 +39,12 @@ async function main(): Promise<void> {
     connectionName: `${config.nats.name}/w${data.index}`,
     peers,
     revocations: data.revocations,
+    laneLabel: (c) => workerLaneLabel(data.index, c),
   });
+  // NATS closed for good (not by a stop): this worker ends, and the pool starts it again.
+  let stopping = false;
   void instance.closed().then(() => {
+    if (stopping) return;
     send({ type: 'closed' });
     process.exit(1);
   });
@@ -76,6 +80,7 @@ async function main(): Promise<void> {
         }
       }
       case 'stop':
+        stopping = true;
         await instance.stop();
         setImmediate(() => process.exit(0));
         return undefined;

@@ -22,6 +22,8 @@ type Ask = { [K in ToWorker['type']]: Omit<Extract<ToWorker, { type: K }>, 'id'>
 interface Slot {
   worker: Worker | undefined;
   started: boolean;
+  /** Revocations (of #revocations, by sequence number) the worker was started with. */
+  revocationsKnown: number;
   readonly pending: Map<number, (m: { value: unknown; error?: string }) => void>;
 }
 
@@ -35,6 +37,10 @@ export class WorkerPool {
   readonly #restarts: Counter<'worker'>;
   #nextId = 0;
   #stopping = false;
+  /** Whether every worker has served once: from then on, a failed start is retried like a crash. */
+  #running = false;
+  /** Revocations applied since the pool started (those forgotten beyond the bound included). */
+  #revocationCount = 0;
   /** Revocations applied so far, replayed to a worker that starts again (its state died with it). */
   readonly #revocations: RevokeTarget[] = [];
 
@@ -42,7 +48,7 @@ export class WorkerPool {
     this.#script = script;
     this.#data = data;
     this.#log = log;
-    this.#slots = Array.from({ length: data.count }, () => ({ worker: undefined, started: false, pending: new Map() }));
+    this.#slots = Array.from({ length: data.count }, () => ({ worker: undefined, started: false, revocationsKnown: 0, pending: new Map() }));
     this.#restarts = new Counter({
       name: 'oidc_callout_worker_restarts_total',
       help: 'Worker threads started again after they died, by worker index',
@@ -64,6 +70,7 @@ export class WorkerPool {
   static async start(data: Omit<WorkerData, 'index'>, log: Logger, script = new URL('./worker-main.js', import.meta.url)): Promise<WorkerPool> {
     const pool = new WorkerPool(data, log, script);
     await Promise.all(pool.#slots.map((_, i) => pool.#spawn(i)));
+    pool.#running = true;
     return pool;
   }
 
@@ -73,10 +80,14 @@ export class WorkerPool {
     const worker = new Worker(this.#script, { workerData: { ...this.#data, index, revocations: [...this.#revocations] } satisfies WorkerData });
     slot.worker = worker;
     slot.started = false;
+    slot.revocationsKnown = this.#revocationCount;
     return new Promise<void>((resolve, reject) => {
       worker.on('message', (m: FromWorker) => {
         if (m.type === 'started') {
           slot.started = true;
+          // Revocations applied while it was starting: it was not serving, so it did not get them.
+          const missed = this.#revocationCount - slot.revocationsKnown;
+          for (const target of missed > 0 ? this.#revocations.slice(-missed) : []) void this.#ask(index, { type: 'revoke', target });
           resolve();
         } else if (m.type === 'answer') {
           slot.pending.get(m.id)?.({ value: m.value, error: m.error });
@@ -92,14 +103,14 @@ export class WorkerPool {
         slot.worker = undefined;
         for (const answer of slot.pending.values()) answer({ value: undefined, error: `worker ${index} exited` });
         slot.pending.clear();
-        if (!wasStarted && !this.#stopping) {
-          reject(new Error(`worker ${index} exited with code ${code} before it served`));
-          return;
-        }
         if (this.#stopping) return;
+        if (!wasStarted) reject(new Error(`worker ${index} exited with code ${code} before it served`));
+        // Before the replica first served, a worker that cannot start fails the start.
+        if (!wasStarted && !this.#running) return;
         // A worker that dies is started again, and counted: the replica keeps every core busy.
         this.#restarts.inc({ worker: String(index) });
         this.#log.error('worker exited; starting it again', { worker: index, code });
+        // A restart that fails is retried the same way (its own exit comes back here).
         setTimeout(() => {
           if (!this.#stopping) this.#spawn(index).catch((err: Error) => this.#log.error('worker restart failed', { worker: index, error: err.message }));
         }, RESTART_DELAY_MS).unref();
@@ -128,6 +139,7 @@ export class WorkerPool {
   async #applyOnPeers(from: number, target: RevokeTarget): Promise<AppliedRevocation[]> {
     if (this.#revocations.length >= MAX_REMEMBERED_REVOCATIONS) this.#revocations.shift();
     this.#revocations.push(target);
+    this.#revocationCount++;
     const others = this.#slots.map((_, i) => i).filter((i) => i !== from);
     const answers = await Promise.all(others.map((i) => this.#ask(i, { type: 'revoke', target })));
     return answers.map((a, k) =>
@@ -158,8 +170,10 @@ export class WorkerPool {
   /** Reloads every worker: the errors of those that kept their configuration, and the issuers whose keys were kept. */
   async reload(): Promise<{ errors: string[]; issuersKept?: number }> {
     // Loading warms new issuers' keys: up to their HTTP timeouts.
-    const answers = await Promise.all(this.#slots.map((_, i) => this.#ask(i, { type: 'reload' }, 120_000)));
-    const errors = answers.flatMap((a, i) => (a.error ? [`worker ${i}: ${a.error}`] : []));
+    // A worker not serving (starting again) is not asked: it loads the file when it starts.
+    const serving = this.#slots.map((s, i) => (s.worker && s.started ? i : -1)).filter((i) => i >= 0);
+    const answers = await Promise.all(serving.map((i) => this.#ask(i, { type: 'reload' }, 120_000)));
+    const errors = answers.flatMap((a, k) => (a.error ? [`worker ${serving[k]}: ${a.error}`] : []));
     return { errors, issuersKept: (answers[0]?.value as { issuersKept?: number } | undefined)?.issuersKept };
   }
 

@@ -34,4 +34,9 @@ export type FromWorker =
   /** Its NATS connections closed for good: it is about to exit. */
   | { readonly type: 'closed' };
 
+/** A worker's reply lane in the replica's metrics: the worker names it, so lanes of workers never clash. */
+export function workerLaneLabel(index: number, connection: string): string {
+  return `w${index}/${connection}`;
+}
+
 export type ToPrimary = { readonly type: 'peers-answer'; readonly id: number; readonly results: AppliedRevocation[] };

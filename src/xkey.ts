@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import nacl from 'tweetnacl';
+import { BOX_MAC_BYTES, sodium } from './crypto-backend.js';
 import { decodePublicKey, decodeSeed, encodePublicKey } from './nkey.js';
 
 /**
@@ -34,7 +35,12 @@ export class XkeyBox {
     const shared = this.#sharedKey(senderXkey);
     if (!shared || !XkeyBox.isSealed(data)) return null;
     const nonce = data.subarray(VERSION.length, VERSION.length + NONCE_LEN);
-    return nacl.box.open.after(data.subarray(VERSION.length + NONCE_LEN), nonce, shared);
+    const box = data.subarray(VERSION.length + NONCE_LEN);
+    if (!sodium) return nacl.box.open.after(box, nonce, shared);
+    // The box with a precomputed key is the secretbox under that key (NaCl's crypto_box_afternm).
+    if (box.length < BOX_MAC_BYTES) return null;
+    const opened = Buffer.allocUnsafe(box.length - BOX_MAC_BYTES);
+    return sodium.crypto_secretbox_open_easy(opened, box, nonce, shared) ? opened : null;
   }
 
   /** Seals `data` to `recipientXkey`; throws if the key is not a valid public xkey. */
@@ -42,7 +48,12 @@ export class XkeyBox {
     const shared = this.#sharedKey(recipientXkey);
     if (!shared) throw new Error('not a valid public xkey');
     const nonce = randomBytes(NONCE_LEN);
-    return Buffer.concat([VERSION, nonce, nacl.box.after(data, nonce, shared)]);
+    if (!sodium) return Buffer.concat([VERSION, nonce, nacl.box.after(data, nonce, shared)]);
+    const out = Buffer.allocUnsafe(VERSION.length + NONCE_LEN + data.length + BOX_MAC_BYTES);
+    VERSION.copy(out, 0);
+    nonce.copy(out, VERSION.length);
+    sodium.crypto_secretbox_easy(out.subarray(VERSION.length + NONCE_LEN), data, nonce, shared);
+    return out;
   }
 
   #sharedKey(peer: string): Uint8Array | null {
