@@ -4,7 +4,7 @@
  * asked for (`--only storm`): it takes minutes and most of the machine. The 1,000-rule policy
  * benchmark runs only when asked for too (`--only policy`).
  *
- *   --only PART              run one part: micro, e2e, storm, policy or accounts
+ *   --only PART              run one part: micro, e2e, storm, policy, accounts or capacity
  *   --duration SECONDS       measured time per e2e scenario (default 10)
  *   --concurrency N          e2e connects in flight (default 64); a comma list sweeps
  *   --server LIST            nats-server versions: newest (default), 2.10, 2.15, all; comma list
@@ -23,7 +23,7 @@
  *   --quick                  about a minute: plain, hit and miss for 5 s each, and a headline summary
  */
 import { appendFileSync, existsSync } from 'node:fs';
-import { cpus, loadavg, totalmem } from 'node:os';
+import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -31,6 +31,7 @@ import { DEFAULT_SCENARIOS, runConnectStorm } from './connect-storm.js';
 import { e2eTable, machineBusyOver, microTable, type BenchResult } from './lib.js';
 import { runMicro } from './micro.js';
 import { ACCOUNTS, runAccountsScale } from './accounts-scale.js';
+import { runServiceCapacity } from './service-capacity.js';
 import { RULES, runPolicyScale } from './policy-scale.js';
 import { runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
 
@@ -82,8 +83,8 @@ async function main(): Promise<void> {
     process.stdout.write(`usage: npm run bench -- [options]   (see ${src.replace(/\/dist\//, '/').replace(/\.js$/, '.ts')})\n`);
     return;
   }
-  if (values.only !== undefined && !['micro', 'e2e', 'storm', 'policy', 'accounts'].includes(values.only)) {
-    throw new Error('--only is micro, e2e, storm, policy or accounts');
+  if (values.only !== undefined && !['micro', 'e2e', 'storm', 'policy', 'accounts', 'capacity'].includes(values.only)) {
+    throw new Error('--only is micro, e2e, storm, policy, accounts or capacity');
   }
   const list = (v: string | undefined, d: readonly string[]) =>
     v === undefined
@@ -150,6 +151,19 @@ async function main(): Promise<void> {
     say(
       `rules tried (main issuer): ${policy.map((r) => r.extra?.['rulesTried']).join(' / ')}; compiled by buildConfig in ${policy[0]?.extra?.['compileMs']} ms`,
     );
+  }
+  if (options.only === 'capacity') {
+    const workers = options.workers === undefined || options.workers === 'auto' ? [1, availableParallelism()] : [options.workers as number];
+    const requests = Math.round(positive('tokens', values.tokens, 4_000));
+    say(`\n== the service alone: ${requests} recorded requests per run, ${options.concurrency[0]} in flight, workers ${workers.join(' and ')}`);
+    const capacity = await runServiceCapacity({
+      workers,
+      requests,
+      concurrency: options.concurrency[0]!,
+      log: say,
+      onResult: (r) => say(`  ${r.name}: ${Math.round(r.opsPerSec)} authorizations/s, ${r.extra?.['serviceCpuUsPerAuthorization']} µs service CPU each`),
+    });
+    results.push(...capacity);
   }
   if (options.only === 'accounts') {
     say(`\n== operator mode, ${ACCOUNTS} accounts (each >= ${options.microMs} ms after warm-up)`);
