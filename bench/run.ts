@@ -14,7 +14,7 @@
  *   --warmup SECONDS         e2e warm-up per scenario (default 1)
  *   --micro-ms MS            minimum measured time per micro (and policy) benchmark (default 1000)
  *   --filter TEXT            only micro benchmarks whose name contains TEXT
- *   --workers N|auto         the service's worker threads (default: its own default, one per core)
+ *   --workers N|auto         the service's worker threads (default: its own default, cores - 1)
  *   --profile DIR            write a V8 CPU profile of each service process to DIR
  *   --clients N              storm: clients with distinct tokens (default 10000)
  *   --max-seconds S          storm: cap of each connect phase (default 120)

@@ -133,7 +133,9 @@ const schema = z.strictObject({
   workers: z
     .union([z.number().int().min(1).max(64), z.literal('auto')])
     .optional()
-    .describe("worker threads of this replica, each with its own NATS connections in the queue group; 'auto': one per core, at most 8"),
+    .describe(
+      "worker threads of this replica, each with its own NATS connections in the queue group; 'auto': one per core but one (left to nats-server), at least 1, at most 8",
+    ),
   http: z
     .strictObject({
       listen: z.string().min(1),
@@ -268,7 +270,7 @@ export interface Config {
   readonly audit: { readonly subject: AuditSubject; readonly bufferEvents: number; readonly bufferBytes: number; readonly clientPorts: boolean } | undefined;
   /** The monitoring endpoints (/healthz, /readyz, /metrics); off when not configured. */
   readonly http: { readonly host: string; readonly port: number; readonly readyMaxLatencyMs: number } | undefined;
-  /** Worker threads of this replica (`workers`, resolved: 'auto' is one per core, at most MAX_AUTO_WORKERS). */
+  /** Worker threads of this replica (`workers`, resolved: see autoWorkers). */
   readonly workers: number;
 }
 
@@ -489,7 +491,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
       ttlMs: parseDuration(raw.cache?.ttl ?? DEFAULTS.cache.ttl, 'cache.ttl'),
     },
     log: { level: raw.log?.level ?? DEFAULTS.log.level },
-    workers: (raw.workers ?? DEFAULTS.workers) === 'auto' ? Math.min(availableParallelism(), MAX_AUTO_WORKERS) : (raw.workers as number),
+    workers: (raw.workers ?? DEFAULTS.workers) === 'auto' ? autoWorkers(availableParallelism()) : (raw.workers as number),
     http: raw.http && {
       ...parseListen(raw.http.listen, 'http.listen'),
       // Half nats-server's default authorization timeout (2 s): an answer later than that is close to lost.
@@ -546,8 +548,17 @@ function auditSettings(raw: NonNullable<RawConfig['audit']>, systemLogin: boolea
   };
 }
 
-/** 'auto' workers: one per core, no more than this (beyond it the server's reply lanes, not our CPU, limit). */
+/** 'auto' workers: no more than this (beyond it the server's reply lanes, not our CPU, limit). */
 export const MAX_AUTO_WORKERS = 8;
+
+/**
+ * 'auto': one worker per core but one, which is left to the nats-server the service runs next to
+ * (measured: on two cores, a second worker slowed a 10,000-client storm by a quarter, taking CPU
+ * nats-server needed); at least one, at most MAX_AUTO_WORKERS.
+ */
+export function autoWorkers(cores: number): number {
+  return Math.min(Math.max(1, cores - 1), MAX_AUTO_WORKERS);
+}
 
 /** Secret.source of a seed `explain` did not read (LoadOptions.signingSecrets). */
 export const NOT_READ = 'not read';

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { createAccount } from '@nats-io/nkeys';
-import { buildConfig, DEFAULTS, loadConfig, parseDuration, redactedConfig } from '../../src/config.js';
+import { autoWorkers, buildConfig, DEFAULTS, loadConfig, parseDuration, redactedConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 
 const SEED = new TextDecoder().decode(createAccount().getSeed());
@@ -143,6 +143,13 @@ describe('config', () => {
     configError({ ...minimal(), http: { listen: '[::1]:0', ready_max_latency: '5ms' } }, 'http.ready_max_latency', /at least|between|10/);
     configError({ ...minimal(), http: { listen: '9464' } }, 'http.listen', /expected host:port/);
     configError({ ...minimal(), http: { listen: 'localhost:70000' } }, 'http.listen', /expected host:port/);
+  });
+
+  it("resolves workers: 'auto' leaves a core to nats-server (at least 1, at most 8); a number is taken as given", () => {
+    assert.deepEqual([1, 2, 3, 4, 16].map(autoWorkers), [1, 1, 2, 3, 8]);
+    assert.equal(buildConfig({ ...minimal(), workers: 3 }).workers, 3);
+    assert.equal(buildConfig(minimal()).workers, autoWorkers(availableParallelism()));
+    configError({ ...minimal(), workers: 0 }, 'workers', /./);
   });
 
   it('refuses durations that could never work', () => {
