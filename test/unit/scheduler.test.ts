@@ -37,7 +37,6 @@ describe('storm scheduler', () => {
     const stalled = new FakeNats();
     const runner = new CalloutRunner([healthy.asNats(), stalled.asNats()], service, logger, { laneWindow: 2 });
     await runner.start();
-    healthy.autoPongMs = 20; // confirms its answers within 20 ms
     stalled.flushMode = 'never'; // a half-open TCP connection: its PING never comes back
     const server = fakeServer();
     // One answer on the stalled lane stays unconfirmed: its PING never comes back.
@@ -45,7 +44,8 @@ describe('storm scheduler', () => {
     stalled.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
     await until(() => healthy.published.length === 1 && stalled.published.length === 1, 'both first requests answered');
     assert.equal(stalled.published.length, 1, 'one answer went out on the stalled lane');
-    clock.advance(2_500); // the stalled lane's PING is now 2.5 s old
+    clock.advance(2_500); // the stalled lane's PING is now 2.5 s old (the healthy one's came back at once)
+    healthy.autoPongMs = 20; // from now on it confirms its answers within 20 ms
     const mark = log.mark();
     for (let i = 0; i < 200; i++) healthy.deliver(authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} }));
     // Two answers per 20 ms PONG: the healthy connection works through them in about 2 s.
