@@ -39,7 +39,13 @@ const resolverBlock = oneBlock(blocks, 'the full resolver configuration', (b) =>
 const pushFile = join(ROOT, 'examples', 'operator-mode', 'push-account.js');
 type PushAccountJwt = (system: NatsConnection, jwt: string) => Promise<{ account: string; code: number; message: string }>;
 const { pushAccountJwt } = (await import(pathToFileURL(pushFile).href)) as { pushAccountJwt: PushAccountJwt };
-type ConnectWithSentinel = (servers: string, creds: Uint8Array, token: () => string, options?: Partial<NodeConnectionOptions>) => Promise<NatsConnection>;
+type ConnectWithSentinel = (
+  servers: string,
+  creds: Uint8Array,
+  sub: string,
+  token: () => string,
+  options?: Partial<NodeConnectionOptions>,
+) => Promise<NatsConnection>;
 const { connectWithSentinel } = (await import(pathToFileURL(join(ROOT, 'examples', 'operator-mode', 'connect.js')).href)) as {
   connectWithSentinel: ConnectWithSentinel;
 };
@@ -185,11 +191,12 @@ ${resolver}`,
       const nc = await connectWithSentinel(
         nats.url,
         sentinelCreds,
+        sub,
         () => {
           asked++;
           return token;
         },
-        { reconnect: false, inboxPrefix: `_INBOX.${sub}`, ...options },
+        { reconnect: false, ...options },
       );
       clients.push(nc);
       return Object.assign(nc, { tokensAsked: () => asked });

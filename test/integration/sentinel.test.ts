@@ -37,8 +37,8 @@ const connectFile = join(ROOT, 'examples', 'operator-mode', 'connect.js');
 type TokenFn = () => string;
 type Options = Partial<NodeConnectionOptions>;
 const { connectWithSentinel, connectWithToken } = (await import(pathToFileURL(connectFile).href)) as {
-  connectWithSentinel: (servers: string, creds: Uint8Array, token: TokenFn, options?: Options) => Promise<NatsConnection>;
-  connectWithToken: (servers: string, token: TokenFn, options?: Options) => Promise<NatsConnection>;
+  connectWithSentinel: (servers: string, creds: Uint8Array, sub: string, token: TokenFn, options?: Options) => Promise<NatsConnection>;
+  connectWithToken: (servers: string, sub: string, token: TokenFn, options?: Options) => Promise<NatsConnection>;
 };
 
 describe('README Sentinels and token-only clients', () => {
@@ -172,7 +172,7 @@ ${accounts.map(([kp, jwt]) => `  ${kp.getPublicKey()}: ${jwt}`).join('\n')}
 
     it('lets clients in with the sentinel credentials plus their token', async () => {
       const token = await tokenFor('alice');
-      const nc = await connectWithSentinel(nats.url, sentinelCreds, token, { reconnect: false, inboxPrefix: '_INBOX.alice' });
+      const nc = await connectWithSentinel(nats.url, sentinelCreds, 'alice', token, { reconnect: false });
       try {
         assert.equal(await accountOf(nc), app.getPublicKey());
         assert.equal(token.asked, 1);
@@ -195,7 +195,7 @@ ${accounts.map(([kp, jwt]) => `  ${kp.getPublicKey()}: ${jwt}`).join('\n')}
       const before = decisions().length;
       const from = plain.logs().length;
       const token = await tokenFor('bob');
-      await assert.rejects(connectWithToken(plain.url, token, { reconnect: false }), (err: Error) => {
+      await assert.rejects(connectWithToken(plain.url, 'alice', token, { reconnect: false }), (err: Error) => {
         assert.match(err.message, /Authorization Violation/);
         return true;
       });
@@ -209,7 +209,7 @@ ${accounts.map(([kp, jwt]) => `  ${kp.getPublicKey()}: ${jwt}`).join('\n')}
     if (supported) {
       it('lets a token-only client in through README default_sentinel, asking the token function on connect', async () => {
         const token = await tokenFor('carol');
-        const nc = await connectWithToken(nats.url, token, { reconnect: false, inboxPrefix: '_INBOX.carol' });
+        const nc = await connectWithToken(nats.url, 'carol', token, { reconnect: false });
         try {
           assert.equal(await accountOf(nc), app.getPublicKey());
           assert.equal(token.asked, 1);
@@ -232,7 +232,7 @@ ${accounts.map(([kp, jwt]) => `  ${kp.getPublicKey()}: ${jwt}`).join('\n')}
       it('lets every client in without the callout when default_sentinel is a bearer user of another account', async () => {
         const open = await server(withDefaultSentinel(await encodeUser('anyone', createUser(), app, { bearer_token: true })));
         const before = decisions().length;
-        const nc = await connectWithToken(open.url, () => 'not even a token', { reconnect: false });
+        const nc = await connectWithToken(open.url, 'nobody', () => 'not even a token', { reconnect: false });
         try {
           assert.equal(await accountOf(nc), app.getPublicKey());
           assert.equal(decisions().length, before, 'no callout');

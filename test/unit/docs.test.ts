@@ -10,6 +10,7 @@ import { buildConfig, configSchema, DEFAULTS } from '../../src/config.js';
 import type { ConnectionFacts } from '../../src/conditions.js';
 import { AuthFailure, FAILURES } from '../../src/errors.js';
 import { Metrics } from '../../src/metrics.js';
+import { generateOperatorSetup, SCOPE_PERMISSIONS, setupOptions } from '../../src/operator-setup.js';
 import { CONNECTION_TYPES, conditionSchema, ruleSchema } from '../../src/policy-schema.js';
 import { shortHash, SubjectTemplate } from '../../src/subject-template.js';
 import { natsServerBinaries } from '../helpers/nats-server-bin.js';
@@ -155,6 +156,34 @@ describe('documentation stays true', () => {
     assert.equal(opensOthersInboxes('_INBOX.*.>'), true);
     assert.equal(opensOthersInboxes('_INBOX.{{sub}}.>'), false);
     assert.equal(opensOthersInboxes('orders.>'), false);
+  });
+
+  it("shows no allow list anywhere (README, conf/, examples/, setup operator) that opens other users' inboxes", async () => {
+    // Every `allow: [...]` written in a shipped text, whatever its section or format.
+    // README's prose names bad grants to warn against them: only its code blocks are examples.
+    const texts: { name: string; text: string }[] = [...readme.matchAll(/^```[a-z]*\n([\s\S]*?)^```$/gm)].map((m) => ({ name: 'README.md', text: m[1]! }));
+    const walk = (dir: string): string[] =>
+      readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]));
+    for (const file of [...walk(join(root, 'conf')), ...walk(join(root, 'examples'))]) {
+      if (!/\.(ya?ml|conf|js|capnp|cfg|md)$/.test(file)) continue;
+      texts.push({ name: file, text: readFileSync(file, 'utf8') });
+    }
+    const setup = await generateOperatorSetup(setupOptions({}));
+    for (const f of setup.files.filter((f) => !f.secret)) texts.push({ name: `setup operator: ${f.name}`, text: f.text });
+    // The scoped signing key's template, which the account JWT carries.
+    for (const subject of [...SCOPE_PERMISSIONS.pub, ...SCOPE_PERMISSIONS.sub]) {
+      assert.ok(!opensOthersInboxes(subject), `the setup's scope grants other users' inboxes: ${subject}`);
+    }
+    let seen = 0;
+    for (const { name, text } of texts) {
+      for (const list of text.matchAll(/allow:\s*\[([^\]]*)\]/g)) {
+        for (const m of list[1]!.matchAll(/"([^"]+)"/g)) {
+          seen++;
+          assert.ok(!opensOthersInboxes(m[1]!), `${name} grants other users' inboxes: ${m[1]}`);
+        }
+      }
+    }
+    assert.ok(seen > 50, `only ${seen} allow entries found`);
   });
 
   it('documents every configuration key, and no others', () => {
