@@ -45,7 +45,6 @@ async function main(): Promise<void> {
   let stopping = false;
   void instance.closed().then(() => {
     if (stopping) return;
-    send({ type: 'closed' });
     process.exit(1);
   });
   port.on('message', (m: ToWorker | ToPrimary) => {

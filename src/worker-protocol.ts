@@ -30,9 +30,7 @@ export type FromWorker =
   /** The answer to a request of the main thread. */
   | { readonly type: 'answer'; readonly id: number; readonly value: unknown; readonly error?: string }
   /** The primary worker asks for a revocation to be applied on the other workers. */
-  | { readonly type: 'peers'; readonly id: number; readonly target: RevokeTarget }
-  /** Its NATS connections closed for good: it is about to exit. */
-  | { readonly type: 'closed' };
+  | { readonly type: 'peers'; readonly id: number; readonly target: RevokeTarget };
 
 /** A worker's reply lane in the replica's metrics: the worker names it, so lanes of workers never clash. */
 export function workerLaneLabel(index: number, connection: string): string {
