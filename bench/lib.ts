@@ -196,6 +196,13 @@ export function processCpuMicros(pid: number): number {
   return (ticks * 1e6) / clockTicks();
 }
 
+/** System calls of a process that read and wrote (`syscr`, `syscw` of /proc/<pid>/io). */
+export function processSyscalls(pid: number): { reads: number; writes: number } {
+  const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+  const field = (name: string) => Number(/^(\w+): (\d+)$/m.exec(io.slice(io.indexOf(`${name}:`)))?.[2] ?? Number.NaN);
+  return { reads: field('syscr'), writes: field('syscw') };
+}
+
 /**
  * Peak resident set size (VmHWM) of a live process in KiB, from /proc/<pid>/status; undefined
  * once the process is gone (read it before stopping the process).

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Grant } from './policy.js';
 
@@ -35,7 +35,7 @@ export class DecisionCache {
   }
 
   static key(token: string): string {
-    return createHash('sha256').update(token).digest('base64');
+    return hash('sha256', token, 'base64');
   }
 
   get(key: string): CachedDecision | undefined {

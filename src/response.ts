@@ -29,6 +29,7 @@ export function signResponse(
     },
     signer.signer,
   );
-  const bytes = Buffer.from(jwt);
+  // A JWT is ASCII (base64url and dots).
+  const bytes = Buffer.from(jwt, 'latin1');
   return xkey && request.serverXkey ? xkey.seal(bytes, request.serverXkey) : bytes;
 }
