@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
 import type { AppliedRevocation, RevokeTarget } from './admin.js';
 import type { Logger } from './log.js';
+import { countsOnly, type MetricSet, sumOf } from './metric-sets.js';
 import type { FromWorker, ToPrimary, ToWorker, WorkerData } from './worker-protocol.js';
 
 /** How long the main thread waits for a worker's answer (readiness, metrics, revocations). */
@@ -24,6 +25,8 @@ interface Slot {
   started: boolean;
   /** Revocations (of #revocations, by sequence number) the worker was started with. */
   revocationsKnown: number;
+  /** The worker's counters and histograms as last reported (see #retired). */
+  lastCounts: MetricSet | undefined;
   readonly pending: Map<number, (m: { value: unknown; error?: string }) => void>;
 }
 
@@ -43,12 +46,25 @@ export class WorkerPool {
   #revocationCount = 0;
   /** Revocations applied so far, replayed to a worker that starts again (its state died with it). */
   readonly #revocations: RevokeTarget[] = [];
+  /**
+   * The last reported counters and histograms of workers that died, still added to the
+   * replica's: a counter that went backwards would read as a reset to Prometheus, and rate()
+   * over the replica's sum would turn into a spike. What a worker counted after the last scrape
+   * before it died is lost; nothing counted is ever taken back.
+   */
+  #retired: MetricSet[] = [];
 
   private constructor(data: Omit<WorkerData, 'index'>, log: Logger, script: URL) {
     this.#script = script;
     this.#data = data;
     this.#log = log;
-    this.#slots = Array.from({ length: data.count }, () => ({ worker: undefined, started: false, revocationsKnown: 0, pending: new Map() }));
+    this.#slots = Array.from({ length: data.count }, () => ({
+      worker: undefined,
+      started: false,
+      revocationsKnown: 0,
+      lastCounts: undefined,
+      pending: new Map(),
+    }));
     this.#restarts = new Counter({
       name: 'oidc_callout_worker_restarts_total',
       help: 'Worker threads started again after they died, by worker index',
@@ -103,6 +119,8 @@ export class WorkerPool {
         slot.worker = undefined;
         for (const answer of slot.pending.values()) answer({ value: undefined, error: `worker ${index} exited` });
         slot.pending.clear();
+        if (slot.lastCounts) this.#retire(slot.lastCounts);
+        slot.lastCounts = undefined;
         if (this.#stopping) return;
         if (!wasStarted) reject(new Error(`worker ${index} exited with code ${code} before it served`));
         // Before the replica first served, a worker that cannot start fails the start.
@@ -162,9 +180,24 @@ export class WorkerPool {
   /** The replica's metrics: every worker's, added up (gauges as each declares), and the pool's own. */
   async metrics(): Promise<{ text: string; contentType: string }> {
     const answers = await Promise.all(this.#slots.map((_, i) => this.#ask(i, { type: 'metrics' })));
-    const sets = answers.filter((a) => !a.error && Array.isArray(a.value)).map((a) => a.value as Parameters<typeof AggregatorRegistry.aggregate>[0][number]);
-    const merged = Registry.merge([AggregatorRegistry.aggregate(sets), this.#registry]);
+    const sets: MetricSet[] = [];
+    answers.forEach((a, i) => {
+      if (a.error || !Array.isArray(a.value)) return;
+      sets.push(a.value as MetricSet);
+      // Kept only while that worker lives: its exit moves it to #retired.
+      if (this.#slots[i]!.started) this.#slots[i]!.lastCounts = countsOnly(a.value as MetricSet);
+    });
+    const merged = Registry.merge([AggregatorRegistry.aggregate([...sets, ...this.#retired]), this.#registry]);
     return { text: await merged.metrics(), contentType: merged.contentType };
+  }
+
+  #retire(counts: MetricSet): void {
+    this.#retired.push(counts);
+    // A crash loop must not grow this list: the oldest two are added into one.
+    if (this.#retired.length > 16) {
+      const [a, b] = this.#retired.splice(0, 2) as [MetricSet, MetricSet];
+      this.#retired.unshift(sumOf(a, b));
+    }
   }
 
   /** Reloads every worker: the errors of those that kept their configuration, and the issuers whose keys were kept. */

@@ -5,7 +5,7 @@
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { Counter, Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
 import type { FromWorker, ToPrimary, ToWorker, WorkerData } from '../../src/worker-protocol.js';
 
 // The test runner loads every file under test/ as a test: outside a worker thread this does nothing.
@@ -17,6 +17,7 @@ function serve(port: NonNullable<typeof parentPort>): void {
   const registry = new Registry();
   const requests = new Counter({ name: 'oidc_callout_requests_total', help: 'h', labelNames: ['result'], registers: [registry] });
   requests.inc({ result: 'allow' }, 10 * (data.index + 1));
+  new Gauge({ name: 'oidc_callout_in_flight', help: 'h', registers: [registry], aggregator: 'sum' }).set(data.index + 1);
   // The crash happens once per test run: a marker file (named by the replica) remembers it.
   const crashedMarker = `${data.replica}.crashed`;
 

@@ -10,7 +10,7 @@ import { WorkerPool } from '../../src/worker-pool.js';
 const FAKE = new URL('../helpers/fake-worker.js', import.meta.url);
 
 describe('worker pool', () => {
-  it('adds up metrics, merges readiness, restarts and counts a worker that died, and drains every worker', async () => {
+  it('adds up metrics, merges readiness, restarts and counts a worker that died (keeping what it counted), and drains every worker', async () => {
     const log = new LogCapture();
     const replica = join(mkdtempSync(join(tmpdir(), 'oc-pool-')), 'replica');
     const pool = await WorkerPool.start({ file: '/nonexistent', version: '0.0.0', count: 3, replica }, createLogger('debug', log.write), FAKE);
@@ -28,6 +28,11 @@ describe('worker pool', () => {
     for (let i = 0; i < 100 && !(await pool.metrics()).text.includes('oidc_callout_workers 3'); i++) await new Promise((r) => setTimeout(r, 50));
     const after = await pool.metrics();
     assert.match(after.text, /oidc_callout_worker_restarts_total\{worker="1"\} 1/);
+    // What the worker that died had counted (20, last scraped above) stays in the replica's
+    // counters next to what its successor counts (20 again): counters never go backwards. Its
+    // gauges do not outlive it (1 + 2 + 3).
+    assert.match(after.text, /oidc_callout_requests_total\{result="allow"\} 80/);
+    assert.match(after.text, /oidc_callout_in_flight 6/);
     assert.ok(log.records.some((r) => r.msg === 'worker exited; starting it again' && Number(r.worker) === 1 && Number(r.code) === 3));
     // A problem every worker has is said once; one of a single worker names it. The worker that
     // started again was given the revocation applied before.

@@ -1,0 +1,37 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { countsOnly, type MetricSet, sumOf } from '../../src/metric-sets.js';
+
+/** A worker's metrics: a labelled counter, a histogram and a gauge, as a worker reports them. */
+async function workerSet(allow: number, deny: number, latencies: number[], inFlight: number): Promise<MetricSet> {
+  const registry = new Registry();
+  const requests = new Counter({ name: 'requests_total', help: 'h', labelNames: ['result'], registers: [registry] });
+  if (allow) requests.inc({ result: 'allow' }, allow);
+  if (deny) requests.inc({ result: 'deny' }, deny);
+  const latency = new Histogram({ name: 'latency_seconds', help: 'h', buckets: [0.01, 0.1], registers: [registry] });
+  for (const l of latencies) latency.observe(l);
+  new Gauge({ name: 'in_flight', help: 'h', registers: [registry] }).set(inFlight);
+  return (await registry.getMetricsAsJSON()) as MetricSet;
+}
+
+describe('metric sets', () => {
+  it('keeps counters and histograms only', async () => {
+    const names = countsOnly(await workerSet(1, 0, [0.05], 7)).map((m) => m.name);
+    assert.deepEqual(names.sort(), ['latency_seconds', 'requests_total']);
+  });
+
+  it('adds two sets series by series, as prom-client adds the sets of live workers', async () => {
+    const a = countsOnly(await workerSet(3, 0, [0.005, 0.05], 1));
+    const b = countsOnly(await workerSet(4, 2, [0.5], 2));
+    const ours = await AggregatorRegistry.aggregate([sumOf(a, b)]).metrics();
+    const theirs = await AggregatorRegistry.aggregate([a, b]).metrics();
+    assert.equal(ours, theirs);
+    assert.match(ours, /requests_total\{result="allow"\} 7/);
+    assert.match(ours, /requests_total\{result="deny"\} 2/);
+    assert.match(ours, /latency_seconds_count 3/);
+    assert.match(ours, /latency_seconds_bucket\{le="0.01"\} 1/);
+    // Inputs are left as they were (a set may still be summed again).
+    assert.match(await AggregatorRegistry.aggregate([a]).metrics(), /requests_total\{result="allow"\} 3/);
+  });
+});
