@@ -39,18 +39,43 @@ export function signRevokeRequest(target: { issuer?: string; subject?: string },
   );
 }
 
+/**
+ * The request ids a replica has acted on, until they expire: a captured request must not be
+ * acted on twice. One per replica, shared across reloads, and by all of its workers (their
+ * guard asks the main thread's), since any worker may receive a request.
+ */
+export interface ReplayGuard {
+  /** True when `jti` is new (it is then taken until `untilSeconds`), false when already used. */
+  claim(jti: string, untilSeconds: number, nowSeconds: number): Promise<boolean>;
+}
+
+/** The replica's ids in this thread. */
+export class LocalReplayGuard implements ReplayGuard {
+  readonly #seen = new Map<string, number>();
+
+  claimNow(jti: string, untilSeconds: number, nowSeconds: number): boolean {
+    for (const [id, until] of this.#seen) if (until < nowSeconds) this.#seen.delete(id);
+    if (this.#seen.has(jti)) return false;
+    this.#seen.set(jti, untilSeconds);
+    return true;
+  }
+
+  async claim(jti: string, untilSeconds: number, nowSeconds: number): Promise<boolean> {
+    return this.claimNow(jti, untilSeconds, nowSeconds);
+  }
+}
+
 /** Verifies a revoke request: signature by a listed admin key, fresh, not seen before. */
 export class RevokeVerifier {
   readonly #admins: ReadonlySet<string>;
-  /** Request ids already acted on, until they expire: shared across reloads by the caller. */
-  readonly #seen: Map<string, number>;
+  readonly #replays: ReplayGuard;
 
-  constructor(adminKeys: readonly string[], seen: Map<string, number> = new Map()) {
+  constructor(adminKeys: readonly string[], replays: ReplayGuard = new LocalReplayGuard()) {
     this.#admins = new Set(adminKeys);
-    this.#seen = seen;
+    this.#replays = replays;
   }
 
-  verify(data: Uint8Array, nowSeconds: number): RevokeRequest {
+  async verify(data: Uint8Array, nowSeconds: number): Promise<RevokeRequest> {
     const decoded = decodeNatsJwt(Buffer.from(data).toString('utf8'));
     if (typeof decoded === 'string') throw new AuthFailure('ADMIN_REQUEST_INVALID', decoded);
     const c = decoded.claims;
@@ -68,9 +93,7 @@ export class RevokeVerifier {
     if (exp - iat > MAX_AGE_S || iat > nowSeconds + SKEW_S || exp < nowSeconds - SKEW_S) {
       throw new AuthFailure('ADMIN_REQUEST_INVALID', 'the request is expired, not yet valid, or valid for too long');
     }
-    this.#forgetExpired(nowSeconds);
-    if (this.#seen.has(jti)) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'the request was already used (replay)');
-    this.#seen.set(jti, exp + SKEW_S);
+    if (!(await this.#replays.claim(jti, exp + SKEW_S, nowSeconds))) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'the request was already used (replay)');
     for (const k of ['issuer', 'subject'] as const) {
       if (k in c && (typeof c[k] !== 'string' || c[k] === '')) throw new AuthFailure('ADMIN_REQUEST_INVALID', `${k} is present but not a non-empty string`);
     }
@@ -79,9 +102,5 @@ export class RevokeVerifier {
     // Revoking everyone is not a request this interface takes.
     if (!issuer && !subject) throw new AuthFailure('ADMIN_REQUEST_INVALID', 'name an issuer, a subject or both');
     return { admin: iss, iat, issuer, subject };
-  }
-
-  #forgetExpired(nowSeconds: number): void {
-    for (const [jti, until] of this.#seen) if (until < nowSeconds) this.#seen.delete(jti);
   }
 }

@@ -1,5 +1,5 @@
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
-import { RevokeVerifier } from './admin-request.js';
+import { LocalReplayGuard, type ReplayGuard, RevokeVerifier } from './admin-request.js';
 import { AuthFailure, asAuthFailure } from './errors.js';
 import type { LiveUser } from './live-users.js';
 import type { Logger } from './log.js';
@@ -43,8 +43,9 @@ export interface AppliedRevocation {
 }
 
 /**
- * Revocation, on every replica: each subscribes to `<admin.subject>.revoke` outside the queue
- * group, so every replica gets every request. A request signed by an admin key drops the
+ * Revocation, on every replica: each subscribes to `<admin.subject>.revoke` outside the
+ * callout's queue group, so every replica gets every request (the workers of one replica share
+ * a queue group of their own: one of them takes it, and has it applied on the others). A request signed by an admin key drops the
  * decisions cached for the identity (issuer and/or subject) and, with a system account login,
  * disconnects the live connections this replica let in for it (nats-server's kick request,
  * `$SYS.REQ.SERVER.<id>.KICK`). Each replica answers what it did.
@@ -56,7 +57,9 @@ export class AdminListener {
   readonly #log: Logger;
   readonly #replica: string;
   /** Request ids acted on: kept across reloads, so a captured request cannot be replayed after one. */
-  readonly #seen = new Map<string, number>();
+  readonly #replays: ReplayGuard;
+  /** The queue group of this replica's workers (undefined with one worker). */
+  readonly #queue: string | undefined;
   #verifier: RevokeVerifier;
   #keys: string;
 
@@ -69,22 +72,29 @@ export class AdminListener {
     service: () => CalloutService,
     log: Logger,
     replica: string,
-    peers?: (target: RevokeTarget) => Promise<AppliedRevocation[]>,
+    workers?: {
+      readonly peers: (target: RevokeTarget) => Promise<AppliedRevocation[]>;
+      readonly replays: ReplayGuard;
+      readonly queue: string;
+    },
   ) {
-    this.#peers = peers;
+    this.#peers = workers?.peers;
+    this.#replays = workers?.replays ?? new LocalReplayGuard();
+    this.#queue = workers?.queue;
     this.#nc = nc;
     this.#system = system;
     this.#service = service;
     this.#log = log;
     this.#replica = replica;
     const keys = service().config.admin?.publicKeys ?? [];
-    this.#verifier = new RevokeVerifier(keys, this.#seen);
+    this.#verifier = new RevokeVerifier(keys, this.#replays);
     this.#keys = keys.join(',');
   }
 
   async start(): Promise<void> {
     const subject = `${this.#service().config.admin!.subject}.revoke`;
     this.#nc.subscribe(subject, {
+      ...(this.#queue ? { queue: this.#queue } : {}),
       callback: (err, msg) => {
         if (err) return;
         // Nothing may throw into the client's read loop.
@@ -100,13 +110,13 @@ export class AdminListener {
     // A reload may change the admin keys.
     const keys = service.config.admin?.publicKeys ?? [];
     if (keys.join(',') !== this.#keys) {
-      this.#verifier = new RevokeVerifier(keys, this.#seen);
+      this.#verifier = new RevokeVerifier(keys, this.#replays);
       this.#keys = keys.join(',');
     }
     let result: RevokeResult;
     try {
       const nowSeconds = Math.floor(service.clock.now() / 1000);
-      const request = this.#verifier.verify(msg.data, nowSeconds);
+      const request = await this.#verifier.verify(msg.data, nowSeconds);
       if (request.issuer !== undefined && !service.config.issuers.some((i) => i.issuer === request.issuer)) {
         throw new AuthFailure('ADMIN_REQUEST_INVALID', `issuer ${JSON.stringify(request.issuer)} is not configured (compared exactly)`);
       }

@@ -2,14 +2,18 @@
  * Sets of metrics as prom-client's getMetricsAsJSON() gives them, added up outside prom-client:
  * the main thread keeps the counts of workers that died (worker-pool.ts).
  */
-import type { AggregatorRegistry } from 'prom-client';
+import type { Registry } from 'prom-client';
 
 /** One worker's metrics. */
-export type MetricSet = Parameters<typeof AggregatorRegistry.aggregate>[0][number];
+export type MetricSet = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
 
 /** Counters and histograms only: a gauge of a worker that died says nothing about the replica now. */
 export function countsOnly(set: MetricSet): MetricSet {
-  return set.filter((m) => m.type === 'counter' || m.type === 'histogram') as MetricSet;
+  // prom-client's typings declare a numeric enum; at run time the type is the exposition name.
+  return set.filter((m) => {
+    const kind = m.type as unknown as string;
+    return kind === 'counter' || kind === 'histogram';
+  });
 }
 
 /** Two sets of counters and histograms added up, series by series (same name and labels). */

@@ -6,6 +6,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { inspectCalloutAccount } from './account-check.js';
 import { AdminListener, type AppliedRevocation, applyRevocation, type RevokeTarget } from './admin.js';
+import type { ReplayGuard } from './admin-request.js';
 import { AuditPublisher, connzLookup } from './audit/publisher.js';
 import type { Config } from './config.js';
 import type { IssuerKeys } from './issuers.js';
@@ -20,14 +21,21 @@ import { CalloutService } from './service.js';
 export interface InstanceOptions {
   /** Names this instance in admin answers and audit events. */
   readonly replica: string;
-  /** Once per replica: the startup check, the sentinel line, the admin listener. */
+  /** Once per replica: the startup check of the callout account, the sentinel line. */
   readonly primary: boolean;
   /** NATS connections of this instance (default `nats.connections`). */
   readonly connections?: number;
   /** Its connections' name (default `nats.name`): workers add their index. */
   readonly connectionName?: string;
-  /** The replica's other workers, for a revocation the primary received. */
-  readonly peers?: (target: RevokeTarget) => Promise<AppliedRevocation[]>;
+  /**
+   * A worker of a replica (workers > 1): its other workers, for a revocation this one received;
+   * the replica's replay guard; the queue group that hands each admin request to one worker.
+   */
+  readonly workers?: {
+    readonly peers: (target: RevokeTarget) => Promise<AppliedRevocation[]>;
+    readonly replays: ReplayGuard;
+    readonly queue: string;
+  };
   /** Names this instance's reply lanes in metrics (workers: `w1/3`), so lanes of workers never clash. */
   readonly laneLabel?: (connection: string) => string;
   /** Revocations to hold before serving (a worker started again after the replica applied them). */
@@ -139,9 +147,10 @@ export class ServiceInstance {
       }
     }
     // Revocation is on when admin keys are listed (admin.system alone serves checks and audit).
-    // One listener per replica: it applies the revocation on every worker and answers once.
-    if (opts.primary && config.admin?.publicKeys.length) {
-      await new AdminListener(connections[0]!, system, () => runner.service, log, opts.replica, opts.peers).start();
+    // Every worker listens, in a queue group of the replica's: whichever takes a request applies
+    // it on every worker and answers once, so a worker starting again leaves no gap.
+    if (config.admin?.publicKeys.length) {
+      await new AdminListener(connections[0]!, system, () => runner.service, log, opts.replica, opts.workers).start();
     }
     if (opts.primary) {
       // Operator mode: say now what would otherwise show only as refused logins. Never fatal: the
@@ -196,7 +205,7 @@ export class ServiceInstance {
     return { issuersKept: next.issuers.length - fresh.length };
   }
 
-  /** A revocation the replica's primary verified: applied to this instance's cache and live users. */
+  /** A revocation another worker of the replica verified: applied to this instance's cache and live users. */
   applyRevocation(target: RevokeTarget): Promise<AppliedRevocation> {
     return applyRevocation(this.#service, this.#system, target);
   }

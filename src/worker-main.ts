@@ -4,6 +4,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { AppliedRevocation, RevokeTarget } from './admin.js';
+import type { ReplayGuard } from './admin-request.js';
 import { loadConfig } from './config.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
@@ -21,23 +22,30 @@ async function main(): Promise<void> {
   const metrics = new Metrics(data.version);
   // The replica's NATS connections, shared out: each worker serves its part of the queue group.
   const connections = Math.max(1, Math.round(config.nats.connections / data.count));
-  let nextPeer = 0;
-  const pending = new Map<number, (r: AppliedRevocation[]) => void>();
-  const peers =
-    data.index === 0
-      ? (target: RevokeTarget) =>
-          new Promise<AppliedRevocation[]>((resolve) => {
-            const id = nextPeer++;
-            pending.set(id, resolve);
-            send({ type: 'peers', id, target });
-          })
-      : undefined;
+  let nextAsk = 0;
+  const peersPending = new Map<number, (r: AppliedRevocation[]) => void>();
+  const claimsPending = new Map<number, (fresh: boolean) => void>();
+  const peers = (target: RevokeTarget) =>
+    new Promise<AppliedRevocation[]>((resolve) => {
+      const id = nextAsk++;
+      peersPending.set(id, resolve);
+      send({ type: 'peers', id, target });
+    });
+  // The replica's replay guard lives in the main thread: any worker may receive a request again.
+  const replays: ReplayGuard = {
+    claim: (jti, until, now) =>
+      new Promise<boolean>((resolve) => {
+        const id = nextAsk++;
+        claimsPending.set(id, resolve);
+        send({ type: 'claim', id, jti, until, now });
+      }),
+  };
   const instance = await ServiceInstance.start(config, log, metrics, {
     replica: `${data.replica}/w${data.index}`,
     primary: data.index === 0,
     connections,
     connectionName: `${config.nats.name}/w${data.index}`,
-    peers,
+    workers: { peers, replays, queue: data.adminQueue },
     revocations: data.revocations,
     laneLabel: (c) => workerLaneLabel(data.index, c),
   });
@@ -49,8 +57,13 @@ async function main(): Promise<void> {
   });
   port.on('message', (m: ToWorker | ToPrimary) => {
     if (m.type === 'peers-answer') {
-      pending.get(m.id)?.(m.results);
-      pending.delete(m.id);
+      peersPending.get(m.id)?.(m.results);
+      peersPending.delete(m.id);
+      return;
+    }
+    if (m.type === 'claim-answer') {
+      claimsPending.get(m.id)?.(m.fresh);
+      claimsPending.delete(m.id);
       return;
     }
     void answer(m).then(

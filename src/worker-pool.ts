@@ -4,9 +4,11 @@
  * metrics for the replica), told to reload and to drain, restarted (and counted) when one dies.
  * Revocations received by the primary worker are applied on every other worker through here.
  */
+import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
 import type { AppliedRevocation, RevokeTarget } from './admin.js';
+import { LocalReplayGuard } from './admin-request.js';
 import type { Logger } from './log.js';
 import { countsOnly, type MetricSet, sumOf } from './metric-sets.js';
 import type { FromWorker, ToPrimary, ToWorker, WorkerData } from './worker-protocol.js';
@@ -32,7 +34,8 @@ interface Slot {
 
 export class WorkerPool {
   readonly #log: Logger;
-  readonly #data: Omit<WorkerData, 'index'>;
+  readonly #data: Omit<WorkerData, 'index' | 'adminQueue'>;
+  readonly #adminQueue = `oidc-callout-admin-${randomBytes(8).toString('hex')}`;
   readonly #slots: Slot[];
   readonly #registry = new Registry();
   /** The worker's code: worker-main.js (tests give a stand-in speaking the same protocol). */
@@ -44,6 +47,8 @@ export class WorkerPool {
   #running = false;
   /** Revocations applied since the pool started (those forgotten beyond the bound included). */
   #revocationCount = 0;
+  /** Admin request ids the replica acted on, whichever worker received them. */
+  readonly #replays = new LocalReplayGuard();
   /** Revocations applied so far, replayed to a worker that starts again (its state died with it). */
   readonly #revocations: RevokeTarget[] = [];
   /**
@@ -54,7 +59,7 @@ export class WorkerPool {
    */
   #retired: MetricSet[] = [];
 
-  private constructor(data: Omit<WorkerData, 'index'>, log: Logger, script: URL) {
+  private constructor(data: Omit<WorkerData, 'index' | 'adminQueue'>, log: Logger, script: URL) {
     this.#script = script;
     this.#data = data;
     this.#log = log;
@@ -83,7 +88,7 @@ export class WorkerPool {
   }
 
   /** Starts every worker; resolves once all serve (rejects when one fails to start). */
-  static async start(data: Omit<WorkerData, 'index'>, log: Logger, script = new URL('./worker-main.js', import.meta.url)): Promise<WorkerPool> {
+  static async start(data: Omit<WorkerData, 'index' | 'adminQueue'>, log: Logger, script = new URL('./worker-main.js', import.meta.url)): Promise<WorkerPool> {
     const pool = new WorkerPool(data, log, script);
     await Promise.all(pool.#slots.map((_, i) => pool.#spawn(i)));
     pool.#running = true;
@@ -93,7 +98,9 @@ export class WorkerPool {
   #spawn(index: number): Promise<void> {
     const slot = this.#slots[index]!;
     // A worker started again knows no revocation: it gets every one before it serves.
-    const worker = new Worker(this.#script, { workerData: { ...this.#data, index, revocations: [...this.#revocations] } satisfies WorkerData });
+    const worker = new Worker(this.#script, {
+      workerData: { ...this.#data, index, adminQueue: this.#adminQueue, revocations: [...this.#revocations] } satisfies WorkerData,
+    });
     slot.worker = worker;
     slot.started = false;
     slot.revocationsKnown = this.#revocationCount;
@@ -110,6 +117,9 @@ export class WorkerPool {
           slot.pending.delete(m.id);
         } else if (m.type === 'peers') {
           void this.#applyOnPeers(index, m.target).then((results) => worker.postMessage({ type: 'peers-answer', id: m.id, results } satisfies ToPrimary));
+        } else if (m.type === 'claim') {
+          const fresh = typeof m.jti === 'string' && this.#replays.claimNow(m.jti, m.until, m.now);
+          worker.postMessage({ type: 'claim-answer', id: m.id, fresh } satisfies ToPrimary);
         }
       });
       worker.on('error', (err) => this.#log.error('worker failed', { worker: index, error: err.message }));

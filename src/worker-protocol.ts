@@ -13,6 +13,11 @@ export interface WorkerData {
   readonly count: number;
   /** The replica's name for admin answers and audit events (the worker index is added). */
   readonly replica: string;
+  /**
+   * The queue group the replica's workers take admin requests in (one worker per request):
+   * random per replica, since two replicas in one queue group would split the requests.
+   */
+  readonly adminQueue: string;
   /** Revocations the replica applied before this worker started: applied before it serves. */
   readonly revocations?: readonly RevokeTarget[];
 }
@@ -29,12 +34,17 @@ export type FromWorker =
   | { readonly type: 'started' }
   /** The answer to a request of the main thread. */
   | { readonly type: 'answer'; readonly id: number; readonly value: unknown; readonly error?: string }
-  /** The primary worker asks for a revocation to be applied on the other workers. */
-  | { readonly type: 'peers'; readonly id: number; readonly target: RevokeTarget };
+  /** A worker that received a revocation asks for it to be applied on the other workers. */
+  | { readonly type: 'peers'; readonly id: number; readonly target: RevokeTarget }
+  /** A worker asks whether an admin request id is new to the replica (replay guard). */
+  | { readonly type: 'claim'; readonly id: number; readonly jti: string; readonly until: number; readonly now: number };
 
 /** A worker's reply lane in the replica's metrics: the worker names it, so lanes of workers never clash. */
 export function workerLaneLabel(index: number, connection: string): string {
   return `w${index}/${connection}`;
 }
 
-export type ToPrimary = { readonly type: 'peers-answer'; readonly id: number; readonly results: AppliedRevocation[] };
+/** The main thread's answers to a worker's own requests. */
+export type ToPrimary =
+  | { readonly type: 'peers-answer'; readonly id: number; readonly results: AppliedRevocation[] }
+  | { readonly type: 'claim-answer'; readonly id: number; readonly fresh: boolean };

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -7,6 +8,8 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createAccount, createUser, fromSeed } from '@nats-io/nkeys';
 import { connect } from '@nats-io/transport-node';
+import { signRevokeRequest } from '../../src/admin-request.js';
+import { NkeySigner } from '../../src/nkey.js';
 import { freeServerPort } from '../helpers/free-port.js';
 import { natsServerBinaries } from '../helpers/nats-server-bin.js';
 import { startNatsServer, type RunningNats } from '../helpers/nats-server.js';
@@ -343,6 +346,57 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
         assert.match(alone.stderr, /no replica answered/);
         assert.doesNotMatch(alone.stderr, /SyntaxError/);
       } finally {
+        running.kill('SIGKILL');
+      }
+    });
+
+    it('with workers, any worker takes a revoke request, the replica answers it once, and a replay is refused by every worker', async () => {
+      const adminKey = createUser();
+      const signer = new NkeySigner(new TextDecoder().decode(adminKey.getSeed()), 'user');
+      const file = join(dir, 'admin-workers.yaml');
+      writeFileSync(
+        file,
+        `${configYaml({ url: nats.url, issuer: idp.issuer, seedFile: 'issuer.nk', rules: RULE_APP })}workers: 3\nadmin:\n  public_keys: [${adminKey.getPublicKey()}]\n`,
+      );
+      const running = spawnRun(file);
+      let out = '';
+      running.stdout!.on('data', (d) => (out += d));
+      const nc = await connect({ servers: nats.url, user: 'auth', pass: 'pw' });
+      try {
+        // Three threads start, each loading keys and connecting: allow a busy machine its time.
+        for (let i = 0; i < 800 && (out.match(/"msg":"admin requests"/g)?.length ?? 0) < 3; i++) await new Promise((r) => setTimeout(r, 25));
+        assert.equal(out.match(/"msg":"admin requests"/g)?.length, 3, 'every worker listens');
+        // Collects every answer within the wait: one replica must answer each request exactly once.
+        const ask = async (data: Uint8Array): Promise<Record<string, unknown>[]> => {
+          const inbox = nc.subscribe(`_INBOX.admin-test.${randomBytes(6).toString('hex')}`);
+          nc.publish('oidc-callout.admin.revoke', data, { reply: inbox.getSubject() });
+          const answers: Record<string, unknown>[] = [];
+          const timer = setTimeout(() => inbox.unsubscribe(), 700);
+          for await (const m of inbox) answers.push(m.json());
+          clearTimeout(timer);
+          return answers;
+        };
+        const answeredBy = new Set<string>();
+        for (let i = 0; i < 12; i++) {
+          const answers = await ask(new TextEncoder().encode(signRevokeRequest({ subject: `user-${i}` }, signer, now())));
+          assert.equal(answers.length, 1, JSON.stringify(answers));
+          assert.equal(answers[0]!.ok, true, JSON.stringify(answers[0]));
+          answeredBy.add(String(answers[0]!.replica));
+        }
+        // nats-server hands the queue group's requests to the workers at random: 12 to one worker has odds of 3^-11.
+        assert.ok(answeredBy.size > 1, `every request was taken by ${[...answeredBy]}`);
+        // One captured request sent again and again: refused whichever worker takes it.
+        const captured = new TextEncoder().encode(signRevokeRequest({ subject: 'mallory' }, signer, now()));
+        const first = await ask(captured);
+        assert.equal(first[0]!.ok, true);
+        for (let i = 0; i < 6; i++) {
+          const again = await ask(captured);
+          assert.equal(again.length, 1);
+          assert.equal(again[0]!.code, 'ADMIN_REQUEST_INVALID', JSON.stringify(again[0]));
+          assert.match(String(again[0]!.error), /already used/);
+        }
+      } finally {
+        await nc.close();
         running.kill('SIGKILL');
       }
     });
