@@ -1,8 +1,10 @@
 /**
  * Summarizes a V8 .cpuprofile (from `npm run bench -- --only e2e --profile DIR`): self time by
- * function and by area (our src/ modules, jose, nats.js, tweetnacl, GC, idle...).
+ * function and by area (our src/ modules, jose, nats.js, tweetnacl, GC, idle...), and by stage
+ * of an authorization (the mandatory crypto apart from what surrounds it); with `--per N`, the
+ * stages in µs per authorization (N: the authorizations the profiled process answered).
  *
- *   node dist/bench/profile-summary.js DIR/CPU.*.cpuprofile [--top 30]
+ *   node dist/bench/profile-summary.js DIR/CPU.*.cpuprofile [--top 30] [--per 6000]
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -34,9 +36,44 @@ function area(url: string, fn: string): string {
   return url;
 }
 
+/**
+ * The stages of an authorization, each recognized by a function on the stack. A sample belongs
+ * to the innermost one on its stack, so the crypto inside a JWT's encoding counts as crypto.
+ */
+const STAGES: readonly { readonly stage: string; readonly fn: RegExp; readonly where?: RegExp }[] = [
+  { stage: 'crypto: Ed25519 verify (request)', fn: /^(crypto_sign_verify_detached|verifySignature)$/ },
+  { stage: 'crypto: Ed25519 sign (2 JWTs)', fn: /^crypto_sign_detached$|^sign$/, where: /sodium-native|src\/nkey/ },
+  { stage: 'crypto: xkey box open + seal', fn: /^crypto_secretbox_(open_)?easy$|^(open|seal)$/, where: /sodium-native|src\/xkey|tweetnacl/ },
+  { stage: 'user JWT: claims, JSON, hash, base64', fn: /^signUserJwt$/ },
+  { stage: 'response JWT: JSON, hash, base64', fn: /^signResponse$/ },
+  { stage: 'request: open, parse, deadline', fn: /^admit$/ },
+  { stage: 'request: claim checks', fn: /^verify$/, where: /src\/request/ },
+  { stage: 'decision log, metrics, audit', fn: /^#decided$/ },
+  { stage: 'decision: cache, policy, revocations', fn: /^#authorize$/ },
+  { stage: 'NATS client: socket writes', fn: /^(flushPending|writeBuffer|writeGeneric)$/ },
+  { stage: 'NATS client: reading and parsing', fn: /^(parse|processMsg|push)$/, where: /nats-core/ },
+  {
+    stage: 'scheduler: queues, reply lanes',
+    fn: /^(#slice|#serveNext|#serve|#receive|#probe|send|delayMs)$/,
+    where: /src\/(runner|reply-lanes|request-queue)/,
+  },
+  { stage: 'start-up (modules, configuration, keys)', fn: /^(evaluate|run|compileSourceTextModule|loadAndTranslate|main|runService|warmIssuers|load)$/ },
+  { stage: 'GC', fn: /^\(garbage collector\)$/ },
+];
+
+function stageOf(id: number, byId: Map<number, ProfileNode>, parent: Map<number, number>): string {
+  for (let at: number | undefined = id; at !== undefined; at = parent.get(at)) {
+    const f = byId.get(at)!.callFrame;
+    const found = STAGES.find((s) => s.fn.test(f.functionName) && (!s.where || s.where.test(f.url)));
+    if (found) return found.stage;
+  }
+  return 'other (event loop, timers, sockets read)';
+}
+
 function main(): void {
-  const { values, positionals } = parseArgs({ options: { top: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ options: { top: { type: 'string' }, per: { type: 'string' } }, allowPositionals: true });
   const top = Number(values.top ?? 25);
+  const per = values.per === undefined ? undefined : Number(values.per);
   for (const file of positionals) {
     const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;
     const byId = new Map(p.nodes.map((n) => [n.id, n]));
@@ -47,6 +84,9 @@ function main(): void {
       self.set(p.samples[i]!, (self.get(p.samples[i]!) ?? 0) + dt);
       total += dt;
     }
+    const parent = new Map<number, number>();
+    for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+    const byStage = new Map<string, number>();
     const byFn = new Map<string, number>();
     const byArea = new Map<string, number>();
     for (const [id, us] of self) {
@@ -56,6 +96,10 @@ function main(): void {
       const key = `${f.functionName || '(anonymous)'}  ${a}${f.url ? `:${f.lineNumber + 1}` : ''}`;
       byFn.set(key, (byFn.get(key) ?? 0) + us);
       byArea.set(a, (byArea.get(a) ?? 0) + us);
+      if (a !== 'idle') {
+        const stage = stageOf(id, byId, parent);
+        byStage.set(stage, (byStage.get(stage) ?? 0) + us);
+      }
     }
     const idle = byArea.get('idle') ?? 0;
     const busy = total - idle;
@@ -67,6 +111,9 @@ function main(): void {
       .sort((x, y) => y[1] - x[1])
       .slice(0, top))
       process.stdout.write(`  ${pct(us)}  ${a}\n`);
+    process.stdout.write(`\nby stage of an authorization${per ? ` (µs per authorization, ${per} authorizations)` : ''}\n`);
+    for (const [stage, us] of [...byStage].sort((x, y) => y[1] - x[1]))
+      process.stdout.write(`  ${pct(us)}  ${per ? `${(us / per).toFixed(1).padStart(7)} µs  ` : ''}${stage}\n`);
     process.stdout.write('\nby function (self time)\n');
     for (const [f, us] of [...byFn]
       .filter(([f]) => !f.startsWith('(idle)'))
