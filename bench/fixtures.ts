@@ -89,7 +89,8 @@ export async function signTokens(issuer: LocalIssuer, count: number, first = 0, 
 }
 
 export interface ConfigDocOptions {
-  readonly natsUrl: string;
+  /** `nats.servers`: one URL, or every node of a cluster. */
+  readonly natsUrl: string | readonly string[];
   readonly issuer: string;
   readonly issuerSeed: string | { file: string };
   readonly xkeySeed?: string | { file: string } | undefined;
@@ -106,7 +107,12 @@ export interface ConfigDocOptions {
 /** A service configuration document (buildConfig input; as JSON it is also valid YAML). */
 export function configDoc(o: ConfigDocOptions): Record<string, unknown> {
   return {
-    nats: { servers: [o.natsUrl], user: 'auth', password: 'bench-password', ...(o.connections ? { connections: o.connections } : {}) },
+    nats: {
+      servers: typeof o.natsUrl === 'string' ? [o.natsUrl] : [...o.natsUrl],
+      user: 'auth',
+      password: 'bench-password',
+      ...(o.connections ? { connections: o.connections } : {}),
+    },
     callout: { account: 'AUTH', issuer_seed: o.issuerSeed, ...(o.xkeySeed ? { xkey_seed: o.xkeySeed } : {}) },
     issuers: [
       {

@@ -1,10 +1,11 @@
 /**
  * The processes the end-to-end benchmarks start, and their cleanup: nats-server binaries to pick
  * from, the service run as its own process (`node dist/src/main.js run --config FILE`, exactly as
- * deployed), temporary work directories, and hooks that stop everything on exit and Ctrl-C.
+ * deployed), the reconnect storm's fleet processes, temporary work directories, and hooks that
+ * stop everything on exit and Ctrl-C.
  * nats-server itself is started with test/helpers/nats-server.ts, which has its own exit hooks.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -65,6 +66,19 @@ export async function pickServers(selectors: readonly string[]): Promise<NatsSer
     }
   }
   return [...picked.values()];
+}
+
+/**
+ * Forks `node MODULE` (a file of dist/bench) with a message channel (structured clone, so
+ * typed arrays and bigints pass), killed on exit and Ctrl-C like the service. The child shares
+ * stdout and stderr; it should exit when the channel closes (its parent is gone).
+ */
+export function forkBenchChild(module: string, args: readonly string[] = []): ChildProcess {
+  installHooks();
+  const child = fork(join(here, module), [...args], { serialization: 'advanced', execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
 }
 
 export interface RunningService {

@@ -18,6 +18,10 @@
  *   --profile DIR            write a V8 CPU profile of each service process to DIR
  *   --clients N              storm: clients with distinct tokens (default 10000)
  *   --max-seconds S          storm: cap of each connect phase (default 120)
+ *   --cluster N              storm: N nats-servers in one cluster, client i on server i % N (default 1)
+ *   --restart full|rolling   storm: restart every server at once (default) or one after another
+ *   --clients-per-process N  storm: at most N clients per load generator process (default: what
+ *                            the open-file limit allows; more clients run in child processes)
  *   --no-xkey                storm: without xkey encryption of the callout traffic
  *   --no-save                do not append to bench/results.jsonl
  *   --quick                  about a minute: plain, hit and miss for 5 s each, and a headline summary
@@ -33,7 +37,7 @@ import { runMicro } from './micro.js';
 import { ACCOUNTS, runAccountsScale } from './accounts-scale.js';
 import { runServiceCapacity } from './service-capacity.js';
 import { RULES, runPolicyScale } from './policy-scale.js';
-import { runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
+import { goodputTable, runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
 
 function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -67,6 +71,9 @@ async function main(): Promise<void> {
       profile: { type: 'string' },
       clients: { type: 'string' },
       'max-seconds': { type: 'string' },
+      cluster: { type: 'string' },
+      restart: { type: 'string' },
+      'clients-per-process': { type: 'string' },
       'no-xkey': { type: 'boolean' },
       connections: { type: 'string' },
       workers: { type: 'string' },
@@ -113,6 +120,9 @@ async function main(): Promise<void> {
     profileDir: values.profile === undefined ? undefined : resolve(values.profile),
     clients: Math.round(positive('clients', values.clients, 10_000)),
     maxSeconds: positive('max-seconds', values['max-seconds'], 120),
+    cluster: Math.round(positive('cluster', values.cluster, 1)),
+    restart: (values.restart ?? 'full') as 'full' | 'rolling',
+    clientsPerProcess: values['clients-per-process'] === undefined ? undefined : Math.round(positive('clients-per-process', values['clients-per-process'], 1)),
     xkey: !values['no-xkey'],
     connections: values.connections === undefined ? undefined : Math.round(positive('connections', values.connections, 2)),
     workers: values.workers === undefined || values.workers === 'auto' ? values.workers : Math.round(positive('workers', values.workers, 1)),
@@ -121,6 +131,7 @@ async function main(): Promise<void> {
   };
   if (options.serviceLog !== undefined && !['debug', 'info', 'warn', 'error'].includes(options.serviceLog))
     throw new Error('--service-log is debug, info, warn or error');
+  if (!['full', 'rolling'].includes(options.restart)) throw new Error('--restart is full or rolling');
 
   const cpu = cpus();
   const busy = await machineBusyOver(1000);
@@ -198,19 +209,37 @@ async function main(): Promise<void> {
     say('box busy: whole machine; other: busy CPU not charged to those three (loopback softirq, other jobs)');
   }
   if (options.only === 'storm') {
-    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS } = options;
+    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS, cluster, restart, clientsPerProcess } = options;
     const workers = options.workers as number | 'auto' | undefined;
     const conns = connections === undefined ? 'default' : String(connections);
     say(
-      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}, workers ${workers ?? 'default'}, authorization timeout ${authTimeoutS ?? 2} s`,
+      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}, workers ${workers ?? 'default'}, authorization timeout ${authTimeoutS ?? 2} s` +
+        (cluster > 1 ? `, ${cluster} nats-servers in a cluster, ${restart} restart` : ''),
     );
-    storms.push(...(await runReconnectStorm({ clients, maxSeconds, servers, xkey, connections, workers, serviceLog, profileDir, authTimeoutS, log: say })));
+    storms.push(
+      ...(await runReconnectStorm({
+        clients,
+        maxSeconds,
+        servers,
+        xkey,
+        cluster,
+        restart,
+        clientsPerProcess,
+        connections,
+        workers,
+        serviceLog,
+        profileDir,
+        authTimeoutS,
+        log: say,
+      })),
+    );
     say(`\n${stormTable(storms)}`);
     say('late answers: allow answers the service sent minus clients that got in (answers nats-server no longer waited for);');
     say('failed: auth_violation = refused by the service (see its reject counters) or no callout answer within the 2 s nats-server waits;');
     say('  auth_timeout = the 2 s authorization timer of the connection ran out first; timeout_* = nothing within 5 s on the client side:');
     say('  tcp = connection not established (listen backlog full), info = no INFO, answer = CONNECT got neither PONG nor -ERR');
     say(`\n${verifyTable(storms)}`);
+    say(`\n${goodputTable(storms)}`);
   }
 
   if (!values['no-save']) {

@@ -12,9 +12,63 @@
  * ports do not sit in TIME_WAIT for a minute: a long storm makes hundreds of thousands of
  * attempts from a few loopback addresses. Counters go into the current {@link FleetWindow}, so
  * the caller can measure phases (cold start, restart) separately while the fleet runs on.
+ *
+ * A fleet may be one slice of a larger one (clients `firstIndex` .. `firstIndex + size - 1`)
+ * running in a child process (storm-fleet.ts): a client's index, and so its server, source
+ * address and subjects, is its index in the whole storm.
  */
 import { connect as tcpConnect, type Socket } from 'node:net';
-import { nowNs, Samples } from './lib.js';
+import { nowNs } from './lib.js';
+
+/**
+ * A growable list of float samples that can be handed to another process and merged: the
+ * latencies of a fleet split over processes are pooled before percentiles are taken.
+ */
+export class LatencySamples {
+  #data: Float64Array;
+  #n: number;
+
+  constructor(values?: Float64Array) {
+    this.#data = values ? values.slice() : new Float64Array(1 << 12);
+    this.#n = values ? values.length : 0;
+  }
+
+  /** The samples of several lists in one. */
+  static merge(parts: readonly Float64Array[]): LatencySamples {
+    const all = new Float64Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.length;
+    }
+    return new LatencySamples(all);
+  }
+
+  push(v: number): void {
+    if (this.#n === this.#data.length) {
+      const bigger = new Float64Array(this.#data.length * 2);
+      bigger.set(this.#data);
+      this.#data = bigger;
+    }
+    this.#data[this.#n++] = v;
+  }
+
+  get length(): number {
+    return this.#n;
+  }
+
+  /** A copy of the samples. */
+  values(): Float64Array {
+    return this.#data.slice(0, this.#n);
+  }
+
+  /** Nearest-rank percentiles, `ps` in 0..100 (as lib.ts Samples). */
+  percentiles(...ps: number[]): number[] {
+    if (this.#n === 0) return ps.map(() => Number.NaN);
+    const sorted = this.#data.slice(0, this.#n).sort();
+    return ps.map((p) => sorted[Math.min(this.#n - 1, Math.max(0, Math.ceil((p / 100) * this.#n) - 1))]!);
+  }
+}
 
 /** Why an attempt failed. */
 export type FailOutcome =
@@ -49,7 +103,7 @@ export interface FleetWindow {
   readonly startNs: bigint;
   /** Connection attempts started. */
   attempts: number;
-  /** Attempts per client. */
+  /** Attempts per client of this fleet (index 0 is client `firstIndex`). */
   readonly attemptsPerClient: Uint32Array;
   /** Attempts that got PONG. */
   connects: number;
@@ -61,19 +115,24 @@ export interface FleetWindow {
   /** A few distinct failure lines, for diagnosis. */
   readonly details: Set<string>;
   /** Of successful attempts, ns from starting the TCP connect to PONG. */
-  readonly latency: Samples;
+  readonly latency: LatencySamples;
 }
 
 export interface FleetOptions {
-  readonly port: number;
+  /** Client ports of the nats-servers on 127.0.0.1; client i connects to `ports[i % ports.length]`. */
+  readonly ports: readonly number[];
   /** One `CONNECT ...\r\nPING\r\n` payload per client (see loadgen.ts connectPayload). */
   readonly payloads: readonly Buffer[];
+  /** Index in the whole storm of this fleet's first client (default 0). */
+  readonly firstIndex?: number;
   /** Local source addresses; client i uses `sources[i % sources.length]`. */
   readonly sources: readonly string[];
   /** The client's own connect timeout; longer than the server's authorization timeout. */
   readonly attemptTimeoutMs: number;
   readonly retryMinMs: number;
   readonly retryMaxMs: number;
+  /** Called (synchronously) whenever the number of connected clients changes. */
+  readonly onConnectedChange?: () => void;
 }
 
 /** Outcome of {@link ClientFleet.verifyPermissions}. */
@@ -99,8 +158,12 @@ interface PermissionProbe {
 }
 
 interface Client {
+  /** Index in the whole storm. */
   readonly index: number;
+  /** Index in this fleet. */
+  readonly local: number;
   readonly payload: Buffer;
+  readonly port: number;
   readonly source: string;
   state: 'idle' | 'waiting' | 'connecting' | 'connected' | 'stopped';
   /** The socket of the current attempt or connection; events of older sockets are ignored. */
@@ -133,15 +196,19 @@ export class ClientFleet {
   readonly #o: FleetOptions;
   readonly #clients: Client[];
   #connected = 0;
+  #fullSinceNs: bigint | undefined;
   #window: FleetWindow;
   #onAllConnected: (() => void) | undefined;
 
   constructor(opts: FleetOptions) {
     this.#o = opts;
-    this.#clients = opts.payloads.map((payload, index) => ({
-      index,
+    const first = opts.firstIndex ?? 0;
+    this.#clients = opts.payloads.map((payload, local) => ({
+      index: first + local,
+      local,
       payload,
-      source: opts.sources[index % opts.sources.length]!,
+      port: opts.ports[(first + local) % opts.ports.length]!,
+      source: opts.sources[(first + local) % opts.sources.length]!,
       state: 'idle',
       socket: undefined,
       buf: '',
@@ -166,6 +233,11 @@ export class ClientFleet {
     return this.#window;
   }
 
+  /** When every client of this fleet became connected (and still is), by nowNs(); undefined otherwise. */
+  get fullSinceNs(): bigint | undefined {
+    return this.#fullSinceNs;
+  }
+
   /** Starts counting into a new window (the previous one keeps its figures). */
   beginWindow(name: string): FleetWindow {
     this.#window = {
@@ -178,7 +250,7 @@ export class ClientFleet {
       disconnects: 0,
       errorsWhileConnected: 0,
       details: new Set(),
-      latency: new Samples(),
+      latency: new LatencySamples(),
     };
     return this.#window;
   }
@@ -270,18 +342,18 @@ export class ClientFleet {
       c.socket = undefined;
       if (socket) discard(socket);
     }
-    this.#connected = 0;
+    this.#setConnected(0);
   }
 
   #attempt(c: Client): void {
     const w = this.#window;
     w.attempts++;
-    w.attemptsPerClient[c.index]!++;
+    w.attemptsPerClient[c.local]!++;
     c.state = 'connecting';
     c.buf = '';
     c.sentConnect = false;
     c.startNs = nowNs();
-    const socket = tcpConnect({ host: '127.0.0.1', port: this.#o.port, localAddress: c.source, noDelay: true });
+    const socket = tcpConnect({ host: '127.0.0.1', port: c.port, localAddress: c.source, noDelay: true });
     c.socket = socket;
     c.timer = setTimeout(() => this.#fail(c, socket.connecting ? 'timeout_tcp' : c.sentConnect ? 'timeout_answer' : 'timeout_info'), this.#o.attemptTimeoutMs);
     socket.on('data', (chunk: Buffer) => {
@@ -336,14 +408,22 @@ export class ClientFleet {
     const w = this.#window;
     w.connects++;
     w.latency.push(Number(nowNs() - c.startNs));
-    if (++this.#connected === this.#clients.length) this.#onAllConnected?.();
+    this.#setConnected(this.#connected + 1);
+    if (this.#connected === this.#clients.length) this.#onAllConnected?.();
+  }
+
+  #setConnected(n: number): void {
+    if (n === this.#connected) return;
+    this.#connected = n;
+    this.#fullSinceNs = n === this.#clients.length ? nowNs() : undefined;
+    this.#o.onConnectedChange?.();
   }
 
   /** The socket reported an error or closed. */
   #gone(c: Client, socket: Socket, outcome: FailOutcome, detail?: string): void {
     if (c.socket !== socket) return;
     if (c.state === 'connected') {
-      this.#connected--;
+      this.#setConnected(this.#connected - 1);
       this.#window.disconnects++;
       c.probe?.finish(`connection lost (${outcome})`);
       c.socket = undefined;
