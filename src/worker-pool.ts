@@ -189,13 +189,29 @@ export class WorkerPool {
 
   /** The replica's metrics: every worker's, added up (gauges as each declares), and the pool's own. */
   async metrics(): Promise<{ text: string; contentType: string }> {
-    const answers = await Promise.all(this.#slots.map((_, i) => this.#ask(i, { type: 'metrics' })));
+    // The worker each slot holds as the scrape starts. One that exits before every answer is in
+    // is counted through #retired only: adding its answer as well counted it twice, and the next
+    // scrape went back by as much (a reset to Prometheus).
+    const asked = this.#slots.map((s) => s.worker);
+    const answers = await Promise.all(
+      this.#slots.map((slot, i) =>
+        this.#ask(i, { type: 'metrics' }).then((a) => {
+          // Kept as the answer arrives, in the worker's message order, so its exit (handled
+          // later) retires these counts and not those of an earlier scrape.
+          if (!a.error && Array.isArray(a.value) && slot.worker === asked[i]) slot.lastCounts = countsOnly(a.value as MetricSet);
+          return a;
+        }),
+      ),
+    );
     const sets: MetricSet[] = [];
     answers.forEach((a, i) => {
-      if (a.error || !Array.isArray(a.value)) return;
-      sets.push(a.value as MetricSet);
-      // Kept only while that worker lives: its exit moves it to #retired.
-      if (this.#slots[i]!.started) this.#slots[i]!.lastCounts = countsOnly(a.value as MetricSet);
+      const slot = this.#slots[i]!;
+      // Exited (or replaced) since it was asked: its counts are in #retired now.
+      if (!slot.worker || slot.worker !== asked[i]) return;
+      if (!a.error && Array.isArray(a.value)) sets.push(a.value as MetricSet);
+      // Alive but silent (busy past the timeout): its last counts stand in, or the replica's
+      // counters would dip for one scrape and read as a reset.
+      else if (slot.lastCounts) sets.push(slot.lastCounts);
     });
     const merged = Registry.merge([AggregatorRegistry.aggregate([...sets, ...this.#retired]), this.#registry]);
     return { text: await merged.metrics(), contentType: merged.contentType };

@@ -23,6 +23,11 @@ export interface Scenario {
   readonly holdStart?: readonly string[];
   /** Worker 0 relays a revocation of `mallory` through the pool when asked to reload. */
   readonly peersOnReload?: boolean;
+  /**
+   * `"index:incarnation:n"`: how that incarnation answers its n-th metrics request (from 1):
+   * after `delayMs`, and/or exiting (code 3) right after the answer is sent.
+   */
+  readonly metricsAnswers?: Record<string, { readonly delayMs?: number; readonly exitAfter?: boolean }>;
   /** Reply lane delays (seconds; `null` for a disconnected lane) by worker index, reported through the real Metrics. */
   readonly lanes?: Record<string, Record<string, number | null>>;
 }
@@ -65,6 +70,7 @@ function serve(port: NonNullable<typeof parentPort>): void {
   });
 
   let peersAnswer: ((results: AppliedRevocation[]) => void) | undefined;
+  let metricsAsked = 0;
 
   port.on('message', (m: ToWorker | ToPrimary) => {
     if (m.type === 'peers-answer') {
@@ -82,9 +88,16 @@ function serve(port: NonNullable<typeof parentPort>): void {
         answer([`w${data.index} n${incarnation} revoked ${revoked.map((r) => r.subject).join(',')}`, `w${data.index} reloads ${reloads}`]);
         break;
       }
-      case 'metrics':
-        void Promise.all([registry.getMetricsAsJSON(), metrics.registry.getMetricsAsJSON()]).then(([a, b]) => answer([...a, ...b]));
+      case 'metrics': {
+        const how = scenario.metricsAnswers?.[`${me}:${++metricsAsked}`] ?? {};
+        void Promise.all([registry.getMetricsAsJSON(), metrics.registry.getMetricsAsJSON()]).then(([a, b]) =>
+          setTimeout(() => {
+            answer([...a, ...b]);
+            if (how.exitAfter) setImmediate(() => process.exit(3));
+          }, how.delayMs ?? 0),
+        );
         break;
+      }
       case 'revoke':
         revoked.push(m.target);
         answer({ dropped: 0, found: 0, kicked: 0, gone: 0, errors: [], incomplete: false } satisfies AppliedRevocation);

@@ -31,6 +31,9 @@ async function startPool(count: number, scenario: Scenario): Promise<{ pool: Wor
   return { pool, replica, log };
 }
 
+/** The replica's oidc_callout_requests_total{result="allow"} in a scrape. */
+const allowed = (m: { text: string }): number => Number(/^oidc_callout_requests_total\{result="allow"\} (\d+)$/m.exec(m.text)?.[1] ?? Number.NaN);
+
 const serving = async (pool: WorkerPool, n: number) => (await pool.metrics()).text.includes(`oidc_callout_workers ${n}\n`);
 
 describe('worker pool, adversarial', () => {
@@ -104,6 +107,37 @@ describe('worker pool, adversarial', () => {
         lines.some((l) => / -1$/.test(l) || /\+Inf$/.test(l)),
         `worker 1's disconnected lane (reported -1) is not visible: ${JSON.stringify(lines)}`,
       );
+    } finally {
+      await pool.stop();
+    }
+  });
+
+  it('a worker that dies between answering a scrape and the scrape completing is counted once, and the next scrape does not go back', async () => {
+    // Worker 0 (10 served) answers its second scrape late; worker 1 (20 served) answers it and
+    // dies at once, so its exit is handled while that scrape still waits for worker 0.
+    const { pool } = await startPool(2, { metricsAnswers: { '0:1:2': { delayMs: 400 }, '1:1:2': { exitAfter: true } } });
+    try {
+      assert.equal(allowed(await pool.metrics()), 30);
+      const during = allowed(await pool.metrics());
+      assert.equal(during, 30, 'the scrape the worker died during counts it once');
+      await until('worker 1 serving again', () => serving(pool, 2));
+      // Its successor has served 1: 10 + 20 (kept) + 1.
+      const afterRestart = allowed(await pool.metrics());
+      assert.ok(afterRestart >= during, `the counter went back from ${during} to ${afterRestart}`);
+      assert.equal(afterRestart, 31);
+    } finally {
+      await pool.stop();
+    }
+  });
+
+  it('a live worker that does not answer a scrape in time keeps its counts in it (counters never dip)', async () => {
+    // Worker 1 answers its second scrape after the pool's 2 s limit.
+    const { pool } = await startPool(2, { metricsAnswers: { '1:1:2': { delayMs: 2600 } } });
+    try {
+      assert.equal(allowed(await pool.metrics()), 30);
+      const slow = allowed(await pool.metrics());
+      assert.equal(slow, 30, `the counter dipped to ${slow} while worker 1 was slow to answer`);
+      assert.equal(allowed(await pool.metrics()), 30);
     } finally {
       await pool.stop();
     }
