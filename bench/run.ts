@@ -4,7 +4,7 @@
  * asked for (`--only storm`): it takes minutes and most of the machine. The 1,000-rule policy
  * benchmark runs only when asked for too (`--only policy`).
  *
- *   --only PART              run one part: micro, e2e, storm, policy, accounts or capacity
+ *   --only PART              run one part: micro, e2e, storm, policy, accounts, capacity or overload
  *   --duration SECONDS       measured time per e2e scenario (default 10)
  *   --concurrency N          e2e connects in flight (default 64); a comma list sweeps
  *   --server LIST            nats-server versions: newest (default), 2.10, 2.15, all; comma list
@@ -22,7 +22,9 @@
  *   --restart full|rolling   storm: restart every server at once (default) or one after another
  *   --clients-per-process N  storm: at most N clients per load generator process (default: what
  *                            the open-file limit allows; more clients run in child processes)
- *   --no-xkey                storm: without xkey encryption of the callout traffic
+ *   --no-xkey                storm, overload: without xkey encryption of the callout traffic
+ *   --overload-steps LIST    overload: offered loads as multiples of the measured capacity
+ *                            (default 0.5,1,1.5,2,4,8; each for --duration seconds)
  *   --no-save                do not append to bench/results.jsonl
  *   --quick                  about a minute: plain, hit and miss for 5 s each, and a headline summary
  */
@@ -36,6 +38,7 @@ import { e2eTable, machineBusyOver, microTable, type BenchResult } from './lib.j
 import { runMicro } from './micro.js';
 import { ACCOUNTS, runAccountsScale } from './accounts-scale.js';
 import { runServiceCapacity } from './service-capacity.js';
+import { DEFAULT_OVERLOAD_STEPS, OVERLOAD_SERVICE_LOG, overloadTable, runServiceOverload } from './service-overload.js';
 import { RULES, runPolicyScale } from './policy-scale.js';
 import { goodputTable, runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
 
@@ -79,6 +82,7 @@ async function main(): Promise<void> {
       workers: { type: 'string' },
       'service-log': { type: 'string' },
       'auth-timeout': { type: 'string' },
+      'overload-steps': { type: 'string' },
       'no-save': { type: 'boolean' },
       quick: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -90,8 +94,8 @@ async function main(): Promise<void> {
     process.stdout.write(`usage: npm run bench -- [options]   (see ${src.replace(/\/dist\//, '/').replace(/\.js$/, '.ts')})\n`);
     return;
   }
-  if (values.only !== undefined && !['micro', 'e2e', 'storm', 'policy', 'accounts', 'capacity'].includes(values.only)) {
-    throw new Error('--only is micro, e2e, storm, policy, accounts or capacity');
+  if (values.only !== undefined && !['micro', 'e2e', 'storm', 'policy', 'accounts', 'capacity', 'overload'].includes(values.only)) {
+    throw new Error('--only is micro, e2e, storm, policy, accounts, capacity or overload');
   }
   const list = (v: string | undefined, d: readonly string[]) =>
     v === undefined
@@ -128,6 +132,7 @@ async function main(): Promise<void> {
     workers: values.workers === undefined || values.workers === 'auto' ? values.workers : Math.round(positive('workers', values.workers, 1)),
     serviceLog: values['service-log'] as 'debug' | 'info' | 'warn' | 'error' | undefined,
     authTimeoutS: values['auth-timeout'] === undefined ? undefined : Math.round(positive('auth-timeout', values['auth-timeout'], 2)),
+    overloadSteps: list(values['overload-steps'], DEFAULT_OVERLOAD_STEPS.map(String)).map((m) => positive('overload-steps', m, 1)),
   };
   if (options.serviceLog !== undefined && !['debug', 'info', 'warn', 'error'].includes(options.serviceLog))
     throw new Error('--service-log is debug, info, warn or error');
@@ -175,6 +180,39 @@ async function main(): Promise<void> {
       onResult: (r) => say(`  ${r.name}: ${Math.round(r.opsPerSec)} authorizations/s, ${r.extra?.['serviceCpuUsPerAuthorization']} µs service CPU each`),
     });
     results.push(...capacity);
+  }
+  if (options.only === 'overload') {
+    const { overloadSteps, durationS, xkey, serviceLog, profileDir } = options;
+    const workers = options.workers as number | 'auto' | undefined;
+    say(
+      `\n== the service alone past its capacity: open-loop steps of ${overloadSteps.join(', ')} x capacity, ${durationS} s each, xkey ${xkey ? 'on' : 'off'}, cache hits, workers ${workers ?? 'default'}`,
+    );
+    const overload = await runServiceOverload({
+      steps: overloadSteps,
+      durationS,
+      xkey,
+      workers,
+      serviceLog,
+      profileDir,
+      log: say,
+      onResult: (r) =>
+        say(
+          r.extra?.['multiple'] === undefined
+            ? `  capacity: ${Math.round(r.opsPerSec)}/s`
+            : `  ${r.extra['multiple']}x: offered ${r.extra['offeredPerS']}/s, goodput ${r.extra['goodPerS']}/s, late ${r.extra['latePerS']}/s, no answer ${r.extra['noAnswer']}; CPU s service ${r.extra['serviceCpuS']}, nats-server ${r.extra['natsCpuS']}, sender ${r.extra['senderCpuS']}, machine ${Math.round(Number(r.extra['machineBusy']) * 100)} % busy`,
+        ),
+    });
+    results.push(...overload);
+    say(`\n${overloadTable(overload)}`);
+    say('goodput: right allow answers that arrived within 2 s of their request being sent (nats-server gives up after 2 s);');
+    say('late: answers after that; shed: requests the service dropped unanswered (its oidc_callout_shed_total);');
+    say('svc µs/answer: service CPU from the start of the step until it had decided every request, per answer; svc µs/drop: that CPU');
+    say('  beyond what its answers cost in the capacity run, per request not answered; sender lag: its event-loop delay while sending;');
+    say('behind: how late the sender sent a batch against its schedule (at most); decided after: seconds after the last request');
+    say('  was sent until the service had answered or dropped every request of the step (how far behind its reading was)');
+    if (serviceLog) say(`the service's log: ${OVERLOAD_SERVICE_LOG}`);
+    const wrong = overload.reduce((sum, r) => sum + (typeof r.extra?.['wrong'] === 'number' ? r.extra['wrong'] : 0), 0);
+    if (wrong > 0) throw new Error(`${wrong} answers were wrong (did not open, named another user key, or refused)`);
   }
   if (options.only === 'accounts') {
     say(`\n== operator mode, ${ACCOUNTS} accounts (each >= ${options.microMs} ms after warm-up)`);
