@@ -8,6 +8,13 @@ import type { CalloutService } from './service.js';
 /** Kicks at once, and how long a request may spend kicking before it answers. */
 const KICK_CONCURRENCY = 16;
 const KICK_BUDGET_MS = 1500;
+/**
+ * How long a worker that took a revoke request waits for the replica's other workers (workers >
+ * 1): their kicks within KICK_BUDGET_MS and the trip between threads, and still less than the
+ * CLI's default --wait (2 s), so one worker that does not answer is named in the replica's
+ * answer instead of making the whole answer too late to be heard.
+ */
+export const PEERS_BUDGET_MS = KICK_BUDGET_MS + 250;
 
 /** What one replica did for a revoke request. */
 export interface RevokeResult {

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
-import type { AppliedRevocation, RevokeTarget } from './admin.js';
+import { type AppliedRevocation, PEERS_BUDGET_MS, type RevokeTarget } from './admin.js';
 import { LocalReplayGuard } from './admin-request.js';
 import type { Logger } from './log.js';
 import { countsOnly, type MetricSet, sumOf } from './metric-sets.js';
@@ -169,7 +169,8 @@ export class WorkerPool {
     this.#revocations.push(target);
     this.#revocationCount++;
     const others = this.#slots.map((_, i) => i).filter((i) => i !== from);
-    const answers = await Promise.all(others.map((i) => this.#ask(i, { type: 'revoke', target })));
+    // Not ASK_TIMEOUT_MS: the receiving worker's answer must reach the CLI within its wait.
+    const answers = await Promise.all(others.map((i) => this.#ask(i, { type: 'revoke', target }, PEERS_BUDGET_MS)));
     return answers.map((a, k) =>
       a.error ? { dropped: 0, found: 0, kicked: 0, gone: 0, errors: [`worker ${others[k]}: ${a.error}`], incomplete: true } : (a.value as AppliedRevocation),
     );

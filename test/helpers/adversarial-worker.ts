@@ -21,6 +21,8 @@ export interface Scenario {
   readonly failStart?: readonly string[];
   /** `"index:incarnation"`: that incarnation writes `<replica>.w<i>.n<n>.starting` and waits for `<replica>.go` before `started`. */
   readonly holdStart?: readonly string[];
+  /** Workers that never answer a revocation the pool relays to them (busy, wedged). */
+  readonly silentOnRevoke?: readonly number[];
   /** Worker 0 relays a revocation of `mallory` through the pool when asked to reload. */
   readonly peersOnReload?: boolean;
   /**
@@ -100,6 +102,7 @@ function serve(port: NonNullable<typeof parentPort>): void {
       }
       case 'revoke':
         revoked.push(m.target);
+        if (scenario.silentOnRevoke?.includes(data.index)) break;
         answer({ dropped: 0, found: 0, kicked: 0, gone: 0, errors: [], incomplete: false } satisfies AppliedRevocation);
         break;
       case 'reload':

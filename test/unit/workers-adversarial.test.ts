@@ -112,6 +112,20 @@ describe('worker pool, adversarial', () => {
     }
   });
 
+  it("a worker that does not answer a relayed revocation still lets the replica answer within the CLI's default --wait (2 s)", async () => {
+    // Worker 0 takes a revocation and has it applied on worker 1, which never answers.
+    const { pool } = await startPool(2, { peersOnReload: true, silentOnRevoke: [1] });
+    try {
+      const t0 = Date.now();
+      await pool.reload();
+      const ms = Date.now() - t0;
+      // The replica's answer also has to reach the CLI over NATS: some margin is left for it.
+      assert.ok(ms < 1950, `the other workers' results came back after ${ms} ms: the replica's answer misses a 2 s --wait`);
+    } finally {
+      await pool.stop();
+    }
+  });
+
   it('a worker that dies between answering a scrape and the scrape completing is counted once, and the next scrape does not go back', async () => {
     // Worker 0 (10 served) answers its second scrape late; worker 1 (20 served) answers it and
     // dies at once, so its exit is handled while that scrape still waits for worker 0.
