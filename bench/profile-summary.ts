@@ -71,9 +71,33 @@ function stageOf(id: number, byId: Map<number, ProfileNode>, parent: Map<number,
 }
 
 function main(): void {
-  const { values, positionals } = parseArgs({ options: { top: { type: 'string' }, per: { type: 'string' } }, allowPositionals: true });
-  const top = Number(values.top ?? 25);
-  const per = values.per === undefined ? undefined : Number(values.per);
+  const usage = 'usage: node dist/bench/profile-summary.js FILE.cpuprofile... [--top N] [--per AUTHORIZATIONS]\n';
+  let parsed: ReturnType<
+    typeof parseArgs<{ options: { top: { type: 'string' }; per: { type: 'string' }; help: { type: 'boolean'; short: 'h' } }; allowPositionals: true }>
+  >;
+  try {
+    parsed = parseArgs({ options: { top: { type: 'string' }, per: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true });
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${usage}`);
+    process.exit(2);
+  }
+  const { values, positionals } = parsed;
+  if (values.help || positionals.length === 0) {
+    (values.help ? process.stdout : process.stderr).write(usage);
+    process.exit(values.help ? 0 : 2);
+  }
+  const count = (name: string, v: string | undefined, fallback?: number): number | undefined => {
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n <= 0) {
+      process.stderr.write(`--${name} must be a positive whole number, got ${JSON.stringify(v)}\n${usage}`);
+      process.exit(2);
+    }
+    return n;
+  };
+  const top = count('top', values.top, 25)!;
+  // The profiled process's authorizations, warm-up included: its start-up shows as a stage of its own.
+  const per = count('per', values.per);
   for (const file of positionals) {
     const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;
     const byId = new Map(p.nodes.map((n) => [n.id, n]));

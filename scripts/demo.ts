@@ -225,7 +225,7 @@ async function operatorDemo(): Promise<void> {
       const scoped = setup.accounts.find((a) => a.publicKey === info.data.account)?.scoped;
       say(
         `the server sees user "${info.data.user}" in account ${accountName.get(info.data.account)} with permissions ${JSON.stringify(info.data.permissions)}${
-          scoped ? ": the scope of the account's signing key, expanded by nats-server for this user" : ": the rule's"
+          scoped ? ": the scope of the account's signing key, expanded by nats-server for this user" : ": the rule's permissions"
         }`,
       );
       say(`publish to ${other}: ${await deniedPublish(nc, other)}`);
