@@ -619,10 +619,11 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
         const token = await idp.sign({ sub: `w-${i}`, aud: 'nats', exp: now() + 300, groups: ['dev'], tenant: 'acme' });
         await (await connect({ servers: nats.url, token, reconnect: false })).close();
       }
-      const decisions = out
-        .split('\n')
-        .filter((l) => l.includes('"msg":"authorization"'))
-        .map((l) => JSON.parse(l) as { worker?: number; result: string });
+      const decisionLines = () => out.split('\n').filter((l) => l.includes('"msg":"authorization"'));
+      // A worker thread's stdout reaches the process's through the main thread: the last line can
+      // arrive after its client is in.
+      for (let i = 0; i < 100 && decisionLines().length < connects; i++) await new Promise((r) => setTimeout(r, 20));
+      const decisions = decisionLines().map((l) => JSON.parse(l) as { worker?: number; result: string });
       assert.equal(decisions.length, connects);
       // nats-server spreads the queue group's requests over both workers' connections.
       assert.deepEqual([...new Set(decisions.map((d) => d.worker))].sort(), [0, 1]);
