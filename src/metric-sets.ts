@@ -16,7 +16,12 @@ export function countsOnly(set: MetricSet): MetricSet {
   });
 }
 
-/** Two sets of counters and histograms added up, series by series (same name and labels). */
+/**
+ * Two sets of counters and histograms combined into one, series by series (same name and
+ * labels), the way prom-client's aggregation would combine them: added up, or by the metric's
+ * own aggregator. The replica's reloads are counted by every worker and taken as the largest
+ * (`aggregator: 'max'`): added up, two sets of workers that died counted them twice.
+ */
 export function sumOf(a: MetricSet, b: MetricSet): MetricSet {
   const out = new Map<string, MetricSet[number]>();
   for (const m of [...a, ...b]) {
@@ -25,14 +30,29 @@ export function sumOf(a: MetricSet, b: MetricSet): MetricSet {
       out.set(m.name, { ...m, values: m.values.map((v) => ({ ...v })) });
       continue;
     }
+    const combine = combiner((known as { aggregator?: string }).aggregator);
     for (const v of m.values) {
       const key = seriesKey(v);
-      const same = known.values.find((k) => seriesKey(k) === key);
-      if (same) (same as { value: number }).value += v.value;
+      const same = known.values.find((k) => seriesKey(k) === key) as { value: number } | undefined;
+      if (same) same.value = combine(same.value, v.value);
       else known.values.push({ ...v });
     }
   }
   return [...out.values()] as MetricSet;
+}
+
+/** How prom-client's aggregators combine two values of one series ('sum' unless said otherwise). */
+function combiner(aggregator: string | undefined): (x: number, y: number) => number {
+  switch (aggregator) {
+    case 'max':
+      return Math.max;
+    case 'min':
+      return Math.min;
+    case 'first':
+      return (x) => x;
+    default:
+      return (x, y) => x + y;
+  }
 }
 
 function seriesKey(v: { labels: object; metricName?: string }): string {

@@ -34,4 +34,19 @@ describe('metric sets', () => {
     // Inputs are left as they were (a set may still be summed again).
     assert.match(await AggregatorRegistry.aggregate([a]).metrics(), /requests_total\{result="allow"\} 3/);
   });
+
+  it("adds two sets as prom-client would for a counter that is not summed (the replica's reloads are the largest worker's)", async () => {
+    // Each worker counts every reload of the replica: the replica's count is the largest one,
+    // whichever sets of workers that died are merged (a crash loop merges the oldest).
+    const reloads = async (n: number): Promise<MetricSet> => {
+      const registry = new Registry();
+      new Counter({ name: 'reloads_total', help: 'h', labelNames: ['result'], aggregator: 'max', registers: [registry] }).inc({ result: 'ok' }, n);
+      return countsOnly((await registry.getMetricsAsJSON()) as MetricSet);
+    };
+    const [a, b, c] = [await reloads(5), await reloads(5), await reloads(6)];
+    const theirs = await AggregatorRegistry.aggregate([a, b, c]).metrics();
+    assert.match(theirs, /reloads_total\{result="ok"\} 6/);
+    assert.equal(await AggregatorRegistry.aggregate([sumOf(a, b), c]).metrics(), theirs);
+    assert.equal(await AggregatorRegistry.aggregate([sumOf(sumOf(a, b), c)]).metrics(), theirs);
+  });
 });
