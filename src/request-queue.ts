@@ -40,6 +40,12 @@ export class RequestQueue<T> {
     return this.#entries.length - this.#head;
   }
 
+  /** Whether the oldest entry has waited past `lifoAfterMs` at `nowMs` (the queue is behind). */
+  lagging(nowMs: number): boolean {
+    const oldest = this.#entries[this.#head];
+    return oldest !== undefined && nowMs - oldest.receivedMs > this.#options.lifoAfterMs;
+  }
+
   /** How long the oldest entry has waited (0 when empty). */
   oldestWaitMs(nowMs: number): number {
     const oldest = this.#entries[this.#head];

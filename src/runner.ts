@@ -25,11 +25,21 @@ export interface RunnerOptions {
 }
 
 const DEFAULTS = { maxQueue: 10_000, maxQueueBytes: 32 * 1024 * 1024, lifoAfterMs: 100, sliceMs: 5, laneWindow: 16, drainTimeoutMs: 10_000 } as const;
+/** The longest wait an unopened request may be kept for, whatever budgets requests claim. */
+const MAX_BUDGET_BOUND_MS = 60_000;
 /** While work waits on full or disconnected lanes, the queues are still looked at this often. */
 const HOLD_TICK_MS = 50;
 
+/**
+ * A request waiting for its turn. It is opened when it arrives (arrival order teaches the
+ * request clock) unless its connection is already behind: then only its bytes are kept and it is
+ * opened if the scheduler picks it, since under overload most requests are dropped, and opening
+ * each on arrival (box, base64, JSON) would cost more than answering the live ones.
+ */
 interface Pending {
-  readonly admitted: Admitted;
+  admitted: Admitted | undefined;
+  /** The payload and xkey header of a request not opened yet (undefined once opened). */
+  raw: { readonly data: Uint8Array; readonly xkey: string | undefined } | undefined;
   readonly reply: string | undefined;
   readonly bytes: number;
 }
@@ -79,6 +89,8 @@ export class CalloutRunner {
   #next = 0;
   /** Moving average of the work one request costs us (ms). */
   #costMs = 1;
+  /** See #learnBudget; undefined until a request with a budget was opened. */
+  #budgetBoundMs: number | undefined;
   #idle: (() => void) | undefined;
   #stopping = false;
   /** What the scheduler did since the last `scheduler` debug line. */
@@ -180,10 +192,23 @@ export class CalloutRunner {
       // Malformed headers (nats-core throws on invalid names): decided as if there were none.
       xkey = undefined;
     }
-    const admitted = service.admit(msg.data, xkey, receivedMs, lane.index);
-    if (!admitted) return;
     const bytes = msg.data.length;
-    lane.queue.push({ item: { admitted, reply: msg.reply || undefined, bytes }, receivedMs, deadlineMs: admitted.timing?.deadlineMs });
+    const reply = msg.reply || undefined;
+    if (lane.queue.lagging(receivedMs)) {
+      // Behind: kept unopened (a copy: the message is a view of the socket's read buffer). Its
+      // deadline is not known yet; none can be later than the longest budget seen plus a second.
+      const bound = this.#budgetBoundMs;
+      lane.queue.push({
+        item: { admitted: undefined, raw: { data: msg.data.slice(), xkey }, reply, bytes },
+        receivedMs,
+        deadlineMs: bound === undefined ? undefined : receivedMs + bound,
+      });
+    } else {
+      const admitted = service.admit(msg.data, xkey, receivedMs, lane.index);
+      if (!admitted) return;
+      this.#learnBudget(admitted);
+      lane.queue.push({ item: { admitted, raw: undefined, reply, bytes }, receivedMs, deadlineMs: admitted.timing?.deadlineMs });
+    }
     this.#queued++;
     this.#queuedBytes += bytes;
     this.#stats.received++;
@@ -195,6 +220,18 @@ export class CalloutRunner {
       this.#shed(service, oldest.queue.shiftOldest()!, 'queue_full');
     }
     this.#schedule();
+  }
+
+  /**
+   * The longest a request can still be waited for when it reaches us: the largest server
+   * budget (`exp - iat`) seen, plus the second `iat` truncates. Capped, so that one request
+   * claiming a huge budget cannot keep unopened requests from being dropped for long.
+   */
+  #learnBudget(admitted: Admitted): void {
+    const budget = admitted.timing?.budgetMs;
+    if (budget === undefined) return;
+    const bound = Math.min(budget + 1000, MAX_BUDGET_BOUND_MS);
+    if (this.#budgetBoundMs === undefined || bound > this.#budgetBoundMs) this.#budgetBoundMs = bound;
   }
 
   #oldestLane(): Lane | undefined {
@@ -273,10 +310,26 @@ export class CalloutRunner {
     }
     const entry = lane.queue.next(now, cost, drop);
     if (!entry) return false;
-    this.#dequeued(entry.item);
     const started = performance.now();
+    const pending = entry.item;
+    if (pending.raw) {
+      // Picked from a backlog: opened now; what it turns out to be past is dropped here.
+      const admitted = service.admit(pending.raw.data, pending.raw.xkey, entry.receivedMs, lane.index, false);
+      pending.raw = undefined;
+      if (!admitted) {
+        this.#dequeued(pending);
+        return true;
+      }
+      pending.admitted = admitted;
+      const deadline = admitted.timing?.deadlineMs;
+      if (deadline !== undefined && now + cost > deadline) {
+        drop({ ...entry, deadlineMs: deadline }, deadline <= now ? 'expired' : 'too_late');
+        return true;
+      }
+    }
+    this.#dequeued(pending);
     this.#stats.served++;
-    this.#serve(service, entry.item, laneDelay, lane.reply);
+    this.#serve(service, pending, laneDelay, lane.reply);
     this.#costMs = 0.9 * this.#costMs + 0.1 * (performance.now() - started);
     return true;
   }
@@ -289,10 +342,21 @@ export class CalloutRunner {
   #shed(service: CalloutService, entry: Queued<Pending>, reason: ShedReason, detail?: string): void {
     this.#dequeued(entry.item);
     this.#stats[reason]++;
-    service.shed(entry.item.admitted, reason, detail);
+    const admitted = entry.item.admitted;
+    if (admitted) service.shed(admitted, reason, detail);
+    else
+      service.shedUnopened(
+        reason,
+        entry.receivedMs,
+        detail ??
+          (reason === 'queue_full'
+            ? 'the request queue is full'
+            : 'it waited here longer than any server waits for an answer (the longest budget seen, plus a second)'),
+      );
   }
 
   #logStats(): void {
+    this.#service.flushShedLog();
     const s = this.#stats;
     if (s.received === 0 && s.served === 0 && this.#queued === 0) return;
     const now = this.#service.monotonicNow();
@@ -313,7 +377,7 @@ export class CalloutRunner {
     lane.reserve();
     let sent = false;
     service
-      .process(pending.admitted, laneDelay)
+      .process(pending.admitted!, laneDelay)
       .then((reply) => {
         if (!reply || !pending.reply) return;
         lane.send(pending.reply, reply);

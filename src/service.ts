@@ -11,6 +11,7 @@ import { admitConnection, admitServer, type Grant, type Policy, type PolicyExpla
 import type { ConnectionType } from './policy-schema.js';
 import { LiveUsers } from './live-users.js';
 import { Revocations } from './revocations.js';
+import { type ShedSummary, ShedLog } from './shed-log.js';
 import { RequestClock, type RequestTiming } from './request-clock.js';
 import { type Clock, systemClock } from './clock.js';
 import type { ShedReason } from './request-queue.js';
@@ -44,6 +45,12 @@ export interface Admitted {
   readonly timing: RequestTiming | undefined;
   /** Set when admission already verified it (the first request of a server not known yet). */
   readonly verified: AuthRequest | undefined;
+  /**
+   * Whether it teaches the request clock: only requests opened in the order they arrived do
+   * (its estimates read arrival order). One opened later, out of order, when the scheduler
+   * picked it from a backlog, is estimated with what the clock already knows.
+   */
+  readonly learn: boolean;
 }
 
 const SHED_CODES: Record<ShedReason, FailureCode> = { expired: 'REQUEST_EXPIRED', too_late: 'REQUEST_TOO_LATE', queue_full: 'REQUEST_QUEUE_FULL' };
@@ -85,6 +92,8 @@ export class CalloutService {
   readonly liveUsers: LiveUsers;
   /** Identities revoked on this replica; kept across reloads. */
   readonly revocations: Revocations;
+  /** Bounds the log lines of shed requests; kept across reloads. */
+  readonly shedLog: ShedLog;
   readonly #log: Logger;
   readonly #requests: RequestVerifier;
   readonly #tokens: TokenVerifier;
@@ -127,6 +136,7 @@ export class CalloutService {
     this.requestClock = options.previous?.requestClock ?? new RequestClock();
     this.liveUsers = options.previous?.liveUsers ?? new LiveUsers();
     this.revocations = options.previous?.revocations ?? new Revocations();
+    this.shedLog = options.previous?.shedLog ?? new ShedLog();
     this.#observer = options.observer;
     this.#policy = config.policy;
     this.#accounts = config.keys.accounts;
@@ -187,7 +197,7 @@ export class CalloutService {
    * Undefined when the request cannot even be read: that is decided and logged (abort) here.
    * `connection` numbers the NATS connection it came on (each delivers in order).
    */
-  admit(data: Uint8Array, headerXkey: string | undefined, receivedMs: number, connection = 0): Admitted | undefined {
+  admit(data: Uint8Array, headerXkey: string | undefined, receivedMs: number, connection = 0, learn = true): Admitted | undefined {
     let opened: OpenedRequest;
     try {
       opened = this.#requests.open(data, headerXkey);
@@ -197,11 +207,12 @@ export class CalloutService {
       return undefined;
     }
     const clock = this.requestClock;
-    if (clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection)) {
+    // The request clock learns from requests taken in arrival order only (see `learn`).
+    if (learn && clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection)) {
       this.#log.warn("a server's requests jumped back in time: its clock stepped; relearning its offset", { server_id: opened.claimedServer });
     }
     let verified: AuthRequest | undefined;
-    if (!clock.calibrated(opened.claimedServer, receivedMs)) {
+    if (learn && !clock.calibrated(opened.claimedServer, receivedMs)) {
       try {
         verified = this.#requests.verify(opened);
         clock.observe(verified.serverId, verified.issuedAt, receivedMs);
@@ -210,7 +221,7 @@ export class CalloutService {
       }
     }
     const timing = clock.estimate(opened.claimedServer, opened.iat, opened.exp, receivedMs);
-    return { opened, receivedMs, timing, verified };
+    return { opened, receivedMs, timing, verified, learn };
   }
 
   /**
@@ -225,7 +236,7 @@ export class CalloutService {
     let reply: Uint8Array | undefined;
     try {
       request = admitted.verified ?? this.#requests.verify(admitted.opened);
-      if (!admitted.verified) this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
+      if (!admitted.verified && admitted.learn) this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
       const deadline = admitted.timing === undefined ? undefined : admitted.timing.deadlineMs - laneDelayMs;
       const result = await this.#authorize(request, deadline);
       decision = result.decision;
@@ -265,9 +276,47 @@ export class CalloutService {
           ? `the server gave up on it ${timing ? Math.round(now - timing.deadlineMs) : '?'}ms ago (estimated age ${timing ? Math.round(now - timing.issuedMs) : '?'}ms, waited here ${waited}ms)`
           : `its answer could not reach the server before the deadline (${timing ? Math.round(timing.deadlineMs - now) : '?'}ms left)`);
     this.#observer?.shed(reason);
+    if (!this.#shedLine(reason, now)) {
+      this.#observer?.decided('abort', SHED_CODES[reason], undefined, undefined);
+      return;
+    }
     // The server named by an unverified request is only a claim, logged as such and only when it is a server key.
     const claimed = isPublicKey(opened.claimedServer, 'server') ? opened.claimedServer : undefined;
     this.#decided({ result: 'abort', code: SHED_CODES[reason], reason: why, shed: reason }, admitted.verified, undefined, claimed, opened);
+  }
+
+  /**
+   * Drops a request never opened (the scheduler found it past any deadline it can have while
+   * it waited for its turn under overload): nothing of it is known but its size.
+   */
+  shedUnopened(reason: ShedReason, receivedMs: number, why: string): void {
+    const now = this.#mono();
+    this.#observer?.shed(reason);
+    if (!this.#shedLine(reason, now)) {
+      this.#observer?.decided('abort', SHED_CODES[reason], undefined, undefined);
+      return;
+    }
+    this.#decided(
+      { result: 'abort', code: SHED_CODES[reason], reason: `${why}; dropped unopened after waiting ${Math.round(now - receivedMs)}ms`, shed: reason },
+      undefined,
+      undefined,
+    );
+  }
+
+  /** Logs the summary of the shed requests that went without a line of their own, when one is due. */
+  flushShedLog(): void {
+    this.#logShedSummary(this.shedLog.flush(this.#mono()));
+  }
+
+  /** Whether this shed gets a decision line (the first 100 a second do; the rest are summarized). */
+  #shedLine(reason: ShedReason, nowMs: number): boolean {
+    const { line, summary } = this.shedLog.take(reason, nowMs);
+    this.#logShedSummary(summary);
+    return line;
+  }
+
+  #logShedSummary(summary: ShedSummary | undefined): void {
+    if (summary) this.#log.warn('requests shed without a line each (counted in oidc_callout_shed_total)', { ...summary });
   }
 
   /** `opened`: a shed request not verified, whose unverified claims an audit event may carry, marked as such. */

@@ -1,0 +1,48 @@
+import type { ShedReason } from './request-queue.js';
+
+/** Shed requests logged one by one per window; beyond it they are counted and summarized. */
+const LINES_PER_WINDOW = 100;
+const WINDOW_MS = 1000;
+
+/** What was shed without a line of its own during one window. */
+export interface ShedSummary {
+  readonly expired: number;
+  readonly too_late: number;
+  readonly queue_full: number;
+  readonly window_ms: number;
+}
+
+/**
+ * Bounds the log lines of shed requests. A shed request costs nothing else: under overload,
+ * tens of thousands arrive per second, and a synchronous JSON line (and audit event) for each
+ * would cost the service more than answering the live ones. The first LINES_PER_WINDOW of a
+ * window are logged as decisions; the rest are counted (metrics count every one) and said in one
+ * summary line when the window ends. Kept across reloads.
+ */
+export class ShedLog {
+  #windowStart = Number.NEGATIVE_INFINITY;
+  #lines = 0;
+  #suppressed = { expired: 0, too_late: 0, queue_full: 0 };
+
+  /** Whether this shed gets a line of its own; `summary` is the previous window's, when due. */
+  take(reason: ShedReason, nowMs: number): { readonly line: boolean; readonly summary: ShedSummary | undefined } {
+    const summary = this.flush(nowMs);
+    if (this.#lines < LINES_PER_WINDOW) {
+      this.#lines++;
+      return { line: true, summary };
+    }
+    this.#suppressed[reason]++;
+    return { line: false, summary };
+  }
+
+  /** Closes the window once it has ended; its summary when something went unlogged. */
+  flush(nowMs: number): ShedSummary | undefined {
+    if (nowMs - this.#windowStart < WINDOW_MS) return undefined;
+    const s = this.#suppressed;
+    const summary = s.expired + s.too_late + s.queue_full > 0 ? { ...s, window_ms: Math.round(nowMs - this.#windowStart) } : undefined;
+    this.#windowStart = nowMs;
+    this.#lines = 0;
+    this.#suppressed = { expired: 0, too_late: 0, queue_full: 0 };
+    return summary;
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * Past capacity: requests that arrive while a connection's queue is behind are kept unopened;
+ * the ones the scheduler picks (newest first) are opened then, the ones the backlog outlives are
+ * dropped without ever being opened, and shed requests log a bounded number of lines.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { CalloutRunner } from '../../src/runner.js';
+import { ShedLog } from '../../src/shed-log.js';
+import type { CalloutService } from '../../src/service.js';
+import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
+import { until } from '../helpers/fake-clock.js';
+import { FakeNats, fakeClockService, settle } from '../helpers/fake-nats.js';
+
+const seconds = (ms: number) => Math.floor(ms / 1000);
+
+/** Counts the requests the service opens (admit). */
+function countOpens(service: CalloutService): { opened: number } {
+  const counter = { opened: 0 };
+  const admit = service.admit.bind(service);
+  service.admit = (...args: Parameters<CalloutService['admit']>) => {
+    counter.opened++;
+    return admit(...args);
+  };
+  return counter;
+}
+
+describe('overload', () => {
+  it('keeps requests that arrive behind a backlog unopened, and drops those it outlives without opening them', async () => {
+    const { service, clock, log, logger } = fakeClockService();
+    const opens = countOpens(service);
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100 });
+    await runner.start();
+    nc.flushMode = 'manual';
+    const server = fakeServer();
+    const fresh = () => authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} });
+    nc.deliver(fresh());
+    await until(() => nc.published.length === 1, 'the first request answered: the window (1) is full until a PONG');
+    nc.deliver(fresh());
+    await settle(10);
+    assert.equal(opens.opened, 2, 'a request arriving at a queue that is not behind is opened at once');
+    clock.advance(200); // the queued request has now waited past lifoAfterMs (100 ms): the queue is behind
+    const mark = log.mark();
+    for (let i = 0; i < 50; i++) nc.deliver(fresh());
+    await settle(10);
+    assert.equal(opens.opened, 2, 'nothing that arrived behind the backlog was opened');
+    assert.equal(runner.queueLength, 51);
+    // Past any budget a server gave (2 s, plus the second iat truncates): all of it is dead.
+    clock.advance(3_500);
+    nc.pong();
+    await until(() => runner.queueLength === 0, 'the dead backlog dropped');
+    const shed = log.decisions(mark).filter((d) => d.shed === 'expired');
+    assert.equal(shed.length, 51);
+    assert.equal(shed.filter((d) => /dropped unopened/.test(d.reason ?? '')).length, 50, 'the unopened ones dropped as such');
+    assert.equal(opens.opened, 2, 'and never opened');
+    assert.equal(nc.published.length, 1, 'nothing answered late');
+    await runner.stop();
+  });
+
+  it('opens and answers the newest of a backlog first', async () => {
+    const { service, clock, logger } = fakeClockService();
+    const opens = countOpens(service);
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100 });
+    await runner.start();
+    nc.flushMode = 'manual';
+    const server = fakeServer();
+    const fresh = () => authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} });
+    nc.deliver(fresh(), 'first');
+    await until(() => nc.published.length === 1, 'the first answered');
+    nc.deliver(fresh(), 'queued');
+    clock.advance(200);
+    for (let i = 0; i < 5; i++) nc.deliver(fresh(), `late-${i}`);
+    await settle(10);
+    assert.equal(opens.opened, 2);
+    for (let k = 2; k <= 7; k++) {
+      await settle(5); // the lane's PING goes out a turn after its answer
+      nc.pong();
+      await until(() => nc.published.length === k, `answer ${k}`);
+    }
+    // Newest first while behind; each opened when picked.
+    assert.deepEqual(
+      nc.published.map((p) => p.subject),
+      ['first', 'late-4', 'late-3', 'late-2', 'late-1', 'late-0', 'queued'],
+    );
+    assert.equal(opens.opened, 7);
+    await runner.stop();
+  });
+
+  it('logs at most 100 shed requests a second one by one, and the rest in one summary line', () => {
+    const shedLog = new ShedLog();
+    let lines = 0;
+    let summary: ReturnType<ShedLog['take']>['summary'];
+    for (let i = 0; i < 250; i++) {
+      const r = shedLog.take(i % 2 ? 'expired' : 'queue_full', 1_000 + i);
+      if (r.line) lines++;
+      summary ??= r.summary;
+    }
+    assert.equal(lines, 100);
+    assert.equal(summary, undefined, 'nothing to summarize within the first window');
+    assert.equal(shedLog.flush(1_500), undefined, 'the window has not ended');
+    const s = shedLog.flush(2_000);
+    assert.deepEqual(s, { expired: 75, too_late: 0, queue_full: 75, window_ms: 1_000 });
+    // A new window logs again.
+    assert.equal(shedLog.take('too_late', 2_001).line, true);
+    assert.equal(shedLog.flush(3_100), undefined, 'a window without unlogged sheds says nothing');
+  });
+
+  it('counts every shed request in the metrics and summarizes the unlogged ones in the log', async () => {
+    const { service, clock, log } = fakeClockService();
+    const server = fakeServer();
+    const stale = () => authRequestJwt(server, { now: seconds(clock.mono) - 30, connectOpts: {} });
+    const mark = log.mark();
+    for (let i = 0; i < 130; i++) {
+      const admitted = service.admit(new TextEncoder().encode(stale()), undefined, clock.mono);
+      assert.ok(admitted);
+      service.shed(admitted, 'expired');
+    }
+    assert.equal(log.decisions(mark).filter((d) => d.shed === 'expired').length, 100);
+    clock.advance(1_000);
+    service.flushShedLog();
+    const summary = log.records.find((r) => /requests shed without a line each/.test(String(r.msg)));
+    assert.equal(summary?.expired, 30);
+  });
+});
