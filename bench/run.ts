@@ -176,8 +176,12 @@ async function main(): Promise<void> {
       workers,
       requests,
       concurrency: options.concurrency[0]!,
+      profileDir: options.profileDir,
       log: say,
-      onResult: (r) => say(`  ${r.name}: ${Math.round(r.opsPerSec)} authorizations/s, ${r.extra?.['serviceCpuUsPerAuthorization']} µs service CPU each`),
+      onResult: (r) =>
+        say(
+          `  ${r.name}: ${Math.round(r.opsPerSec)} authorizations/s, ${r.extra?.['serviceCpuUsPerAuthorization']} µs service CPU each, sender ${r.extra?.['senderCpuUsPerAuthorization']} µs; service reads/writes per authorization ${r.extra?.['serviceReadsPerAuthorization']}/${r.extra?.['serviceWritesPerAuthorization']}`,
+        ),
     });
     results.push(...capacity);
   }

@@ -11,7 +11,7 @@ import { AUTH_SUBJECT } from '../src/runner.js';
 import { fakeServer } from '../test/helpers/auth-request.js';
 import { startLocalIssuer } from '../test/helpers/local-issuer.js';
 import { signTokens } from './fixtures.js';
-import { type BenchResult, processCpuMicros } from './lib.js';
+import { type BenchResult, processCpuMicros, processSyscalls } from './lib.js';
 import { makeWorkDir, pickServers, removeWorkDir, startService } from './processes.js';
 import { closedLoop, logTail, RequestRecorder, SENDER_USER, startPlainNats, untilAnswering, writeServiceFiles, xkeyHeader } from './service-alone.js';
 
@@ -21,6 +21,8 @@ export interface CapacityOptions {
   /** Requests per measured run. */
   readonly requests: number;
   readonly concurrency: number;
+  /** Write a V8 CPU profile of each service process here (one file per run, in run order). */
+  readonly profileDir?: string | undefined;
   readonly log: (line: string) => void;
   readonly onResult?: (r: BenchResult) => void;
 }
@@ -48,7 +50,16 @@ export async function runServiceCapacity(opts: CapacityOptions): Promise<BenchRe
             seconds: r.seconds,
             opsPerSec: r.answers / r.seconds,
             meanUs: (r.seconds * 1e6) / r.answers,
-            extra: { serviceCpuUsPerAuthorization: Math.round(r.serviceCpuUs / r.answers), workers, xkey, kind },
+            extra: {
+              serviceCpuUsPerAuthorization: Math.round(r.serviceCpuUs / r.answers),
+              senderCpuUsPerAuthorization: Math.round(r.senderCpuUs / r.answers),
+              // Socket reads and writes (system calls) of the service per authorization.
+              serviceReadsPerAuthorization: Math.round((100 * r.serviceReads) / r.answers) / 100,
+              serviceWritesPerAuthorization: Math.round((100 * r.serviceWrites) / r.answers) / 100,
+              workers,
+              xkey,
+              kind,
+            },
           };
           results.push(result);
           opts.onResult?.(result);
@@ -70,14 +81,14 @@ async function measure(o: {
   workers: number;
   tokens: readonly string[];
   opts: CapacityOptions;
-}): Promise<{ answers: number; seconds: number; serviceCpuUs: number }> {
+}): Promise<{ answers: number; seconds: number; serviceCpuUs: number; senderCpuUs: number; serviceReads: number; serviceWrites: number }> {
   const nats = await startPlainNats(o.bin);
   const files = writeServiceFiles({ work: o.work, natsUrl: nats.url, issuer: o.issuer, xkey: o.xkey, workers: o.workers });
   // Recorded before the service starts (the local IdP, in this process, must then be free to
   // answer it), with a long-lived exp, so none is dropped as stale while it waits its turn.
   const recorder = new RequestRecorder(fakeServer(), files.serviceXkey);
   const recorded = Array.from({ length: o.opts.requests }, (_, i) => recorder.record(o.tokens[i % o.tokens.length]!, { lifetimeS: 600 }));
-  const service = await startService(files.configFile, files.logFile);
+  const service = await startService(files.configFile, files.logFile, o.opts.profileDir);
   const requestOpts = o.xkey ? { timeout: 10_000, headers: xkeyHeader(recorder.box.publicKey) } : { timeout: 10_000 };
   const sender = await connect({ servers: nats.url, ...SENDER_USER });
   try {
@@ -90,6 +101,8 @@ async function measure(o: {
     // Until the service answers (subscribed, keys loaded): the warm-up also teaches it the clock.
     await untilAnswering(() => ask(0), files.logFile);
     const cpu0 = processCpuMicros(service.pid);
+    const sender0 = process.cpuUsage();
+    const io0 = processSyscalls(service.pid);
     const t0 = performance.now();
     try {
       await closedLoop(1, recorded.length, o.opts.concurrency, ask);
@@ -99,7 +112,16 @@ async function measure(o: {
     }
     const seconds = (performance.now() - t0) / 1000;
     const serviceCpuUs = processCpuMicros(service.pid) - cpu0;
-    return { answers: recorded.length - 1, seconds, serviceCpuUs };
+    const sender1 = process.cpuUsage(sender0);
+    const io1 = processSyscalls(service.pid);
+    return {
+      answers: recorded.length - 1,
+      seconds,
+      serviceCpuUs,
+      senderCpuUs: sender1.user + sender1.system,
+      serviceReads: io1.reads - io0.reads,
+      serviceWrites: io1.writes - io0.writes,
+    };
   } finally {
     await sender.close();
     await service.stop();
