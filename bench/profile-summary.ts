@@ -44,6 +44,12 @@ const STAGES: readonly { readonly stage: string; readonly fn: RegExp; readonly w
   { stage: 'crypto: Ed25519 verify (request)', fn: /^(crypto_sign_verify_detached|verifySignature)$/ },
   { stage: 'crypto: Ed25519 sign (2 JWTs)', fn: /^crypto_sign_detached$|^sign$/, where: /sodium-native|src\/nkey/ },
   { stage: 'crypto: xkey box open + seal', fn: /^crypto_secretbox_(open_)?easy$|^(open|seal)$/, where: /sodium-native|src\/xkey|tweetnacl/ },
+  { stage: 'crypto: OIDC token signature (misses)', fn: /^(verifyJws|verifyOneShot)$/ },
+  {
+    stage: 'OIDC token: parse, claims, keys (misses)',
+    fn: /^(verify|parseSegment|#verifySignature|#anyKeyVerifies|#verifyAndDecide)$/,
+    where: /src\/(token|service)/,
+  },
   { stage: 'user JWT: claims, JSON, hash, base64', fn: /^signUserJwt$/ },
   { stage: 'response JWT: JSON, hash, base64', fn: /^signResponse$/ },
   { stage: 'request: open, parse, deadline', fn: /^admit$/ },
