@@ -45,12 +45,6 @@ export interface Admitted {
   readonly timing: RequestTiming | undefined;
   /** Set when admission already verified it (the first request of a server not known yet). */
   readonly verified: AuthRequest | undefined;
-  /**
-   * Whether it teaches the request clock: only requests opened in the order they arrived do
-   * (its estimates read arrival order). One opened later, out of order, when the scheduler
-   * picked it from a backlog, is estimated with what the clock already knows.
-   */
-  readonly learn: boolean;
 }
 
 const SHED_CODES: Record<ShedReason, FailureCode> = { expired: 'REQUEST_EXPIRED', too_late: 'REQUEST_TOO_LATE', queue_full: 'REQUEST_QUEUE_FULL' };
@@ -197,7 +191,7 @@ export class CalloutService {
    * Undefined when the request cannot even be read: that is decided and logged (abort) here.
    * `connection` numbers the NATS connection it came on (each delivers in order).
    */
-  admit(data: Uint8Array, headerXkey: string | undefined, receivedMs: number, connection = 0, learn = true): Admitted | undefined {
+  admit(data: Uint8Array, headerXkey: string | undefined, receivedMs: number, connection = 0, inArrivalOrder = true): Admitted | undefined {
     let opened: OpenedRequest;
     try {
       opened = this.#requests.open(data, headerXkey);
@@ -207,12 +201,13 @@ export class CalloutService {
       return undefined;
     }
     const clock = this.requestClock;
-    // The request clock learns from requests taken in arrival order only (see `learn`).
-    if (learn && clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection)) {
+    // A step of the server's clock shows in the order requests arrive on a connection: only
+    // requests opened in that order are looked at (one picked later from a backlog is not).
+    if (inArrivalOrder && clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection)) {
       this.#log.warn("a server's requests jumped back in time: its clock stepped; relearning its offset", { server_id: opened.claimedServer });
     }
     let verified: AuthRequest | undefined;
-    if (learn && !clock.calibrated(opened.claimedServer, receivedMs)) {
+    if (!clock.calibrated(opened.claimedServer, receivedMs)) {
       try {
         verified = this.#requests.verify(opened);
         clock.observe(verified.serverId, verified.issuedAt, receivedMs);
@@ -221,7 +216,7 @@ export class CalloutService {
       }
     }
     const timing = clock.estimate(opened.claimedServer, opened.iat, opened.exp, receivedMs);
-    return { opened, receivedMs, timing, verified, learn };
+    return { opened, receivedMs, timing, verified };
   }
 
   /**
@@ -236,7 +231,7 @@ export class CalloutService {
     let reply: Uint8Array | undefined;
     try {
       request = admitted.verified ?? this.#requests.verify(admitted.opened);
-      if (!admitted.verified && admitted.learn) this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
+      if (!admitted.verified) this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
       const deadline = admitted.timing === undefined ? undefined : admitted.timing.deadlineMs - laneDelayMs;
       const result = await this.#authorize(request, deadline);
       decision = result.decision;

@@ -1,5 +1,5 @@
 /**
- * Past capacity: requests that arrive while a connection's queue is behind are kept unopened;
+ * Past capacity: requests that arrive while a connection's queue is far behind are kept unopened;
  * the ones the scheduler picks (newest first) are opened then, the ones the backlog outlives are
  * dropped without ever being opened, and shed requests log a bounded number of lines.
  */
@@ -30,7 +30,7 @@ describe('overload', () => {
     const { service, clock, log, logger } = fakeClockService();
     const opens = countOpens(service);
     const nc = new FakeNats();
-    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100 });
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100, lazyBacklogMs: 0 });
     await runner.start();
     nc.flushMode = 'manual';
     const server = fakeServer();
@@ -58,11 +58,33 @@ describe('overload', () => {
     await runner.stop();
   });
 
-  it('opens and answers the newest of a backlog first', async () => {
+  it('opens requests on arrival while less than a second of work is queued (the request clock reads them in order)', async () => {
     const { service, clock, logger } = fakeClockService();
     const opens = countOpens(service);
     const nc = new FakeNats();
     const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100 });
+    await runner.start();
+    nc.flushMode = 'manual';
+    const server = fakeServer();
+    const fresh = () => authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} });
+    nc.deliver(fresh());
+    await until(() => nc.published.length === 1, 'the first answered: the window is full');
+    nc.deliver(fresh());
+    clock.advance(200); // behind, but with two requests queued: far from a second of work
+    for (let i = 0; i < 20; i++) nc.deliver(fresh());
+    await settle(10);
+    assert.equal(opens.opened, 22);
+    nc.flushMode = 'auto';
+    nc.pong();
+    await until(() => runner.queueLength === 0, 'all served');
+    await runner.stop();
+  });
+
+  it('opens and answers the newest of a backlog first', async () => {
+    const { service, clock, logger } = fakeClockService();
+    const opens = countOpens(service);
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100, lazyBacklogMs: 0 });
     await runner.start();
     nc.flushMode = 'manual';
     const server = fakeServer();
