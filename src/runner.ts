@@ -214,8 +214,12 @@ export class CalloutRunner {
       // in a reconnect storm rose from 1-3 % to 10-11 % when every lagging request waited so).
       // With more than a second of work queued, most of it is dropped anyway.
       const bound = this.#budgetBoundMs;
+      // `new Uint8Array(view)` copies: `msg.data` is a Node Buffer, a view into the whole socket
+      // read (up to 64 KiB) it came in, and Buffer#slice is a view as well. Kept as a view, each
+      // unopened request would hold its read in memory, far beyond the bytes the queue counts.
+      const data = new Uint8Array(msg.data);
       lane.queue.push({
-        item: { admitted: undefined, raw: { data: msg.data.slice(), xkey }, reply, bytes },
+        item: { admitted: undefined, raw: { data, xkey }, reply, bytes },
         receivedMs,
         deadlineMs: bound === undefined ? undefined : receivedMs + bound,
       });

@@ -44,4 +44,34 @@ describe('queue memory', () => {
     nc.flushMode = 'auto';
     await runner.stop();
   });
+
+  it('a request kept unopened holds a copy of its bytes, not the socket read it arrived in', async () => {
+    const { service, clock, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, lazyBacklogMs: 0, drainTimeoutMs: 50 });
+    await runner.start();
+    nc.flushMode = 'never';
+    const server = fakeServer();
+    const now = Math.floor(clock.mono / 1000);
+    nc.deliver(authRequestJwt(server, { now, connectOpts: {} }));
+    await until(() => nc.published.length === 1, 'the first request answered: the lane is full');
+    nc.deliver(authRequestJwt(server, { now, connectOpts: {} }));
+    clock.advance(200); // the queue lags: what arrives now is kept unopened
+    const request = new TextEncoder().encode(authRequestJwt(server, { now: Math.floor(clock.mono / 1000), connectOpts: {} }));
+    const n = 2_000;
+    const before = used();
+    for (let i = 0; i < n; i++) {
+      // nats.js hands the callback a Buffer that is a view into the socket read (up to 64 KiB) the
+      // message came in, and Buffer#slice is a view too: a request kept so must be copied out.
+      const read = Buffer.alloc(64 * 1024);
+      read.set(request, 100);
+      nc.deliver(read.subarray(100, 100 + request.length));
+    }
+    await settle(20);
+    assert.equal(runner.queueLength, n + 1, 'all of them kept');
+    const retainedMiB = (used() - before) / 2 ** 20;
+    // ~2 KB each: a few MiB; 125 MiB when each keeps the 64 KiB read it came in.
+    assert.ok(retainedMiB < 32, `${Math.round(retainedMiB)} MiB retained by ${n} unopened requests of ${request.length} bytes`);
+    await runner.stop();
+  });
 });
