@@ -488,6 +488,9 @@ export class CalloutRunner {
         this.#log.error('stopped with requests still waiting', { dropped, processing: this.#processing });
       }
     }
+    // The once-a-second summary stopped with the stats timer: what the drain shed beyond the
+    // lines of its window (up to all that was queued) would otherwise never be logged.
+    this.#service.flushShedLog(true);
     await Promise.all(this.#lanes.map((l) => l.nc.drain().catch(() => undefined)));
   }
 }

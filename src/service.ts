@@ -298,9 +298,12 @@ export class CalloutService {
     );
   }
 
-  /** Logs the summary of the shed requests that went without a line of their own, when one is due. */
-  flushShedLog(): void {
-    this.#logShedSummary(this.shedLog.flush(this.#mono()));
+  /**
+   * Logs the summary of the shed requests that went without a line of their own, when one is
+   * due; `final` (the runner stops) logs the current window's at once.
+   */
+  flushShedLog(final = false): void {
+    this.#logShedSummary(this.shedLog.flush(this.#mono(), final));
   }
 
   /** Whether this shed gets a decision line (the first 100 a second do; the rest are summarized). */

@@ -35,9 +35,13 @@ export class ShedLog {
     return { line: false, summary };
   }
 
-  /** Closes the window once it has ended; its summary when something went unlogged. */
-  flush(nowMs: number): ShedSummary | undefined {
-    if (nowMs - this.#windowStart < WINDOW_MS) return undefined;
+  /**
+   * Closes the window once it has ended (or at once with `final`: the service stops, and what
+   * its last window shed without a line would otherwise never be said); its summary when
+   * something went unlogged.
+   */
+  flush(nowMs: number, final = false): ShedSummary | undefined {
+    if (!final && nowMs - this.#windowStart < WINDOW_MS) return undefined;
     const s = this.#suppressed;
     const summary = s.expired + s.too_late + s.queue_full > 0 ? { ...s, window_ms: Math.round(nowMs - this.#windowStart) } : undefined;
     this.#windowStart = nowMs;

@@ -145,4 +145,28 @@ describe('overload', () => {
     const summary = log.records.find((r) => /requests shed without a line each/.test(String(r.msg)));
     assert.equal(summary?.expired, 30);
   });
+
+  it('summarizes, when it stops, the shed requests of its last window that had no line of their own', async () => {
+    const { service, clock, log, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 50 });
+    await runner.start();
+    nc.flushMode = 'never';
+    const server = fakeServer();
+    const fresh = () => authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} });
+    nc.deliver(fresh());
+    await until(() => nc.published.length === 1, 'the first answered: the window is full for good');
+    const mark = log.mark();
+    for (let i = 0; i < 250; i++) nc.deliver(fresh());
+    await settle(10);
+    assert.equal(runner.queueLength, 250);
+    await runner.stop(); // the drain gives up: all 250 dropped, 100 with a line of their own
+    assert.equal(log.decisions(mark).filter((d) => d.shed === 'too_late').length, 100);
+    const summaries = log.records.slice(mark).filter((r) => /requests shed without a line each/.test(String(r.msg)));
+    assert.equal(
+      summaries.reduce((n, r) => n + (r.too_late as number), 0),
+      150,
+      'the 150 dropped without a line are in a summary line before the service is gone',
+    );
+  });
 });
