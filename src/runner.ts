@@ -341,6 +341,10 @@ export class CalloutRunner {
         return true;
       }
       pending.admitted = admitted;
+      // Under a lasting backlog nearly every request arrives this way: a server first met now
+      // (one with a longer authorization timeout) must widen the bound too, or its requests
+      // kept unopened would be dropped while it still waits for them.
+      this.#learnBudget(admitted);
       const deadline = admitted.timing?.deadlineMs;
       if (deadline !== undefined && now + cost > deadline) {
         drop({ ...entry, deadlineMs: deadline }, deadline <= now ? 'expired' : 'too_late');

@@ -169,4 +169,36 @@ describe('overload', () => {
       'the 150 dropped without a line are in a summary line before the service is gone',
     );
   });
+
+  it('learns the deadline bound from requests opened late as well (a server with a longer timeout met only under overload)', async () => {
+    const { service, clock, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100, lazyBacklogMs: 0 });
+    await runner.start();
+    nc.flushMode = 'manual';
+    const short = fakeServer(); // exp - iat = 2 s: the bound becomes 3 s
+    const long = fakeServer(); // authorization timeout 10 s
+    const fresh = (server = short) =>
+      authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {}, edit: server === long ? (c) => (c.exp = c.iat + 10) : undefined });
+    nc.deliver(fresh(), 'first');
+    await until(() => nc.published.length === 1, 'the first answered: the window is full');
+    nc.deliver(fresh(), 'queued');
+    clock.advance(200); // behind: what arrives now is kept unopened
+    nc.deliver(fresh(long), 'long-1');
+    await settle(5);
+    nc.pong();
+    await until(() => nc.published.length === 2, 'long-1 picked (newest first), opened and answered');
+    assert.equal(nc.published[1]?.subject, 'long-1');
+    nc.deliver(fresh(long), 'long-2'); // kept unopened: its deadline is not known until it is opened
+    clock.advance(5_000); // 5 s on: long-2 is still waited for (10 s), the 2 s request is not
+    await settle(5);
+    nc.pong();
+    await until(() => runner.queueLength === 0, 'the queue worked through');
+    assert.deepEqual(
+      nc.published.map((p) => p.subject),
+      ['first', 'long-1', 'long-2'],
+      'a request of the 10 s server kept unopened is not dropped at the 3 s bound of the 2 s server',
+    );
+    await runner.stop();
+  });
 });
