@@ -12,7 +12,7 @@ export const AUTH_SUBJECT = '$SYS.REQ.USER.AUTH';
 export interface RunnerOptions {
   /** Requests held waiting at most, over all connections (the oldest is shed beyond it). */
   readonly maxQueue?: number;
-  /** Bytes of request payloads held waiting at most (clients choose a request's size). */
+  /** Bytes of requests (payload, xkey header, reply subject) held waiting at most (clients choose a request's size). */
   readonly maxQueueBytes?: number;
   /** Queue delay after which the newest requests are served first. */
   readonly lifoAfterMs?: number;
@@ -204,8 +204,13 @@ export class CalloutRunner {
       // Malformed headers (nats-core throws on invalid names): decided as if there were none.
       xkey = undefined;
     }
-    const bytes = msg.data.length;
+    // The value nats.js decoded is a slice of the whole header block, which V8 keeps alive for
+    // it: copied, so a queued request holds the value alone (nats-server sends no other header,
+    // but whoever may publish on the subject can add any).
+    if (xkey !== undefined) xkey = Buffer.from(xkey, 'utf8').toString('utf8');
     const reply = msg.reply || undefined;
+    // What a queued request holds besides its payload, and the publisher chose too: counted.
+    const bytes = msg.data.length + (xkey?.length ?? 0) + (reply?.length ?? 0);
     if (this.#queued * this.#costMs > this.#lazyBacklogMs && lane.queue.lagging(receivedMs)) {
       // Far behind: kept unopened (a copy: the message is a view of the socket's read buffer).
       // Its deadline is not known yet; none can be later than the longest budget seen plus a

@@ -4,7 +4,7 @@
  * moves. Lets scheduler tests decide when (or whether) each PING comes back.
  */
 import { createAccount } from '@nats-io/nkeys';
-import type { Msg, NatsConnection } from '@nats-io/transport-node';
+import type { Msg, MsgHdrs, NatsConnection } from '@nats-io/transport-node';
 import { buildConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import type { Metrics } from '../../src/metrics.js';
@@ -40,10 +40,10 @@ export class FakeNats {
     };
   }
 
-  /** Delivers one request as nats-server would (synchronously, in the read loop). */
-  deliver(data: Uint8Array | string, reply: string | undefined = `$SYS._INBOX.test.${this.published.length}`): void {
+  /** Delivers one request as nats-server would (synchronously, in the read loop), with `headers` when given. */
+  deliver(data: Uint8Array | string, reply: string | undefined = `$SYS._INBOX.test.${this.published.length}`, headers?: MsgHdrs): void {
     const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
-    this.#callback?.(null, { subject: AUTH_SUBJECT, data: bytes, reply, headers: undefined } as unknown as Msg);
+    this.#callback?.(null, { subject: AUTH_SUBJECT, data: bytes, reply, headers } as unknown as Msg);
   }
 
   publish(subject: string, data: Uint8Array): void {

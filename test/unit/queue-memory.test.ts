@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { MsgHdrsImpl } from '@nats-io/transport-node';
 import { CalloutRunner } from '../../src/runner.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
 import { until } from '../helpers/fake-clock.js';
@@ -72,6 +73,36 @@ describe('queue memory', () => {
     const retainedMiB = (used() - before) / 2 ** 20;
     // ~2 KB each: a few MiB; 125 MiB when each keeps the 64 KiB read it came in.
     assert.ok(retainedMiB < 32, `${Math.round(retainedMiB)} MiB retained by ${n} unopened requests of ${request.length} bytes`);
+    await runner.stop();
+  });
+
+  it("a request keeps its xkey header's value, not the header block nats.js decoded it from, and the header counts toward the bytes bound", async () => {
+    const { service, clock, logger } = fakeClockService();
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, lazyBacklogMs: 0, drainTimeoutMs: 50 });
+    await runner.start();
+    nc.flushMode = 'never';
+    const server = fakeServer();
+    const request = () => authRequestJwt(server, { now: Math.floor(clock.mono / 1000), connectOpts: {} });
+    nc.deliver(request());
+    await until(() => nc.published.length === 1, 'the first request answered: the lane is full');
+    const xkey = server.curve.getPublicKey();
+    // Headers as nats.js decodes them: each value a slice of the decoded block, which V8 keeps whole.
+    const headers = (block: string) => MsgHdrsImpl.decode(new TextEncoder().encode(`NATS/1.0\r\n${block}\r\n\r\n`));
+    const before = used();
+    for (let i = 0; i < 300; i++) {
+      if (i === 150) clock.advance(200); // the first half opened on arrival, the second kept unopened
+      nc.deliver(request(), undefined, headers(`Nats-Server-Xkey: ${xkey}\r\nPad: ${'p'.repeat(200_000)}${i}`));
+    }
+    await settle(20);
+    assert.equal(runner.queueLength, 300);
+    const retainedMiB = (used() - before) / 2 ** 20;
+    // 300 requests of ~1 KB: under a MiB; 57 MiB when each keeps its 200 KB header block.
+    assert.ok(retainedMiB < 16, `${Math.round(retainedMiB)} MiB retained by 300 requests whose xkey header came with 200 KB of others`);
+    // The xkey header's value itself is chosen by whoever publishes the request: it counts.
+    for (let i = 0; i < 300; i++) nc.deliver(request(), undefined, headers(`Nats-Server-Xkey: ${'X'.repeat(200_000)}${i}`));
+    await settle(20);
+    assert.ok(runner.queueLength <= 200, `${runner.queueLength} requests held with 200 KB xkey headers: beyond the 32 MiB bound`);
     await runner.stop();
   });
 });
