@@ -25,7 +25,8 @@
  * clock stepping backwards makes its requests look old at once: `received - iat` jumps by more
  * than the time between two arrivals on one connection (a backlog, however deep, grows it at
  * most that fast), and stays up: after three such arrivals in a row the offset is forgotten and
- * learnt anew (a lone late request, which the next prompt one contradicts, is not a step).
+ * learnt anew (a lone late request, which the next prompt one contradicts, is not a step), from
+ * requests received since: one received before and verified later from a queue carries the old clock.
  * Forgetting can only make estimates more lenient, so any request may trigger it.
  */
 
@@ -89,6 +90,12 @@ class ServerClock {
   #arrivals = new Map<number, { readonly receivedMs: number; readonly lag: number }>();
   /** A jump seen, not yet confirmed: arrivals since at or above `level`. */
   #suspect: { readonly baseline: number; readonly level: number; count: number } | undefined;
+  /**
+   * When the latest step back was confirmed. A request received before it was stamped by the
+   * clock before the step; verified later (it waited in a queue) it would teach the old offset
+   * again, and every fresh request would look older by the step until that was forgotten.
+   */
+  #steppedAtMs = -Infinity;
 
   /** The clock offset at `nowMs`; Infinity when unknown or forgotten. */
   offsetAt(nowMs: number): number {
@@ -96,6 +103,7 @@ class ServerClock {
   }
 
   observe(s: Sample): void {
+    if (s.receivedMs < this.#steppedAtMs) return;
     if (s.receivedMs - this.#lastTaughtMs > FORGET_AFTER_MS) this.forget();
     this.#lastTaughtMs = Math.max(this.#lastTaughtMs, s.receivedMs);
     if (s.receivedMs - this.#bucketStart >= OFFSET_BUCKET_MS) {
@@ -136,6 +144,7 @@ class ServerClock {
         this.#suspect = undefined;
         if (this.offsetAt(receivedMs) === Infinity) return false;
         this.forget();
+        this.#steppedAtMs = receivedMs;
         return true;
       }
       return false;

@@ -67,4 +67,32 @@ describe('request clock', () => {
       `a request ${Math.round(age)} ms old (budget 2 s) is estimated alive: deadline in ${Math.round(t.deadlineMs - now)} ms, calibrated=${t.calibrated}`,
     );
   });
+
+  it('a request stamped before a step back, verified from the queue after the step was seen, does not teach the old offset again', () => {
+    const clock = new RequestClock();
+    const SERVER = 'NSERVER';
+    let now = 1_000_000_000_000;
+    // Calibrated: prompt arrivals for 3 s.
+    for (const end = now + 3_000; now < end; now += 50) {
+      clock.noteArrival(SERVER, seconds(now), now);
+      clock.observe(SERVER, seconds(now), now + 1);
+    }
+    // A request that arrives now waits in the queue (a backlog) ...
+    const queued = { iat: seconds(now), receivedMs: now };
+    now += 100;
+    // ... while the server's clock steps back 5 s: its next arrivals show the step.
+    const skew = 5_000;
+    let stepped = false;
+    for (let i = 0; i < 5; i++, now += 20) stepped = clock.noteArrival(SERVER, seconds(now - skew), now) || stepped;
+    assert.ok(stepped, 'the step is seen');
+    // A fresh request of the new clock is verified and teaches the new offset; then the queued one is served (verified).
+    clock.observe(SERVER, seconds(now - skew), now);
+    clock.observe(SERVER, queued.iat, queued.receivedMs);
+    now += 300;
+    const fresh = clock.estimate(SERVER, seconds(now - skew), seconds(now - skew) + 2, now)!;
+    assert.ok(
+      fresh.deadlineMs > now,
+      `a fresh request (2 s budget) is estimated ${Math.round(now - fresh.issuedMs)} ms old: dead on arrival, as every request of this server would be until the offset is forgotten`,
+    );
+  });
 });
