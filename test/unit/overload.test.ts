@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { Metrics } from '../../src/metrics.js';
 import { CalloutRunner } from '../../src/runner.js';
 import { ShedLog } from '../../src/shed-log.js';
 import type { CalloutService } from '../../src/service.js';
@@ -200,5 +201,44 @@ describe('overload', () => {
       'a request of the 10 s server kept unopened is not dropped at the 3 s bound of the 2 s server',
     );
     await runner.stop();
+  });
+
+  it('counts every request once, opened on arrival or later, malformed, shed for room or dropped by stop(), and ends with nothing in flight', async () => {
+    const metrics = new Metrics('test');
+    const { service, clock, logger } = fakeClockService({ observer: metrics });
+    const nc = new FakeNats();
+    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 50, lazyBacklogMs: 0, maxQueue: 20 });
+    await runner.start();
+    nc.flushMode = 'manual';
+    const server = fakeServer();
+    const fresh = () => authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} });
+    let delivered = 0;
+    const deliver = (data: string) => {
+      delivered++;
+      nc.deliver(data);
+    };
+    deliver(fresh());
+    await until(() => nc.published.length === 1, 'the first answered: the window is full');
+    deliver(fresh()); // opened on arrival, queued
+    deliver('not a request'); // opened on arrival: malformed, decided at once
+    clock.advance(200); // behind: from now on kept unopened
+    for (let i = 0; i < 30; i++) deliver(i % 3 ? fresh() : 'garbage'); // 11 over maxQueue: shed for room
+    await settle(10);
+    assert.equal(runner.queueLength, 20);
+    for (let k = 0; k < 4; k++) {
+      await settle(5);
+      nc.pong(); // a few picked, newest first: garbage is found malformed only now
+      await settle(5);
+    }
+    await runner.stop(); // the rest dropped
+    assert.equal(runner.inFlight, 0);
+    assert.equal(runner.queueLength, 0);
+    const total = async (name: string) => ((await metrics.registry.getSingleMetric(name)?.get())?.values ?? []).reduce((n, v) => n + v.value, 0);
+    assert.equal(await total('oidc_callout_requests_total'), delivered, 'each request decided once');
+    const shedCodes = ((await metrics.registry.getSingleMetric('oidc_callout_requests_total')?.get())?.values ?? [])
+      .filter((v) => /^REQUEST_(EXPIRED|TOO_LATE|QUEUE_FULL)$/.test(String(v.labels.code)))
+      .reduce((n, v) => n + v.value, 0);
+    assert.equal(await total('oidc_callout_shed_total'), shedCodes, 'each shed counted once, as a shed and as a request');
+    assert.ok(shedCodes >= 11, `${shedCodes} shed`);
   });
 });
