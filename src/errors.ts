@@ -88,6 +88,15 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * A value from a request in a failure's reason: JSON-quoted and cut to `max` characters. Whoever
+ * may publish on the request subject chooses it, and a reason is logged whole.
+ */
+export function quoted(value: unknown, max = 120): string {
+  const s = JSON.stringify(value) ?? String(value);
+  return s.length > max ? `${s.slice(0, max)}...` : s;
+}
+
 /** Wraps anything thrown into an AuthFailure so the service can always decide and log. */
 export function asAuthFailure(err: unknown): AuthFailure {
   if (err instanceof AuthFailure) return err;

@@ -1,4 +1,5 @@
 import { hash } from 'node:crypto';
+import { quoted } from './errors.js';
 import { base32Encode, type NkeySigner } from './nkey.js';
 
 /**
@@ -47,7 +48,7 @@ export function decodeNatsJwt(jwt: string): DecodedNatsJwt | string {
   }
   const alg = (header as { alg?: unknown } | null)?.alg;
   // nats-server signs with "ed25519-nkey"; "ed25519" is the legacy v1 name of the same algorithm.
-  if (alg !== 'ed25519-nkey' && alg !== 'ed25519') return `unexpected JWT alg ${JSON.stringify(alg)}`;
+  if (alg !== 'ed25519-nkey' && alg !== 'ed25519') return `unexpected JWT alg ${quoted(alg)}`;
   if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) return 'JWT claims are not an object';
   const signature = Buffer.from(s, 'base64url');
   if (signature.length !== 64) return 'JWT signature is not 64 bytes';

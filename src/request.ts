@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { AuthFailure } from './errors.js';
+import { AuthFailure, quoted } from './errors.js';
 import { decodeNatsJwt, type DecodedNatsJwt } from './nats-jwt.js';
 import { isPublicKey, publicKeyObject, verifySignature } from './nkey.js';
 import { XkeyBox } from './xkey.js';
@@ -90,11 +90,11 @@ export class RequestVerifier {
     }
     // Claims are checked only once the signature proves who wrote them.
     if (server.id !== iss) throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request iss differs from server_id.id');
-    if (c.aud !== AUDIENCE) throw new AuthFailure('REQUEST_CLAIMS_INVALID', `request aud is ${JSON.stringify(c.aud)}`);
+    if (c.aud !== AUDIENCE) throw new AuthFailure('REQUEST_CLAIMS_INVALID', `request aud is ${quoted(c.aud)}`);
     // nats-server always sets exp (iat + its authorization timeout): without it no deadline is known.
     if (typeof c.exp !== 'number' || !Number.isFinite(c.exp)) throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request has no numeric exp');
     if (nats.type !== 'authorization_request') throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request type is not authorization_request');
-    if (nats.version !== 2) throw new AuthFailure('REQUEST_CLAIMS_INVALID', `unsupported request version ${JSON.stringify(nats.version)}`);
+    if (nats.version !== 2) throw new AuthFailure('REQUEST_CLAIMS_INVALID', `unsupported request version ${quoted(nats.version)}`);
     const userNkey = nats.user_nkey;
     if (typeof userNkey !== 'string' || !isPublicKey(userNkey, 'user')) {
       throw new AuthFailure('REQUEST_CLAIMS_INVALID', 'request user_nkey is not a user public key');

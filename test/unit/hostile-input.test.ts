@@ -140,4 +140,28 @@ describe('hostile input', () => {
     assert.equal(d.code, 'REQUEST_CLAIMS_INVALID');
     assert.match(String(d.reason), /no numeric exp/);
   });
+
+  it("keeps the decision line of a rogue publisher's request short, whatever alg, aud or version it claims", async () => {
+    const raw: string[] = [];
+    const service = new CalloutService(
+      buildConfig(doc(idp.issuer, { jwks_uri: idp.jwksUri })),
+      createLogger('debug', (l) => raw.push(l)),
+    );
+    const server = fakeServer();
+    const big = 'x'.repeat(100_000);
+    const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+    const requests = [
+      // Malformed: refused when opened (on arrival, or when picked from a backlog).
+      `${b64({ typ: 'JWT', alg: big })}.${b64({})}.${Buffer.alloc(64).toString('base64url')}`,
+      // Signed by the server key it names (anyone can make one): refused once verified.
+      authRequestJwt(server, { edit: (c) => (c.aud = big) }),
+      authRequestJwt(server, { edit: (c) => (c.nats.version = big) }),
+    ];
+    for (const request of requests) {
+      const from = raw.length;
+      assert.equal(await service.handle(new TextEncoder().encode(request), undefined), undefined);
+      const line = raw.slice(from).find((l) => JSON.parse(l).msg === 'authorization') ?? '';
+      assert.ok(line.length < 2_000, `a decision line of ${line.length} characters: ${line.slice(0, 200)}`);
+    }
+  });
 });
