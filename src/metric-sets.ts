@@ -22,7 +22,7 @@ export function countsOnly(set: MetricSet): MetricSet {
  * own aggregator. The replica's reloads are counted by every worker and taken as the largest
  * (`aggregator: 'max'`): added up, two sets of workers that died counted them twice.
  */
-export function sumOf(a: MetricSet, b: MetricSet): MetricSet {
+export function mergeCounts(a: MetricSet, b: MetricSet): MetricSet {
   const out = new Map<string, MetricSet[number]>();
   for (const m of [...a, ...b]) {
     const known = out.get(m.name);

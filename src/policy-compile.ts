@@ -198,9 +198,9 @@ function compileRule(
     connectionTypes: raw.connection_types ? [...new Set(raw.connection_types)] : source.defaults.connectionTypes,
     sourceNetworks: raw.source_networks && canonicalNetworks(raw.source_networks, `${path}.source_networks`),
     sourceBlocks: raw.source_networks && networkList(raw.source_networks, `${path}.source_networks`),
-    times: raw.times && raw.times.map((t, i) => timeRange(t, `${path}.times[${i}]`)),
+    times: raw.times?.map((t, i) => timeRange(t, `${path}.times[${i}]`)),
     timesLocation: raw.times_location && timeZone(raw.times_location, `${path}.times_location`, raw.times !== undefined),
-    tags: raw.tags && raw.tags.map((t, i) => tag(t, `${path}.tags[${i}]`)),
+    tags: raw.tags?.map((t, i) => tag(t, `${path}.tags[${i}]`)),
     proxyRequired: raw.proxy_required ?? false,
   };
 }

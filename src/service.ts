@@ -261,6 +261,8 @@ export class CalloutService {
    */
   shed(admitted: Admitted, reason: ShedReason, detail?: string): void {
     const now = this.#mono();
+    // Past the window's lines nothing is logged: the reason is not even written.
+    if (!this.#countShed(reason, now)) return;
     const { opened, timing } = admitted;
     const waited = Math.round(now - admitted.receivedMs);
     const why =
@@ -270,11 +272,6 @@ export class CalloutService {
         : reason === 'expired'
           ? `the server gave up on it ${timing ? Math.round(now - timing.deadlineMs) : '?'}ms ago (estimated age ${timing ? Math.round(now - timing.issuedMs) : '?'}ms, waited here ${waited}ms)`
           : `its answer could not reach the server before the deadline (${timing ? Math.round(timing.deadlineMs - now) : '?'}ms left)`);
-    this.#observer?.shed(reason);
-    if (!this.#shedLine(reason, now)) {
-      this.#observer?.decided('abort', SHED_CODES[reason], undefined, undefined);
-      return;
-    }
     // The server named by an unverified request is only a claim, logged as such and only when it is a server key.
     const claimed = isPublicKey(opened.claimedServer, 'server') ? opened.claimedServer : undefined;
     this.#decided({ result: 'abort', code: SHED_CODES[reason], reason: why, shed: reason }, admitted.verified, undefined, claimed, opened);
@@ -286,11 +283,7 @@ export class CalloutService {
    */
   shedUnopened(reason: ShedReason, receivedMs: number, why: string): void {
     const now = this.#mono();
-    this.#observer?.shed(reason);
-    if (!this.#shedLine(reason, now)) {
-      this.#observer?.decided('abort', SHED_CODES[reason], undefined, undefined);
-      return;
-    }
+    if (!this.#countShed(reason, now)) return;
     this.#decided(
       { result: 'abort', code: SHED_CODES[reason], reason: `${why}; dropped unopened after waiting ${Math.round(now - receivedMs)}ms`, shed: reason },
       undefined,
@@ -306,10 +299,15 @@ export class CalloutService {
     this.#logShedSummary(this.shedLog.flush(this.#mono(), final));
   }
 
-  /** Whether this shed gets a decision line (the first 100 a second do; the rest are summarized). */
-  #shedLine(reason: ShedReason, nowMs: number): boolean {
+  /**
+   * Counts a shed request; true when it gets a decision line of its own (the first 100 a
+   * second do), false when it was counted as a decision here and goes into the summary.
+   */
+  #countShed(reason: ShedReason, nowMs: number): boolean {
+    this.#observer?.shed(reason);
     const { line, summary } = this.shedLog.take(reason, nowMs);
     this.#logShedSummary(summary);
+    if (!line) this.#observer?.decided('abort', SHED_CODES[reason], undefined, undefined);
     return line;
   }
 

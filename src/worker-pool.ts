@@ -2,7 +2,8 @@
  * The worker threads of one replica (workers > 1), seen from its main thread: started with the
  * configuration file, asked for readiness and metrics (one monitoring endpoint, one set of
  * metrics for the replica), told to reload and to drain, restarted (and counted) when one dies.
- * Revocations received by the primary worker are applied on every other worker through here.
+ * A revocation one worker received is applied on every other worker through here, and the
+ * replica's replay guard for admin requests lives here (any worker may receive one).
  */
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
@@ -10,7 +11,7 @@ import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
 import { type AppliedRevocation, PEERS_BUDGET_MS, type RevokeTarget } from './admin.js';
 import { LocalReplayGuard } from './admin-request.js';
 import type { Logger } from './log.js';
-import { countsOnly, type MetricSet, sumOf } from './metric-sets.js';
+import { countsOnly, type MetricSet, mergeCounts } from './metric-sets.js';
 import type { FromWorker, ToPrimary, ToWorker, WorkerData } from './worker-protocol.js';
 
 /** How long the main thread waits for a worker's answer (readiness, metrics, revocations). */
@@ -223,7 +224,7 @@ export class WorkerPool {
     // A crash loop must not grow this list: the oldest two are added into one.
     if (this.#retired.length > 16) {
       const [a, b] = this.#retired.splice(0, 2) as [MetricSet, MetricSet];
-      this.#retired.unshift(sumOf(a, b));
+      this.#retired.unshift(mergeCounts(a, b));
     }
   }
 

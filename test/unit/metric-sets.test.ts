@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { countsOnly, type MetricSet, sumOf } from '../../src/metric-sets.js';
+import { countsOnly, type MetricSet, mergeCounts } from '../../src/metric-sets.js';
 
 /** A worker's metrics: a labelled counter, a histogram and a gauge, as a worker reports them. */
 async function workerSet(allow: number, deny: number, latencies: number[], inFlight: number): Promise<MetricSet> {
@@ -24,7 +24,7 @@ describe('metric sets', () => {
   it('adds two sets series by series, as prom-client adds the sets of live workers', async () => {
     const a = countsOnly(await workerSet(3, 0, [0.005, 0.05], 1));
     const b = countsOnly(await workerSet(4, 2, [0.5], 2));
-    const ours = await AggregatorRegistry.aggregate([sumOf(a, b)]).metrics();
+    const ours = await AggregatorRegistry.aggregate([mergeCounts(a, b)]).metrics();
     const theirs = await AggregatorRegistry.aggregate([a, b]).metrics();
     assert.equal(ours, theirs);
     assert.match(ours, /requests_total\{result="allow"\} 7/);
@@ -46,7 +46,7 @@ describe('metric sets', () => {
     const [a, b, c] = [await reloads(5), await reloads(5), await reloads(6)];
     const theirs = await AggregatorRegistry.aggregate([a, b, c]).metrics();
     assert.match(theirs, /reloads_total\{result="ok"\} 6/);
-    assert.equal(await AggregatorRegistry.aggregate([sumOf(a, b), c]).metrics(), theirs);
-    assert.equal(await AggregatorRegistry.aggregate([sumOf(sumOf(a, b), c)]).metrics(), theirs);
+    assert.equal(await AggregatorRegistry.aggregate([mergeCounts(a, b), c]).metrics(), theirs);
+    assert.equal(await AggregatorRegistry.aggregate([mergeCounts(mergeCounts(a, b), c)]).metrics(), theirs);
   });
 });
