@@ -47,7 +47,7 @@ import { connectPayload } from './loadgen.js';
 import { installHooks, makeWorkDir, pickServers, removeWorkDir, startService, waitReady, type RunningService } from './processes.js';
 import { metricsDelta, scrapeMetrics, sumSeries, type MetricSamples } from './prometheus.js';
 import type { FleetWindow, VerifyResult } from './storm-clients.js';
-import { startStormFleet, type ClosedWindow, type LoopDelayMs, type StormFleet } from './storm-fleet.js';
+import { startStormFleet, type ClosedWindow, type LoopDelayMs, type StormFleet, type StormFleetOptions } from './storm-fleet.js';
 import { newRsaKey, signStormTokens } from './storm-tokens.js';
 
 export type RestartMode = 'full' | 'rolling';
@@ -75,6 +75,11 @@ export interface ReconnectStormOptions {
   readonly profileDir?: string | undefined;
   /** nats-server's `authorization.timeout` in seconds (default 2). */
   readonly authTimeoutS?: number | undefined;
+  /**
+   * Before the service starts, run the fleet this many seconds against nats-server with nobody
+   * answering the callout: what every failing attempt costs nats-server by itself.
+   */
+  readonly unansweredSeconds?: number | undefined;
   readonly log: (line: string) => void;
 }
 
@@ -155,6 +160,21 @@ export interface ConnectPhase {
   readonly routesUpS?: number | null;
 }
 
+/**
+ * The fleet against nats-server with no service subscribed: every attempt waits the whole
+ * authorization timeout and fails. Its CPU is what nats-server spends on failing attempts alone.
+ */
+export interface UnansweredPhase {
+  readonly seconds: number;
+  readonly attempts: number;
+  readonly failures: Record<string, number>;
+  /** nats-server CPU seconds (all nodes) and per attempt (µs). */
+  readonly natsCpu: number;
+  readonly natsMicrosPerAttempt: number;
+  readonly loadgenCpu: number;
+  readonly machineBusy: number;
+}
+
 /** VmHWM in MiB (null: the process could not be read). */
 export interface PeakRss {
   readonly service: number | null;
@@ -188,6 +208,7 @@ export interface StormRun {
   /** The service's connections on each nats-server once it was ready (clusters only). */
   readonly serviceConnectionsPerServer?: readonly number[];
   readonly sourceAddresses: number;
+  readonly unanswered?: UnansweredPhase;
   readonly cold: ConnectPhase;
   readonly verify: VerifyResult & { readonly cpu: PhaseCpu };
   readonly restart: ConnectPhase;
@@ -203,7 +224,7 @@ const ATTEMPT_TIMEOUT_MS = 5000;
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 2000;
 const AUTH_TIMEOUT_S = 2;
-/** Well below the ~28k ports of the default ip_local_port_range. */
+/** When clients bind to source addresses: well below the ~28k ports of the default ip_local_port_range. */
 const CLIENTS_PER_SOURCE = 10_000;
 const TOKEN_LIFETIME_S = 2 * 3600;
 const VERIFY_TIMEOUT_MS = 30_000;
@@ -332,10 +353,10 @@ interface CpuMeter {
  * process and the fleet's child processes, `fleetPids`; empty when the fleet runs here) and of
  * the machine; `end()` gives the phase figures.
  */
-function cpuMeter(servicePid: number, natsPids: readonly (number | undefined)[], fleetPids: readonly number[]): CpuMeter {
+function cpuMeter(servicePid: number | undefined, natsPids: readonly (number | undefined)[], fleetPids: readonly number[]): CpuMeter {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
-  const svc0 = processCpuMicros(servicePid);
+  const svc0 = cpuMicros(servicePid);
   const slots = natsPids.map((pid) => ({ pid, base: cpuMicros(pid), used: 0 }));
   const fleet0 = fleetPids.map(processCpuSplit);
   const gen0 = process.cpuUsage();
@@ -362,7 +383,7 @@ function cpuMeter(servicePid: number, natsPids: readonly (number | undefined)[],
         return { cpu: (now.user - fleet0[k]!.user) / 1e6 + system, system };
       });
       return {
-        service: (processCpuMicros(servicePid) - svc0) / 1e6,
+        service: (cpuMicros(servicePid) - svc0) / 1e6,
         nats: natsPerServer.reduce((a, b) => a + b, 0),
         natsPerServer,
         loadgen: (gen.user + gen.system) / 1e6 + loadgenPerProcess.reduce((a, p) => a + p.cpu, 0),
@@ -514,7 +535,7 @@ export async function runReconnectStorm(opts: ReconnectStormOptions): Promise<St
   installHooks();
   const cluster = opts.cluster ?? 1;
   const plan = planOpenFiles({ clients: opts.clients, servers: cluster, clientsPerProcess: opts.clientsPerProcess });
-  const sources = loopbackSources(opts.clients, CLIENTS_PER_SOURCE);
+  const sources = loopbackSources(opts.clients, plan.perServer, CLIENTS_PER_SOURCE);
   const servers = await pickServers(opts.servers);
   const privateKey = newRsaKey();
   const idp = await startLocalIssuer({ alg: 'RS256', privateKey });
@@ -536,7 +557,7 @@ export async function runReconnectStorm(opts: ReconnectStormOptions): Promise<St
     opts.log(
       `signed ${tokens.length.toLocaleString('en-US')} RS256 tokens (${connectPayload(tokens[0]!).length} byte CONNECT) in ${((Date.now() - t0) / 1000).toFixed(1)} s; ` +
         `open files ${plan.nofile}; ${cluster} nats-server${cluster === 1 ? '' : 's'} (${int(plan.perServer)} clients each at most); ${where}; ` +
-        `source addresses ${sources[0]}..${sources.at(-1)}`,
+        (sources.length === 0 ? 'no source address bound (ports from connect())' : `source addresses ${sources[0]}..${sources.at(-1)}`),
     );
     // Not one of the clients' tokens: the readiness probe must leave the decision cache cold for them.
     const probeToken = await idp.sign({ ...benchClaims(opts.clients), exp: Math.floor(Date.now() / 1000) + TOKEN_LIFETIME_S });
@@ -545,6 +566,58 @@ export async function runReconnectStorm(opts: ReconnectStormOptions): Promise<St
     await idp.stop();
   }
   return runs;
+}
+
+/**
+ * The fleet of a storm against nats-server with no service subscribed, for `seconds`: every
+ * attempt waits out the authorization timeout and fails, and clients retry as in the storm. Then
+ * the fleet stops and the failing attempts still pending in nats-server are given time to end, so
+ * the storm proper starts from a server with no callout in flight.
+ */
+async function unansweredPhase(
+  label: string,
+  servers: StormServers,
+  fleetOptions: StormFleetOptions,
+  plan: OpenFilesPlan,
+  seconds: number,
+  authTimeoutS: number,
+  log: (line: string) => void,
+): Promise<UnansweredPhase> {
+  log(`\n${label}: ${int(plan.fleetSizes.reduce((a, b) => a + b, 0))} clients at once with no service answering, ${seconds} s`);
+  const fleet = await startStormFleet(fleetOptions, plan.fleetSizes);
+  try {
+    const meter = cpuMeter(
+      undefined,
+      servers.nodes.map((n) => n.pid),
+      fleet.inProcess ? [] : fleet.pids,
+    );
+    const t0 = nowNs();
+    await fleet.beginWindow('unanswered');
+    fleet.start();
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    const cpu = meter.end();
+    const { window: w } = await fleet.beginWindow('after unanswered');
+    const s = Number(nowNs() - t0) / 1e9;
+    const result: UnansweredPhase = {
+      seconds: s,
+      attempts: w.attempts,
+      failures: { ...w.failures },
+      natsCpu: cpu.nats,
+      natsMicrosPerAttempt: w.attempts === 0 ? Number.NaN : (cpu.nats * 1e6) / w.attempts,
+      loadgenCpu: cpu.loadgen,
+      machineBusy: cpu.machineBusy,
+    };
+    log(
+      `  ${int(w.attempts)} attempts (${int(w.attempts / s)}/s; ${failureSummary(w.failures) || 'no failures'}), ${int(w.connects)} connected; ` +
+        `nats-server ${dec(cpu.nats)} s of CPU (${dec(cpu.nats / s, 2)} cores, ${int(result.natsMicrosPerAttempt)} µs per attempt), ` +
+        `load generator ${dec(cpu.loadgen)} s, machine ${int(cpu.machineBusy * 100)} % busy`,
+    );
+    return result;
+  } finally {
+    await fleet.stop();
+    // Callouts still waiting in nats-server end within its timeout.
+    await new Promise((resolve) => setTimeout(resolve, (authTimeoutS + 3) * 1000));
+  }
 }
 
 async function stormOnce(
@@ -572,19 +645,21 @@ async function stormOnce(
   const ports = servers.nodes.map((n) => n.port);
   let service: RunningService | undefined;
   let fleet: StormFleet | undefined;
+  const fleetOptions = {
+    tokens,
+    ports,
+    sources,
+    attemptTimeoutMs: Math.max(ATTEMPT_TIMEOUT_MS, (opts.authTimeoutS ?? AUTH_TIMEOUT_S) * 1000 + 3000),
+    retryMinMs: RETRY_MIN_MS,
+    retryMaxMs: RETRY_MAX_MS,
+  };
   try {
+    const unanswered =
+      opts.unansweredSeconds === undefined
+        ? undefined
+        : await unansweredPhase(label, servers, fleetOptions, plan, opts.unansweredSeconds, opts.authTimeoutS ?? AUTH_TIMEOUT_S, opts.log);
     const metricsPort = await freeServerPort(servers.ports);
-    fleet = await startStormFleet(
-      {
-        tokens,
-        ports,
-        sources,
-        attemptTimeoutMs: Math.max(ATTEMPT_TIMEOUT_MS, (opts.authTimeoutS ?? AUTH_TIMEOUT_S) * 1000 + 3000),
-        retryMinMs: RETRY_MIN_MS,
-        retryMaxMs: RETRY_MAX_MS,
-      },
-      plan.fleetSizes,
-    );
+    fleet = await startStormFleet(fleetOptions, plan.fleetSizes);
     writeFileSync(join(work, 'issuer.nk'), new TextDecoder().decode(account.getSeed()), { mode: 0o600 });
     writeFileSync(join(work, 'xkey.nk'), new TextDecoder().decode(curve.getSeed()), { mode: 0o600 });
     const doc = configDoc({
@@ -695,6 +770,7 @@ async function stormOnce(
       openFiles: plan.nofile,
       ...(serviceConnectionsPerServer ? { serviceConnectionsPerServer } : {}),
       sourceAddresses: sources.length,
+      ...(unanswered ? { unanswered } : {}),
       cold,
       verify,
       restart,

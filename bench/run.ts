@@ -20,6 +20,8 @@
  *   --max-seconds S          storm: cap of each connect phase (default 120)
  *   --cluster N              storm: N nats-servers in one cluster, client i on server i % N (default 1)
  *   --restart full|rolling   storm: restart every server at once (default) or one after another
+ *   --unanswered S           storm: first run the fleet S seconds with no service answering (what
+ *                            failing attempts cost nats-server alone)
  *   --clients-per-process N  storm: at most N clients per load generator process (default: what
  *                            the open-file limit allows; more clients run in child processes)
  *   --no-xkey                storm, overload: without xkey encryption of the callout traffic
@@ -82,6 +84,7 @@ async function main(): Promise<void> {
       workers: { type: 'string' },
       'service-log': { type: 'string' },
       'auth-timeout': { type: 'string' },
+      unanswered: { type: 'string' },
       'overload-steps': { type: 'string' },
       'no-save': { type: 'boolean' },
       quick: { type: 'boolean' },
@@ -132,6 +135,7 @@ async function main(): Promise<void> {
     workers: values.workers === undefined || values.workers === 'auto' ? values.workers : Math.round(positive('workers', values.workers, 1)),
     serviceLog: values['service-log'] as 'debug' | 'info' | 'warn' | 'error' | undefined,
     authTimeoutS: values['auth-timeout'] === undefined ? undefined : Math.round(positive('auth-timeout', values['auth-timeout'], 2)),
+    unansweredSeconds: values.unanswered === undefined ? undefined : positive('unanswered', values.unanswered, 20),
     overloadSteps: list(values['overload-steps'], DEFAULT_OVERLOAD_STEPS.map(String)).map((m) => positive('overload-steps', m, 1)),
   };
   if (options.serviceLog !== undefined && !['debug', 'info', 'warn', 'error'].includes(options.serviceLog))
@@ -251,7 +255,8 @@ async function main(): Promise<void> {
     say('box busy: whole machine; other: busy CPU not charged to those three (loopback softirq, other jobs)');
   }
   if (options.only === 'storm') {
-    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS, cluster, restart, clientsPerProcess } = options;
+    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS, unansweredSeconds, cluster, restart, clientsPerProcess } =
+      options;
     const workers = options.workers as number | 'auto' | undefined;
     const conns = connections === undefined ? 'default' : String(connections);
     say(
@@ -272,6 +277,7 @@ async function main(): Promise<void> {
         serviceLog,
         profileDir,
         authTimeoutS,
+        unansweredSeconds,
         log: say,
       })),
     );

@@ -125,7 +125,7 @@ export interface FleetOptions {
   readonly payloads: readonly Buffer[];
   /** Index in the whole storm of this fleet's first client (default 0). */
   readonly firstIndex?: number;
-  /** Local source addresses; client i uses `sources[i % sources.length]`. */
+  /** Local source addresses; client i binds to `sources[i % sources.length]`; none: no bind (host-limits.ts). */
   readonly sources: readonly string[];
   /** The client's own connect timeout; longer than the server's authorization timeout. */
   readonly attemptTimeoutMs: number;
@@ -164,7 +164,7 @@ interface Client {
   readonly local: number;
   readonly payload: Buffer;
   readonly port: number;
-  readonly source: string;
+  readonly source: string | undefined;
   state: 'idle' | 'waiting' | 'connecting' | 'connected' | 'stopped';
   /** The socket of the current attempt or connection; events of older sockets are ignored. */
   socket: Socket | undefined;
@@ -208,7 +208,7 @@ export class ClientFleet {
       local,
       payload,
       port: opts.ports[(first + local) % opts.ports.length]!,
-      source: opts.sources[(first + local) % opts.sources.length]!,
+      source: opts.sources.length === 0 ? undefined : opts.sources[(first + local) % opts.sources.length],
       state: 'idle',
       socket: undefined,
       buf: '',
@@ -353,7 +353,7 @@ export class ClientFleet {
     c.buf = '';
     c.sentConnect = false;
     c.startNs = nowNs();
-    const socket = tcpConnect({ host: '127.0.0.1', port: c.port, localAddress: c.source, noDelay: true });
+    const socket = tcpConnect({ host: '127.0.0.1', port: c.port, noDelay: true, ...(c.source === undefined ? {} : { localAddress: c.source }) });
     c.socket = socket;
     c.timer = setTimeout(() => this.#fail(c, socket.connecting ? 'timeout_tcp' : c.sentConnect ? 'timeout_answer' : 'timeout_info'), this.#o.attemptTimeoutMs);
     socket.on('data', (chunk: Buffer) => {

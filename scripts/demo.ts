@@ -47,7 +47,7 @@ async function main(): Promise<void> {
     const xkey = createCurve();
     const nats = await startNatsServer({
       bin: bin!.path,
-      config: calloutServerConfig({ issuer: issuerKey.getPublicKey(), xkey: xkey.getPublicKey(), password: 'demo-password', authTimeoutSeconds: 2 }),
+      config: calloutServerConfig({ issuer: issuerKey.getPublicKey(), xkey: xkey.getPublicKey(), password: 'demo-password' }),
     });
     cleanups.push(() => nats.stop());
     say(`nats-server ${bin!.version} at ${nats.url}`);

@@ -22,7 +22,7 @@ export { bounded, parseDuration } from './duration.js';
 
 /** Every default in one place; README and conf/ document these values. */
 export const DEFAULTS = deepFreeze({
-  nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout', connections: 8 },
+  nats: { servers: ['nats://127.0.0.1:4222'], name: 'oidc-callout', queue_group: 'oidc-callout', connections: 24 },
   workers: 'auto',
   callout: { mode: 'server_config' as const, max_in_flight: 256, system_account: 'SYS' },
   token: { fields: ['auth_token'] as TokenField[], max_bytes: 16384 },
@@ -85,7 +85,7 @@ const schema = z.strictObject({
       servers: z.array(z.string().min(1)).min(1).optional(),
       name: z.string().min(1).optional(),
       queue_group: z.string().min(1).optional(),
-      connections: z.number().int().min(1).max(16).optional(),
+      connections: z.number().int().min(1).max(64).optional(),
       user: z.string().min(1).optional(),
       password: secret.optional(),
       token: secret.optional(),

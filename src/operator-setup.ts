@@ -280,8 +280,10 @@ listen: 127.0.0.1:4222
 # dropped before the callout.
 max_control_line: 65536
 
-# How long a client may take to log in, the callout's answer included.
-authorization { timeout: 2 }
+# How long a client may take to log in, the callout's answer included. When nats-server restarts,
+# every client reconnects at once and waits in line for the callout: 2 s (the default) is too
+# short for thousands of clients (see the README, "Reconnect storms").
+authorization { timeout: 5 }
 
 operator: ${operatorJwt}
 system_account: ${setup.systemAccount}

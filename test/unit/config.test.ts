@@ -206,7 +206,7 @@ describe('config', () => {
     };
     const config = buildConfig(doc, {});
     assert.deepEqual(config.nats.servers, ['nats://127.0.0.1:4222']);
-    assert.equal(config.nats.connections, 8);
+    assert.equal(config.nats.connections, 24);
     assert.equal(config.nats.queueGroup, 'oidc-callout');
   });
 });

@@ -127,7 +127,7 @@ describe('setup operator: what it generates', async () => {
   it('asks nats-server for a large control line, an auth timeout and a loopback listener', () => {
     const conf = file(setup, 'nats-server.conf');
     assert.match(conf, /^max_control_line: 65536$/m);
-    assert.match(conf, /^authorization \{ timeout: 2 \}$/m);
+    assert.match(conf, /^authorization \{ timeout: 5 \}$/m);
     assert.match(conf, /^listen: 127\.0\.0\.1:4222$/m);
     assert.match(conf, /^resolver: MEMORY$/m);
   });
