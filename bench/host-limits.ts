@@ -1,7 +1,7 @@
 /**
  * What the host must allow for tens of thousands of loopback connections: open files (the load
- * generator and each nats-server hold one socket per client), ephemeral ports (spread over
- * several loopback source addresses), and a fixed server port that no client socket can take
+ * generator and each nats-server hold one socket per client), ephemeral ports (each server's
+ * whole range, or several loopback source addresses beyond it), and a fixed server port that no client socket can take
  * while the server is down.
  */
 import { execFileSync } from 'node:child_process';

@@ -31,9 +31,11 @@
  * is refused.
  */
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createAccount, createCurve } from '@nats-io/nkeys';
+import { autoWorkers, DEFAULTS } from '../src/config.js';
 import { calloutServerConfig } from '../test/helpers/callout-fixture.js';
 import { freeServerPort } from '../test/helpers/free-port.js';
 import { startLocalIssuer } from '../test/helpers/local-issuer.js';
@@ -80,6 +82,8 @@ export interface ReconnectStormOptions {
    * answering the callout: what every failing attempt costs nats-server by itself.
    */
   readonly unansweredSeconds?: number | undefined;
+  /** The clients' own timeout for one attempt, s (default: clientAttemptTimeoutS of the server's timeout). */
+  readonly clientTimeoutS?: number | undefined;
   readonly log: (line: string) => void;
 }
 
@@ -208,6 +212,12 @@ export interface StormRun {
   /** The service's connections on each nats-server once it was ready (clusters only). */
   readonly serviceConnectionsPerServer?: readonly number[];
   readonly sourceAddresses: number;
+  /** The service's effective `nats.connections`, `workers` and nats-server's `authorization.timeout` (s). */
+  readonly serviceConnections: number;
+  readonly serviceWorkers: number;
+  readonly authTimeoutS: number;
+  /** The clients' own timeout for one attempt, s. */
+  readonly clientTimeoutS: number;
   readonly unanswered?: UnansweredPhase;
   readonly cold: ConnectPhase;
   readonly verify: VerifyResult & { readonly cpu: PhaseCpu };
@@ -224,6 +234,10 @@ const ATTEMPT_TIMEOUT_MS = 5000;
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 2000;
 const AUTH_TIMEOUT_S = 2;
+/** nats-server's default `authorization.timeout`, the storm's unless `--auth-timeout` says otherwise. */
+export const STORM_AUTH_TIMEOUT_S = AUTH_TIMEOUT_S;
+/** The clients' own timeout for one attempt (s): 3 s longer than the server's, at least 5 s. */
+export const clientAttemptTimeoutS = (authTimeoutS: number): number => Math.max(ATTEMPT_TIMEOUT_MS / 1000, authTimeoutS + 3);
 /** When clients bind to source addresses: well below the ~28k ports of the default ip_local_port_range. */
 const CLIENTS_PER_SOURCE = 10_000;
 const TOKEN_LIFETIME_S = 2 * 3600;
@@ -356,7 +370,9 @@ interface CpuMeter {
 function cpuMeter(servicePid: number | undefined, natsPids: readonly (number | undefined)[], fleetPids: readonly number[]): CpuMeter {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
-  const svc0 = cpuMicros(servicePid);
+  // A dead service process throws here, as before: its CPU must not read as zero.
+  const serviceCpu = (): number => (servicePid === undefined ? 0 : processCpuMicros(servicePid));
+  const svc0 = serviceCpu();
   const slots = natsPids.map((pid) => ({ pid, base: cpuMicros(pid), used: 0 }));
   const fleet0 = fleetPids.map(processCpuSplit);
   const gen0 = process.cpuUsage();
@@ -383,7 +399,7 @@ function cpuMeter(servicePid: number | undefined, natsPids: readonly (number | u
         return { cpu: (now.user - fleet0[k]!.user) / 1e6 + system, system };
       });
       return {
-        service: (cpuMicros(servicePid) - svc0) / 1e6,
+        service: (serviceCpu() - svc0) / 1e6,
         nats: natsPerServer.reduce((a, b) => a + b, 0),
         natsPerServer,
         loadgen: (gen.user + gen.system) / 1e6 + loadgenPerProcess.reduce((a, p) => a + p.cpu, 0),
@@ -580,7 +596,6 @@ async function unansweredPhase(
   fleetOptions: StormFleetOptions,
   plan: OpenFilesPlan,
   seconds: number,
-  authTimeoutS: number,
   log: (line: string) => void,
 ): Promise<UnansweredPhase> {
   log(`\n${label}: ${int(plan.fleetSizes.reduce((a, b) => a + b, 0))} clients at once with no service answering, ${seconds} s`);
@@ -615,8 +630,11 @@ async function unansweredPhase(
     return result;
   } finally {
     await fleet.stop();
-    // Callouts still waiting in nats-server end within its timeout.
-    await new Promise((resolve) => setTimeout(resolve, (authTimeoutS + 3) * 1000));
+    // The storm proper starts from fresh nats-servers: nothing of this phase in flight, and their
+    // peak memory is the storm's alone.
+    await Promise.all(servers.nodes.map((n) => n.stop()));
+    await Promise.all(servers.nodes.map((n) => n.start()));
+    if (servers.nodes.length > 1) await servers.waitForRoutes(15_000);
   }
 }
 
@@ -649,15 +667,13 @@ async function stormOnce(
     tokens,
     ports,
     sources,
-    attemptTimeoutMs: Math.max(ATTEMPT_TIMEOUT_MS, (opts.authTimeoutS ?? AUTH_TIMEOUT_S) * 1000 + 3000),
+    attemptTimeoutMs: (opts.clientTimeoutS ?? clientAttemptTimeoutS(opts.authTimeoutS ?? AUTH_TIMEOUT_S)) * 1000,
     retryMinMs: RETRY_MIN_MS,
     retryMaxMs: RETRY_MAX_MS,
   };
   try {
     const unanswered =
-      opts.unansweredSeconds === undefined
-        ? undefined
-        : await unansweredPhase(label, servers, fleetOptions, plan, opts.unansweredSeconds, opts.authTimeoutS ?? AUTH_TIMEOUT_S, opts.log);
+      opts.unansweredSeconds === undefined ? undefined : await unansweredPhase(label, servers, fleetOptions, plan, opts.unansweredSeconds, opts.log);
     const metricsPort = await freeServerPort(servers.ports);
     fleet = await startStormFleet(fleetOptions, plan.fleetSizes);
     writeFileSync(join(work, 'issuer.nk'), new TextDecoder().decode(account.getSeed()), { mode: 0o600 });
@@ -770,6 +786,10 @@ async function stormOnce(
       openFiles: plan.nofile,
       ...(serviceConnectionsPerServer ? { serviceConnectionsPerServer } : {}),
       sourceAddresses: sources.length,
+      serviceConnections: opts.connections ?? DEFAULTS.nats.connections,
+      serviceWorkers: typeof opts.workers === 'number' ? opts.workers : autoWorkers(availableParallelism()),
+      authTimeoutS: opts.authTimeoutS ?? AUTH_TIMEOUT_S,
+      clientTimeoutS: opts.clientTimeoutS ?? clientAttemptTimeoutS(opts.authTimeoutS ?? AUTH_TIMEOUT_S),
       ...(unanswered ? { unanswered } : {}),
       cold,
       verify,

@@ -20,6 +20,8 @@
  *   --max-seconds S          storm: cap of each connect phase (default 120)
  *   --cluster N              storm: N nats-servers in one cluster, client i on server i % N (default 1)
  *   --restart full|rolling   storm: restart every server at once (default) or one after another
+ *   --client-timeout S       storm: the clients' own timeout for one attempt (default: the server's
+ *                            authorization timeout + 3 s, at least 5; nats.go's default is 2)
  *   --unanswered S           storm: first run the fleet S seconds with no service answering (what
  *                            failing attempts cost nats-server alone)
  *   --clients-per-process N  storm: at most N clients per load generator process (default: what
@@ -35,6 +37,7 @@ import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { autoWorkers, DEFAULTS } from '../src/config.js';
 import { DEFAULT_SCENARIOS, runConnectStorm } from './connect-storm.js';
 import { e2eTable, machineBusyOver, microTable, type BenchResult } from './lib.js';
 import { runMicro } from './micro.js';
@@ -42,7 +45,7 @@ import { ACCOUNTS, runAccountsScale } from './accounts-scale.js';
 import { runServiceCapacity } from './service-capacity.js';
 import { DEFAULT_OVERLOAD_STEPS, OVERLOAD_SERVICE_LOG, overloadTable, runServiceOverload } from './service-overload.js';
 import { RULES, runPolicyScale } from './policy-scale.js';
-import { goodputTable, runReconnectStorm, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
+import { clientAttemptTimeoutS, goodputTable, runReconnectStorm, STORM_AUTH_TIMEOUT_S, stormTable, verifyTable, type StormRun } from './reconnect-storm.js';
 
 function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -85,6 +88,7 @@ async function main(): Promise<void> {
       'service-log': { type: 'string' },
       'auth-timeout': { type: 'string' },
       unanswered: { type: 'string' },
+      'client-timeout': { type: 'string' },
       'overload-steps': { type: 'string' },
       'no-save': { type: 'boolean' },
       quick: { type: 'boolean' },
@@ -135,12 +139,20 @@ async function main(): Promise<void> {
     workers: values.workers === undefined || values.workers === 'auto' ? values.workers : Math.round(positive('workers', values.workers, 1)),
     serviceLog: values['service-log'] as 'debug' | 'info' | 'warn' | 'error' | undefined,
     authTimeoutS: values['auth-timeout'] === undefined ? undefined : Math.round(positive('auth-timeout', values['auth-timeout'], 2)),
+    clientTimeoutS: values['client-timeout'] === undefined ? undefined : positive('client-timeout', values['client-timeout'], 5),
     unansweredSeconds: values.unanswered === undefined ? undefined : positive('unanswered', values.unanswered, 20),
     overloadSteps: list(values['overload-steps'], DEFAULT_OVERLOAD_STEPS.map(String)).map((m) => positive('overload-steps', m, 1)),
   };
   if (options.serviceLog !== undefined && !['debug', 'info', 'warn', 'error'].includes(options.serviceLog))
     throw new Error('--service-log is debug, info, warn or error');
   if (!['full', 'rolling'].includes(options.restart)) throw new Error('--restart is full or rolling');
+  const attemptS = options.clientTimeoutS ?? clientAttemptTimeoutS(options.authTimeoutS ?? STORM_AUTH_TIMEOUT_S);
+  if (options.unansweredSeconds !== undefined && options.unansweredSeconds < 2 * attemptS) {
+    // Shorter, and the window closes before most of its attempts have failed: their CPU would be counted, not their end.
+    throw new Error(
+      `--unanswered must be at least twice the clients' attempt timeout (${2 * clientAttemptTimeoutS(options.authTimeoutS ?? STORM_AUTH_TIMEOUT_S)} s)`,
+    );
+  }
 
   const cpu = cpus();
   const busy = await machineBusyOver(1000);
@@ -255,12 +267,26 @@ async function main(): Promise<void> {
     say('box busy: whole machine; other: busy CPU not charged to those three (loopback softirq, other jobs)');
   }
   if (options.only === 'storm') {
-    const { clients, maxSeconds, servers, xkey, connections, serviceLog, profileDir, authTimeoutS, unansweredSeconds, cluster, restart, clientsPerProcess } =
-      options;
+    const {
+      clients,
+      maxSeconds,
+      servers,
+      xkey,
+      connections,
+      serviceLog,
+      profileDir,
+      authTimeoutS,
+      unansweredSeconds,
+      clientTimeoutS,
+      cluster,
+      restart,
+      clientsPerProcess,
+    } = options;
     const workers = options.workers as number | 'auto' | undefined;
-    const conns = connections === undefined ? 'default' : String(connections);
+    const conns = connections === undefined ? `${DEFAULTS.nats.connections} (default)` : String(connections);
+    const workersShown = workers === undefined || workers === 'auto' ? `${autoWorkers(availableParallelism())} (auto)` : String(workers);
     say(
-      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}, workers ${workers ?? 'default'}, authorization timeout ${authTimeoutS ?? 2} s` +
+      `\n== reconnect storm: ${clients} clients, distinct tokens, retry after 250 ms-2 s, cap ${maxSeconds} s per phase, xkey ${xkey ? 'on' : 'off'}, service connections ${conns}, workers ${workersShown}, authorization timeout ${authTimeoutS ?? STORM_AUTH_TIMEOUT_S} s, client timeout ${clientTimeoutS ?? clientAttemptTimeoutS(authTimeoutS ?? STORM_AUTH_TIMEOUT_S)} s` +
         (cluster > 1 ? `, ${cluster} nats-servers in a cluster, ${restart} restart` : ''),
     );
     storms.push(
@@ -278,13 +304,17 @@ async function main(): Promise<void> {
         profileDir,
         authTimeoutS,
         unansweredSeconds,
+        clientTimeoutS,
         log: say,
       })),
     );
     say(`\n${stormTable(storms)}`);
     say('late answers: allow answers the service sent minus clients that got in (answers nats-server no longer waited for);');
-    say('failed: auth_violation = refused by the service (see its reject counters) or no callout answer within the 2 s nats-server waits;');
-    say('  auth_timeout = the 2 s authorization timer of the connection ran out first; timeout_* = nothing within 5 s on the client side:');
+    const t = authTimeoutS ?? STORM_AUTH_TIMEOUT_S;
+    say(`failed: auth_violation = refused by the service (see its reject counters) or no callout answer within the ${t} s nats-server waits;`);
+    say(
+      `  auth_timeout = the ${t} s authorization timer of the connection ran out first; timeout_* = nothing within ${clientAttemptTimeoutS(t)} s on the client side:`,
+    );
     say('  tcp = connection not established (listen backlog full), info = no INFO, answer = CONNECT got neither PONG nor -ERR');
     say(`\n${verifyTable(storms)}`);
     say(`\n${goodputTable(storms)}`);

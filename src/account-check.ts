@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { Config } from './config.js';
+import { calloutAccountConnections, type Config } from './config.js';
 import { decodeNatsJwt } from './nats-jwt.js';
 import { isPublicKey, NkeySigner, publicKeyObject, verifySignature } from './nkey.js';
 
@@ -23,6 +23,7 @@ interface AccountClaims {
   readonly exp?: unknown;
   readonly nats?: {
     readonly type?: unknown;
+    readonly limits?: { readonly conn?: unknown };
     readonly signing_keys?: unknown;
     readonly authorization?: { readonly auth_users?: unknown; readonly allowed_accounts?: unknown; readonly xkey?: unknown };
   };
@@ -113,6 +114,9 @@ export function checkCalloutAccount(
       }
     }
   }
+  const limit = connectionLimitFindings(config, claims);
+  problems.push(...limit.problems);
+  warnings.push(...limit.warnings);
   const jwtXkey = typeof auth?.xkey === 'string' && auth.xkey !== '' ? auth.xkey : undefined;
   if (jwtXkey && !opts.xkey) {
     problems.push(`the account requires encrypted requests (xkey ${short(jwtXkey)}) but callout.xkey_seed is not set: the service cannot read them`);
@@ -143,6 +147,35 @@ export function checkCalloutAccount(
     }
   }
   return { problems, warnings };
+}
+
+/**
+ * The callout account's connection limit (`limits.conn`, -1 or absent: none) against the
+ * connections this replica opens into it. Past the limit nats-server refuses a connection, and
+ * the service keeps retrying without ever serving: the check says so before it connects.
+ */
+export function connectionLimitFindings(config: Config, claims: AccountClaims): AccountFindings {
+  const conn = claims.nats?.limits?.conn;
+  if (typeof conn !== 'number' || conn < 0) return { problems: [], warnings: [] };
+  const need = calloutAccountConnections(config);
+  const what = `nats.connections${config.audit ? ', and an audit connection per worker' : ''}`;
+  if (conn < need) {
+    return {
+      problems: [
+        `the callout account admits ${conn} connections (limits.conn) and this replica opens ${need} (${what}): nats-server refuses the rest and the service cannot start; raise limits.conn or lower nats.connections`,
+      ],
+      warnings: [],
+    };
+  }
+  if (conn < 2 * need) {
+    return {
+      problems: [],
+      warnings: [
+        `the callout account admits ${conn} connections (limits.conn) and this replica opens ${need} (${what}): a second replica, or this one restarting before its old connections are gone, would not fit`,
+      ],
+    };
+  }
+  return { problems: [], warnings: [] };
 }
 
 /**

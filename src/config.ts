@@ -85,7 +85,13 @@ const schema = z.strictObject({
       servers: z.array(z.string().min(1)).min(1).optional(),
       name: z.string().min(1).optional(),
       queue_group: z.string().min(1).optional(),
-      connections: z.number().int().min(1).max(64).optional(),
+      connections: z
+        .number()
+        .int()
+        .min(1)
+        .max(48)
+        .optional()
+        .describe('NATS connections of this replica (default 24), shared out among its workers; each is a queue-group subscriber and a reply lane of its own'),
       user: z.string().min(1).optional(),
       password: secret.optional(),
       token: secret.optional(),
@@ -546,6 +552,22 @@ function auditSettings(raw: NonNullable<RawConfig['audit']>, systemLogin: boolea
     bufferBytes: raw.buffer_bytes ?? d.buffer_bytes,
     clientPorts: raw.client_ports ?? d.client_ports,
   };
+}
+
+/**
+ * The NATS connections worker `index` (0-based) of `workers` opens: `nats.connections` shared out
+ * exactly (24 over 5 workers: 5, 5, 5, 5, 4), at least one each. nats-server hands requests to
+ * each subscription of the queue group alike, so a replica's share of the traffic is its count of
+ * connections: it must be what the setting says.
+ */
+export function workerConnections(total: number, workers: number, index: number): number {
+  return Math.max(1, Math.floor(total / workers) + (index < total % workers ? 1 : 0));
+}
+
+/** Connections this replica opens into the callout account: its lanes and, with audit, one per worker. */
+export function calloutAccountConnections(config: Config): number {
+  const lanes = config.workers <= 1 ? config.nats.connections : Math.max(config.nats.connections, config.workers);
+  return lanes + (config.audit ? config.workers : 0);
 }
 
 /** 'auto' workers: no more than this (beyond it the server's reply lanes, not our CPU, limit). */

@@ -359,7 +359,7 @@ function keys(dir: string, force: boolean): number {
 # nats-server configuration (server_config mode):
 max_control_line: 65536   # OIDC tokens often exceed the 4 KiB default
 authorization {
-  timeout: 2
+  timeout: 5                 # not 2 (the default): a restart storm needs it (README "Reconnect storms")
   auth_callout {
     issuer: ${account.getPublicKey()}
     xkey: ${curve.getPublicKey()}

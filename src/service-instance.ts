@@ -4,7 +4,7 @@
  * (`workers: 1`) or one per worker thread; the run lifecycle (lifecycle.ts) drives them.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { inspectCalloutAccount } from './account-check.js';
+import { connectionLimitFindings, inspectCalloutAccount, readAccountJwt } from './account-check.js';
 import { AdminListener, type AppliedRevocation, applyRevocation, type RevokeTarget } from './admin.js';
 import type { ReplayGuard } from './admin-request.js';
 import { AuditPublisher, connzLookup } from './audit/publisher.js';
@@ -53,6 +53,18 @@ export async function warmIssuers(issuers: readonly IssuerKeys[], log: Logger): 
       i.load().catch((e: Error) => log.warn('issuer keys not loaded; retried when a token needs them', { issuer: i.config.issuer, error: e.message })),
     ),
   );
+}
+
+/**
+ * With `callout.account_jwt` configured, its connection limit is checked before connecting: past
+ * it the connections below would be retried for ever (the full check runs once they are up).
+ */
+function logConnectionLimit(config: Config, log: Logger): void {
+  if (config.callout.mode !== 'operator' || config.callout.accountJwt === undefined) return;
+  const claims = readAccountJwt(config.callout.accountJwt, config.keys.accounts.calloutAccount);
+  if (typeof claims === 'string') return;
+  for (const problem of connectionLimitFindings(config, claims).problems)
+    log.error('callout account misconfigured', { problem, checked_from: 'callout.account_jwt' });
 }
 
 /**
@@ -114,6 +126,7 @@ export class ServiceInstance {
     for (const r of opts.revocations ?? []) service.revocations.revoke(r.issuer, r.subject, r.at);
     await warmIssuers(service.issuers, log);
     const name = opts.connectionName ?? config.nats.name;
+    if (opts.primary) logConnectionLimit(config, log);
     const connections = await connectWhenUp(config, log, opts.connections ?? config.nats.connections, name);
     const runner = new CalloutRunner(connections, service, log);
     await runner.start();

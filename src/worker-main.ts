@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { AppliedRevocation, RevokeTarget } from './admin.js';
 import type { ReplayGuard } from './admin-request.js';
-import { loadConfig } from './config.js';
+import { loadConfig, workerConnections } from './config.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
 import { ServiceInstance } from './service-instance.js';
@@ -21,7 +21,7 @@ async function main(): Promise<void> {
   const log = createLogger(config.log.level, (line) => process.stdout.write(`${line.slice(0, -2)},"worker":${data.index}}\n`));
   const metrics = new Metrics(data.version);
   // The replica's NATS connections, shared out: each worker serves its part of the queue group.
-  const connections = Math.max(1, Math.round(config.nats.connections / data.count));
+  const connections = workerConnections(config.nats.connections, data.count, data.index);
   let nextAsk = 0;
   const peersPending = new Map<number, (r: AppliedRevocation[]) => void>();
   const claimsPending = new Map<number, (fresh: boolean) => void>();

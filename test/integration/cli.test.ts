@@ -118,6 +118,7 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       assert.ok(r.stdout.includes(`issuer: ${fromSeed(new TextEncoder().encode(issuerSeed)).getPublicKey()}`));
       assert.ok(r.stdout.includes(`xkey: ${fromSeed(new TextEncoder().encode(xkeySeed)).getPublicKey()}`));
       assert.ok(!r.stdout.includes(issuerSeed) && !r.stdout.includes(xkeySeed), 'seeds are never printed');
+      assert.match(r.stdout, /^ {2}timeout: 5 /m, 'the authorization timeout a restart storm needs');
       const block = `accounts {\n  AUTH { users: [ { user: auth, password: pw } ] }\n}\n${r.stdout}`;
       // startNatsServer rejects, with the server's own message, unless nats-server starts with the block.
       await using _srv = await startNatsServer({ bin: (await natsServerBinaries()).at(-1)!.path, config: block });

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { encodeAccount } from '@nats-io/jwt';
 import { createAccount, createCurve, createOperator, createUser } from '@nats-io/nkeys';
-import { checkCalloutAccount, readAccountJwt } from '../../src/account-check.js';
-import { buildConfig } from '../../src/config.js';
+import { checkCalloutAccount, connectionLimitFindings, readAccountJwt } from '../../src/account-check.js';
+import { buildConfig, calloutAccountConnections, workerConnections } from '../../src/config.js';
 
 const seedOf = (kp: { getSeed(): Uint8Array }) => new TextDecoder().decode(kp.getSeed());
 
@@ -63,5 +63,60 @@ describe('callout account check (operator mode)', () => {
     const [h, p] = (await jwtOf(good())).split('.');
     const forged = `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`;
     assert.match(String(readAccountJwt(forged, auth.getPublicKey())), /signature does not verify/);
+  });
+
+  it('says when the account connection limit cannot hold this replica, before it connects', async () => {
+    const withConn = async (conn: number) => {
+      const claims = readAccountJwt(await encodeAccount('AUTH', auth, { limits: { conn }, authorization: good() }, { signer: operator }), auth.getPublicKey());
+      assert.ok(typeof claims !== 'string', String(claims));
+      return claims;
+    };
+    // The fixture's config: the default 24 connections, no audit, workers resolved from the cores.
+    const need = calloutAccountConnections(config);
+    assert.ok(need >= config.nats.connections);
+    const tight = connectionLimitFindings(config, await withConn(need - 1));
+    assert.match(tight.problems[0]!, new RegExp(`admits ${need - 1} connections \\(limits.conn\\) and this replica opens ${need}`));
+    assert.match(tight.problems[0]!, /cannot start/);
+    const single = connectionLimitFindings(config, await withConn(need));
+    assert.deepEqual(single.problems, []);
+    assert.match(single.warnings[0]!, /a second replica/);
+    assert.deepEqual(connectionLimitFindings(config, await withConn(2 * need)), { problems: [], warnings: [] });
+    assert.deepEqual(connectionLimitFindings(config, await withConn(-1)), { problems: [], warnings: [] });
+    // Part of the whole check too.
+    const claims = await withConn(need - 1);
+    assert.match(
+      checkCalloutAccount(config, claims, {
+        serviceUser: service.getPublicKey(),
+        xkey: xkey.getPublicKey(),
+        nowSeconds: Math.floor(Date.now() / 1000),
+      }).problems.join('\n'),
+      /limits.conn/,
+    );
+  });
+});
+
+describe('connections of a replica', () => {
+  it('shares nats.connections out over the workers exactly, at least one each', () => {
+    for (const [total, workers] of [
+      [24, 1],
+      [24, 3],
+      [24, 5],
+      [24, 7],
+      [48, 8],
+      [5, 8],
+      [1, 1],
+    ] as const) {
+      const each = Array.from({ length: workers }, (_, i) => workerConnections(total, workers, i));
+      assert.ok(
+        each.every((n) => n >= 1),
+        `${total} over ${workers}: ${each}`,
+      );
+      assert.equal(
+        each.reduce((a, b) => a + b, 0),
+        Math.max(total, workers),
+        `${total} over ${workers}: ${each}`,
+      );
+      assert.ok(Math.max(...each) - Math.min(...each) <= 1, `${total} over ${workers}: ${each}`);
+    }
   });
 });

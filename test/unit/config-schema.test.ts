@@ -80,7 +80,7 @@ describe('configuration JSON Schema', () => {
       ['rule without account', (d) => delete d.policy.rules[0].account],
       ['account table', (d) => (d.policy.rules[0].account = { claim: 'tenant', map: { acme: 'APP' } })],
       ['unknown algorithm', (d) => (d.issuers[0].algorithms = ['HS256'])],
-      ['too many connections', (d) => (d.nats.connections = 65)],
+      ['too many connections', (d) => (d.nats.connections = 49)],
       ['fractional connections', (d) => (d.nats.connections = 1.5)],
       ['unknown connection type', (d) => (d.policy.rules[0].connection_types = ['TELNET'])],
       ['equals a list of scalars', (d) => (d.policy.rules[1].when = [{ claim: 'tier', equals: ['gold', 3, true] }])],
