@@ -35,7 +35,8 @@ export async function connectAs(
 
 /**
  * Opens `count` (default `nats.connections`) connections of a running service (named `NAME`, `NAME#2`, ...).
- * Closes those already open if one fails.
+ * Closes those already open if one fails, saying how many were (a limit on the account's or the
+ * server's connections stops a later one, not the first).
  */
 export async function connectAll(
   config: Config,
@@ -51,7 +52,8 @@ export async function connectAll(
     return open;
   } catch (err) {
     await Promise.all(open.map((nc) => nc.close().catch(() => undefined)));
-    throw err;
+    if (open.length === 0) throw err;
+    throw new Error(`${open.length} of ${count} connections were open when the next one failed: ${(err as Error).message}`, { cause: err });
   }
 }
 
