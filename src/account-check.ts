@@ -35,8 +35,9 @@ export function readAccountJwt(jwt: string, expected: string): AccountClaims | s
   if (typeof decoded === 'string') return `not a NATS JWT: ${decoded}`;
   const claims = decoded.claims as AccountClaims;
   if (claims.nats?.type !== 'account') return `not an account JWT (type ${JSON.stringify(claims.nats?.type)})`;
-  if (claims.sub !== expected) return `the JWT is of account ${String(claims.sub)}, not ${expected}`;
-  const iss = String(claims.iss);
+  if (claims.sub !== expected) return `the JWT is of account ${JSON.stringify(claims.sub) ?? 'undefined'}, not ${expected}`;
+  if (typeof claims.iss !== 'string') return `its issuer ${JSON.stringify(claims.iss) ?? 'undefined'} is not an operator key`;
+  const iss = claims.iss;
   if (!isPublicKey(iss, 'operator')) return `its issuer ${iss} is not an operator key`;
   if (!verifySignature(publicKeyObject(iss, 'operator'), decoded.signingInput, decoded.signature)) return 'its signature does not verify';
   return claims;
@@ -85,7 +86,7 @@ export function checkCalloutAccount(
 ): AccountFindings {
   const problems: string[] = [];
   const warnings: string[] = [];
-  const account = String(claims.sub);
+  const account = typeof claims.sub === 'string' ? claims.sub : JSON.stringify(claims.sub);
   if (typeof claims.exp === 'number' && claims.exp <= opts.nowSeconds) problems.push(`the callout account's JWT expired (exp ${whenText(claims.exp)})`);
   const auth = claims.nats?.authorization;
   const authUsers = Array.isArray(auth?.auth_users) ? auth.auth_users.filter((u): u is string => typeof u === 'string') : [];
@@ -149,33 +150,50 @@ export function checkCalloutAccount(
   return { problems, warnings };
 }
 
+/** nats-server 2.10 keeps an account limit in 32 bits: a larger `conn` wraps around there. */
+const MAX_CONN_2_10 = 2 ** 31 - 1;
+
 /**
- * The callout account's connection limit (`limits.conn`, -1 or absent: none) against the
- * connections this replica opens into it. Past the limit nats-server refuses a connection, and
- * the service keeps retrying without ever serving: the check says so before it connects.
+ * The callout account's connection limit (`limits.conn`) against the connections this replica
+ * opens into it: its lanes, and with audit one connection per worker. Only -1 means no limit: a
+ * JWT without `conn` (Go's encoder leaves a 0 out) admits no connection at all. Past the limit
+ * nats-server refuses a connection, and the service retries its lanes for ever without serving
+ * (an audit connection is given up on: that worker's events are dropped).
  */
 export function connectionLimitFindings(config: Config, claims: AccountClaims): AccountFindings {
-  const conn = claims.nats?.limits?.conn;
-  if (typeof conn !== 'number' || conn < 0) return { problems: [], warnings: [] };
-  const need = calloutAccountConnections(config);
-  const what = `nats.connections${config.audit ? ', and an audit connection per worker' : ''}`;
-  if (conn < need) {
+  const conn = claims.nats?.limits?.conn ?? 0;
+  if (conn === -1) return { problems: [], warnings: [] };
+  if (typeof conn !== 'number' || !Number.isSafeInteger(conn)) {
     return {
       problems: [
-        `the callout account admits ${conn} connections (limits.conn) and this replica opens ${need} (${what}): nats-server refuses the rest and the service cannot start; raise limits.conn or lower nats.connections`,
+        `the callout account's limits.conn is ${JSON.stringify(conn) ?? String(conn)}, not an integer: nats-server cannot use this JWT (-1 admits any number)`,
       ],
       warnings: [],
     };
   }
-  if (conn < 2 * need) {
-    return {
-      problems: [],
-      warnings: [
-        `the callout account admits ${conn} connections (limits.conn) and this replica opens ${need} (${what}): a second replica, or this one restarting before its old connections are gone, would not fit`,
-      ],
-    };
+  if (conn < 0) return { problems: [`the callout account's limits.conn is ${conn}: nats-server admits no connection (-1 admits any number)`], warnings: [] };
+  const lanes = config.workers <= 1 ? config.nats.connections : Math.max(config.nats.connections, config.workers);
+  const need = calloutAccountConnections(config);
+  const workers = `${config.workers} worker${config.workers === 1 ? '' : 's'}${config.workersAuto ? " ('auto' on this machine)" : ''}`;
+  const opens = `this replica opens ${need}: ${lanes} for nats.connections over ${workers}${config.audit ? `, and ${config.workers} for audit` : ''}`;
+  const found: AccountFindings = { problems: [], warnings: [] };
+  const remedies = `raise limits.conn (-1 admits any number), or lower nats.connections${config.workers > config.nats.connections ? ' or workers' : ''}${config.audit ? ', or turn audit off' : ''}`;
+  if (conn < lanes) {
+    (found.problems as string[]).push(
+      `the callout account admits ${conn} connection${conn === 1 ? '' : 's'} (limits.conn) and ${opens}: nats-server refuses the rest, and the service (or some of its workers) cannot start; ${remedies}`,
+    );
+  } else if (conn < need) {
+    (found.problems as string[]).push(
+      `the callout account admits ${conn} connections (limits.conn) and ${opens}: ${need - conn} audit connection${need - conn === 1 ? ' is' : 's are'} refused, and those workers drop their audit events; ${remedies}`,
+    );
+  } else if (conn < 2 * need + 1) {
+    (found.warnings as string[]).push(
+      `the callout account admits ${conn} connections (limits.conn) and ${opens}: a second replica, this one restarting before its old connections are gone, or an \`oidc-callout revoke\` or \`check\` (they log in as the service) would not fit`,
+    );
   }
-  return { problems: [], warnings: [] };
+  if (conn > MAX_CONN_2_10)
+    (found.warnings as string[]).push(`the callout account's limits.conn ${conn} is above 2^31-1: nats-server 2.10 keeps it in 32 bits, where it wraps around`);
+  return found;
 }
 
 /**

@@ -278,6 +278,8 @@ export interface Config {
   readonly http: { readonly host: string; readonly port: number; readonly readyMaxLatencyMs: number } | undefined;
   /** Worker threads of this replica (`workers`, resolved: see autoWorkers). */
   readonly workers: number;
+  /** True when `workers` is 'auto': resolved from this machine's cores. */
+  readonly workersAuto: boolean;
 }
 
 function resolveSecret(value: z.infer<typeof secret>, path: string, env: NodeJS.ProcessEnv, baseDir: string): Secret {
@@ -498,6 +500,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env, 
     },
     log: { level: raw.log?.level ?? DEFAULTS.log.level },
     workers: (raw.workers ?? DEFAULTS.workers) === 'auto' ? autoWorkers(availableParallelism()) : (raw.workers as number),
+    workersAuto: (raw.workers ?? DEFAULTS.workers) === 'auto',
     http: raw.http && {
       ...parseListen(raw.http.listen, 'http.listen'),
       // Half nats-server's default authorization timeout (2 s): an answer later than that is close to lost.

@@ -53,7 +53,12 @@ export async function connectAll(
   } catch (err) {
     await Promise.all(open.map((nc) => nc.close().catch(() => undefined)));
     if (open.length === 0) throw err;
-    throw new Error(`${open.length} of ${count} connections were open when the next one failed: ${(err as Error).message}`, { cause: err });
+    const e = err as Error;
+    // nats.js keeps a refusal past a connection limit to itself: the connect just times out.
+    throw new Error(
+      `${open.length} of ${count} connections were open when the next one failed (${e.name}: ${e.message}); a refusal past the account's limits.conn or the server's max_connections ends so (nats-server logs "maximum ... connections exceeded")`,
+      { cause: err },
+    );
   }
 }
 

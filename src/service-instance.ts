@@ -61,10 +61,15 @@ export async function warmIssuers(issuers: readonly IssuerKeys[], log: Logger): 
  */
 function logConnectionLimit(config: Config, log: Logger): void {
   if (config.callout.mode !== 'operator' || config.callout.accountJwt === undefined) return;
-  const claims = readAccountJwt(config.callout.accountJwt, config.keys.accounts.calloutAccount);
-  if (typeof claims === 'string') return;
-  for (const problem of connectionLimitFindings(config, claims).problems)
-    log.error('callout account misconfigured', { problem, checked_from: 'callout.account_jwt' });
+  try {
+    const claims = readAccountJwt(config.callout.accountJwt, config.keys.accounts.calloutAccount);
+    if (typeof claims === 'string') return;
+    for (const problem of connectionLimitFindings(config, claims).problems)
+      log.error('callout account misconfigured', { problem, checked_from: 'callout.account_jwt' });
+  } catch (err) {
+    // Never fatal, like the full check: the servers decide.
+    log.warn('callout account not checked', { error: (err as Error).message });
+  }
 }
 
 /**

@@ -80,7 +80,7 @@ describe('callout account check (operator mode)', () => {
     const single = connectionLimitFindings(config, await withConn(need));
     assert.deepEqual(single.problems, []);
     assert.match(single.warnings[0]!, /a second replica/);
-    assert.deepEqual(connectionLimitFindings(config, await withConn(2 * need)), { problems: [], warnings: [] });
+    assert.deepEqual(connectionLimitFindings(config, await withConn(2 * need + 1)), { problems: [], warnings: [] });
     assert.deepEqual(connectionLimitFindings(config, await withConn(-1)), { problems: [], warnings: [] });
     // Part of the whole check too.
     const claims = await withConn(need - 1);
@@ -92,6 +92,78 @@ describe('callout account check (operator mode)', () => {
       }).problems.join('\n'),
       /limits.conn/,
     );
+  });
+});
+
+describe('callout account connection limit, every shape of limits.conn', () => {
+  const operator = createOperator();
+  const auth = createAccount();
+  const app = createAccount();
+  const build = (extra: Record<string, unknown>) =>
+    buildConfig({
+      callout: { mode: 'operator', issuer_seed: seedOf(auth), system_account: createAccount().getPublicKey() },
+      nats: { connections: 4 },
+      issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
+      policy: { rules: [{ name: 'r', match: { groups: 'dev' }, account: 'APP', permissions: { sub: { allow: ['x'] } } }] },
+      accounts: { APP: { public_key: app.getPublicKey(), signing_seed: seedOf(app) } },
+      ...extra,
+    });
+  const claimsWith = async (limits: Record<string, unknown> | undefined) => {
+    const claims = readAccountJwt(await encodeAccount('AUTH', auth, limits === undefined ? {} : { limits }, { signer: operator }), auth.getPublicKey());
+    assert.ok(typeof claims !== 'string', String(claims));
+    // encodeAccount fills in defaults: put exactly what the test means into the claims.
+    const nats = (claims as { nats: Record<string, unknown> }).nats;
+    if (limits === undefined) delete nats.limits;
+    else nats.limits = limits;
+    return claims;
+  };
+  const one = build({ workers: 1 });
+
+  it('reads a missing conn as 0 (Go leaves a 0 out), so such a JWT admits no connection', async () => {
+    assert.match(connectionLimitFindings(one, await claimsWith(undefined)).problems[0]!, /admits 0 connections .* cannot start/);
+    assert.match(connectionLimitFindings(one, await claimsWith({ subs: -1 })).problems[0]!, /admits 0 connections/);
+  });
+
+  it('takes only -1 as no limit, and refuses other negatives and non-integers', async () => {
+    assert.deepEqual(connectionLimitFindings(one, await claimsWith({ conn: -1 })), { problems: [], warnings: [] });
+    assert.match(connectionLimitFindings(one, await claimsWith({ conn: -5 })).problems[0]!, /is -5: nats-server admits no connection/);
+    // null decodes as 0 in Go, like a missing conn.
+    assert.match(connectionLimitFindings(one, await claimsWith({ conn: null })).problems[0]!, /admits 0 connections/);
+    for (const bad of ['50', 2.5, { n: 1 }]) {
+      assert.match(
+        connectionLimitFindings(one, await claimsWith({ conn: bad })).problems[0]!,
+        /not an integer: nats-server cannot use this JWT/,
+        JSON.stringify(bad),
+      );
+    }
+    const huge = connectionLimitFindings(one, await claimsWith({ conn: 2 ** 32 + 2 }));
+    assert.deepEqual(huge.problems, []);
+    assert.match(huge.warnings[0]!, /above 2\^31-1/);
+  });
+
+  it('counts the lanes over the workers and an audit connection per worker, and tells them apart', async () => {
+    const three = build({ workers: 3, nats: { connections: 2 }, audit: {} });
+    // 3 workers with 2 connections: one lane each, 3 in all, and 3 audit connections.
+    assert.equal(calloutAccountConnections(three), 6);
+    const lanesShort = connectionLimitFindings(three, await claimsWith({ conn: 2 }));
+    assert.match(lanesShort.problems[0]!, /opens 6: 3 for nats.connections over 3 workers, and 3 for audit: nats-server refuses the rest/);
+    assert.match(lanesShort.problems[0]!, /lower nats.connections or workers, or turn audit off/);
+    const auditShort = connectionLimitFindings(three, await claimsWith({ conn: 4 }));
+    assert.match(auditShort.problems[0]!, /2 audit connections are refused, and those workers drop their audit events/);
+    assert.doesNotMatch(auditShort.problems[0]!, /cannot start/);
+    assert.match(connectionLimitFindings(three, await claimsWith({ conn: 12 })).warnings[0]!, /oidc-callout revoke/);
+    assert.deepEqual(connectionLimitFindings(three, await claimsWith({ conn: 13 })), { problems: [], warnings: [] });
+  });
+
+  it('does not throw on a JWT whose sub or iss is not a string', async () => {
+    const [h, , sig] = (await encodeAccount('AUTH', auth, {}, { signer: operator })).split('.');
+    for (const claims of [
+      { sub: { toString: 1 }, iss: 'x', nats: { type: 'account' } },
+      { sub: auth.getPublicKey(), iss: { toString: 1 }, nats: { type: 'account' } },
+    ]) {
+      const jwt = `${h}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.${sig}`;
+      assert.equal(typeof readAccountJwt(jwt, auth.getPublicKey()), 'string');
+    }
   });
 });
 

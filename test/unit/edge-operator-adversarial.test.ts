@@ -217,7 +217,7 @@ describe('startup check: hostile callout account JWTs', () => {
     it(`reports an account JWT with exp ${exp} as a problem instead of throwing`, () => {
       const claims = readAccountJwt(accountJwt(authKey, { exp, nats }), authKey);
       assert.equal(typeof claims, 'object', String(claims));
-      const config = { accounts: {}, keys: { accounts: { forAccount: () => undefined } } } as unknown as Config;
+      const config = { accounts: {}, keys: { accounts: { forAccount: () => undefined } }, nats: { connections: 24 }, workers: 1 } as unknown as Config;
       let findings: ReturnType<typeof checkCalloutAccount>;
       assert.doesNotThrow(() => {
         findings = checkCalloutAccount(config, claims as Exclude<typeof claims, string>, {
@@ -248,7 +248,7 @@ describe('startup check: hostile callout account JWTs', () => {
   });
 
   it('survives account JWTs of the wrong shape (null, strings, numbers where objects are expected)', () => {
-    const config = { accounts: {}, keys: { accounts: { forAccount: () => undefined } } } as unknown as Config;
+    const config = { accounts: {}, keys: { accounts: { forAccount: () => undefined } }, nats: { connections: 24 }, workers: 1 } as unknown as Config;
     for (const shape of [
       { nats: { type: 'account', authorization: null } },
       { nats: { type: 'account', authorization: 'x' } },
