@@ -53,7 +53,7 @@ async function singleReplica(config: Config, log: Logger, version: string, repli
 }
 
 async function pooledReplica(file: string, config: Config, log: Logger, version: string, replica: string): Promise<Replica> {
-  const pool = await WorkerPool.start({ file, version, count: config.workers, replica }, log);
+  const pool = await WorkerPool.start({ file, version, count: config.workers, connections: config.nats.connections, replica }, log);
   return {
     readiness: () => pool.readiness(),
     metrics: () => pool.metrics(),

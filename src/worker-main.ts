@@ -21,7 +21,7 @@ async function main(): Promise<void> {
   const log = createLogger(config.log.level, (line) => process.stdout.write(`${line.slice(0, -2)},"worker":${data.index}}\n`));
   const metrics = new Metrics(data.version);
   // The replica's NATS connections, shared out: each worker serves its part of the queue group.
-  const connections = workerConnections(config.nats.connections, data.count, data.index);
+  const connections = workerConnections(data.connections, data.count, data.index);
   let nextAsk = 0;
   const peersPending = new Map<number, (r: AppliedRevocation[]) => void>();
   const claimsPending = new Map<number, (fresh: boolean) => void>();

@@ -11,6 +11,12 @@ export interface WorkerData {
   readonly version: string;
   readonly index: number;
   readonly count: number;
+  /**
+   * The replica's `nats.connections` when it started, shared out over `count` workers. Not read
+   * again from the file by a worker started again: like `workers`, a change needs a restart, or
+   * the replica's total would drift from its worker count.
+   */
+  readonly connections: number;
   /** The replica's name for admin answers and audit events (the worker index is added). */
   readonly replica: string;
   /**

@@ -6,6 +6,7 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Counter, Gauge, Registry } from 'prom-client';
+import { workerConnections } from '../../src/config.js';
 import type { FromWorker, ToPrimary, ToWorker, WorkerData } from '../../src/worker-protocol.js';
 
 // The test runner loads every file under test/ as a test: outside a worker thread this does nothing.
@@ -18,6 +19,10 @@ function serve(port: NonNullable<typeof parentPort>): void {
   const requests = new Counter({ name: 'oidc_callout_requests_total', help: 'h', labelNames: ['result'], registers: [registry] });
   requests.inc({ result: 'allow' }, 10 * (data.index + 1));
   new Gauge({ name: 'oidc_callout_in_flight', help: 'h', registers: [registry], aggregator: 'sum' }).set(data.index + 1);
+  // The connections worker-main would open: the replica's, as the pool handed them (also to a worker started again).
+  new Gauge({ name: 'fake_worker_connections', help: 'h', registers: [registry], aggregator: 'sum' }).set(
+    workerConnections(data.connections, data.count, data.index),
+  );
   // The crash happens once per test run: a marker file (named by the replica) remembers it.
   const crashedMarker = `${data.replica}.crashed`;
 

@@ -13,7 +13,7 @@ describe('worker pool', () => {
   it('adds up metrics, merges readiness, restarts and counts a worker that died (keeping what it counted), and drains every worker', async () => {
     const log = new LogCapture();
     const replica = join(mkdtempSync(join(tmpdir(), 'oc-pool-')), 'replica');
-    const pool = await WorkerPool.start({ file: '/nonexistent', version: '0.0.0', count: 3, replica }, createLogger('debug', log.write), FAKE);
+    const pool = await WorkerPool.start({ file: '/nonexistent', version: '0.0.0', count: 3, connections: 24, replica }, createLogger('debug', log.write), FAKE);
     const metrics = await pool.metrics();
     assert.match(metrics.text, /oidc_callout_requests_total\{result="allow"\} 60/, "the workers' counters add up (10 + 20 + 30)");
     assert.match(metrics.text, /oidc_callout_workers 3/);
@@ -33,6 +33,8 @@ describe('worker pool', () => {
     // gauges do not outlive it (1 + 2 + 3).
     assert.match(after.text, /oidc_callout_requests_total\{result="allow"\} 80/);
     assert.match(after.text, /oidc_callout_in_flight 6/);
+    // nats.connections as the replica started with it, shared out exactly, also by the worker started again.
+    assert.match(after.text, /fake_worker_connections 24/);
     assert.ok(log.records.some((r) => r.msg === 'worker exited; starting it again' && Number(r.worker) === 1 && Number(r.code) === 3));
     // A problem every worker has is said once; one of a single worker names it. The worker that
     // started again was given the revocation applied before.

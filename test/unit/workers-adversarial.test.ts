@@ -27,7 +27,7 @@ async function startPool(count: number, scenario: Scenario): Promise<{ pool: Wor
   writeFileSync(file, JSON.stringify(scenario));
   const replica = join(dir, 'replica');
   const log = new LogCapture();
-  const pool = await WorkerPool.start({ file, version: '0.0.0', count, replica }, createLogger('debug', log.write), WORKER);
+  const pool = await WorkerPool.start({ file, version: '0.0.0', count, connections: 24, replica }, createLogger('debug', log.write), WORKER);
   return { pool, replica, log };
 }
 
