@@ -30,10 +30,35 @@ export interface BenchResult {
 
 export const nowNs = (): bigint => process.hrtime.bigint();
 
-/** A growable list of float samples without per-push allocation. */
+/**
+ * A growable list of float samples without per-push allocation. Its values can be handed to
+ * another process and merged: the latencies of a storm fleet split over processes are pooled
+ * before percentiles are taken.
+ */
 export class Samples {
-  #data = new Float64Array(1 << 14);
-  #n = 0;
+  #data: Float64Array;
+  #n: number;
+
+  constructor(values?: Float64Array) {
+    this.#data = values ? values.slice() : new Float64Array(1 << 14);
+    this.#n = values ? values.length : 0;
+  }
+
+  /** The samples of several lists in one. */
+  static merge(parts: readonly Float64Array[]): Samples {
+    const all = new Float64Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.length;
+    }
+    return new Samples(all);
+  }
+
+  /** A copy of the samples. */
+  values(): Float64Array {
+    return this.#data.slice(0, this.#n);
+  }
 
   push(v: number): void {
     if (this.#n === this.#data.length) {

@@ -18,57 +18,7 @@
  * address and subjects, is its index in the whole storm.
  */
 import { connect as tcpConnect, type Socket } from 'node:net';
-import { nowNs } from './lib.js';
-
-/**
- * A growable list of float samples that can be handed to another process and merged: the
- * latencies of a fleet split over processes are pooled before percentiles are taken.
- */
-export class LatencySamples {
-  #data: Float64Array;
-  #n: number;
-
-  constructor(values?: Float64Array) {
-    this.#data = values ? values.slice() : new Float64Array(1 << 12);
-    this.#n = values ? values.length : 0;
-  }
-
-  /** The samples of several lists in one. */
-  static merge(parts: readonly Float64Array[]): LatencySamples {
-    const all = new Float64Array(parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of parts) {
-      all.set(p, at);
-      at += p.length;
-    }
-    return new LatencySamples(all);
-  }
-
-  push(v: number): void {
-    if (this.#n === this.#data.length) {
-      const bigger = new Float64Array(this.#data.length * 2);
-      bigger.set(this.#data);
-      this.#data = bigger;
-    }
-    this.#data[this.#n++] = v;
-  }
-
-  get length(): number {
-    return this.#n;
-  }
-
-  /** A copy of the samples. */
-  values(): Float64Array {
-    return this.#data.slice(0, this.#n);
-  }
-
-  /** Nearest-rank percentiles, `ps` in 0..100 (as lib.ts Samples). */
-  percentiles(...ps: number[]): number[] {
-    if (this.#n === 0) return ps.map(() => Number.NaN);
-    const sorted = this.#data.slice(0, this.#n).sort();
-    return ps.map((p) => sorted[Math.min(this.#n - 1, Math.max(0, Math.ceil((p / 100) * this.#n) - 1))]!);
-  }
-}
+import { nowNs, Samples } from './lib.js';
 
 /** Why an attempt failed. */
 export type FailOutcome =
@@ -115,7 +65,7 @@ export interface FleetWindow {
   /** A few distinct failure lines, for diagnosis. */
   readonly details: Set<string>;
   /** Of successful attempts, ns from starting the TCP connect to PONG. */
-  readonly latency: LatencySamples;
+  readonly latency: Samples;
 }
 
 export interface FleetOptions {
@@ -250,7 +200,7 @@ export class ClientFleet {
       disconnects: 0,
       errorsWhileConnected: 0,
       details: new Set(),
-      latency: new LatencySamples(),
+      latency: new Samples(),
     };
     return this.#window;
   }

@@ -18,10 +18,10 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { benchSubject } from './fixtures.js';
-import { nowNs } from './lib.js';
+import { nowNs, Samples } from './lib.js';
 import { connectPayload } from './loadgen.js';
 import { forkBenchChild } from './processes.js';
-import { ClientFleet, LatencySamples, type FleetWindow, type VerifyResult } from './storm-clients.js';
+import { ClientFleet, type FleetWindow, type VerifyResult } from './storm-clients.js';
 
 /** The subjects of the permission check: client i may publish on its own, not on its neighbour's. */
 export const permissionSubjects = (i: number): { allowed: string; denied: string } => ({
@@ -344,7 +344,7 @@ export class ProcessFleet implements StormFleet {
       disconnects: sum((p) => p.disconnects),
       errorsWhileConnected: sum((p) => p.errorsWhileConnected),
       details: new Set(parts.flatMap((p) => p.details).slice(0, 8)),
-      latency: LatencySamples.merge(parts.map((p) => p.latencyNs)),
+      latency: Samples.merge(parts.map((p) => p.latencyNs)),
     };
     return { window, loopDelayMs: parts.map((p) => p.loopDelayMs) };
   }

@@ -6,45 +6,17 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Metrics } from '../../src/metrics.js';
-import { CalloutRunner, type RunnerOptions } from '../../src/runner.js';
 import { ShedLog } from '../../src/shed-log.js';
-import type { CalloutService } from '../../src/service.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
 import { until } from '../helpers/fake-clock.js';
-import { FakeNats, type FlushMode, fakeClockService, settle } from '../helpers/fake-nats.js';
+import { runnerScenario } from '../helpers/runner-scenario.js';
+import { fakeClockService, settle } from '../helpers/fake-nats.js';
 
 const seconds = (ms: number) => Math.floor(ms / 1000);
 
-/** Counts the requests the service opens (admit). */
-function countOpens(service: CalloutService): { opened: number } {
-  const counter = { opened: 0 };
-  const admit = service.admit.bind(service);
-  service.admit = (...args: Parameters<CalloutService['admit']>) => {
-    counter.opened++;
-    return admit(...args);
-  };
-  return counter;
-}
-
-/**
- * A runner on one in-memory connection with a window of one answer, whose PINGs the test
- * answers (`flushMode`), and fresh requests of one stand-in server on the test's clock.
- */
-async function scenario(options: RunnerOptions, flushMode: FlushMode = 'manual', observer?: Metrics) {
-  const { service, clock, log, logger } = fakeClockService({ observer });
-  const opens = countOpens(service);
-  const nc = new FakeNats();
-  const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, ...options });
-  await runner.start();
-  nc.flushMode = flushMode;
-  const server = fakeServer();
-  const fresh = () => authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {} });
-  return { service, clock, log, nc, runner, opens, fresh };
-}
-
 describe('overload', () => {
   it('keeps requests that arrive behind a backlog unopened, and drops those it outlives without opening them', async () => {
-    const { clock, log, nc, runner, opens, fresh } = await scenario({ drainTimeoutMs: 100, lazyBacklogMs: 0 });
+    const { clock, log, nc, runner, opens, fresh } = await runnerScenario({ drainTimeoutMs: 100, lazyBacklogMs: 0 });
     nc.deliver(fresh());
     await until(() => nc.published.length === 1, 'the first request answered: the window (1) is full until a PONG');
     nc.deliver(fresh());
@@ -69,7 +41,7 @@ describe('overload', () => {
   });
 
   it('opens requests on arrival while less than a second of work is queued (the request clock reads them in order)', async () => {
-    const { clock, nc, runner, opens, fresh } = await scenario({ drainTimeoutMs: 100 });
+    const { clock, nc, runner, opens, fresh } = await runnerScenario({ drainTimeoutMs: 100 });
     nc.deliver(fresh());
     await until(() => nc.published.length === 1, 'the first answered: the window is full');
     nc.deliver(fresh());
@@ -84,7 +56,7 @@ describe('overload', () => {
   });
 
   it('opens and answers the newest of a backlog first', async () => {
-    const { clock, nc, runner, opens, fresh } = await scenario({ drainTimeoutMs: 100, lazyBacklogMs: 0 });
+    const { clock, nc, runner, opens, fresh } = await runnerScenario({ drainTimeoutMs: 100, lazyBacklogMs: 0 });
     nc.deliver(fresh(), 'first');
     await until(() => nc.published.length === 1, 'the first answered');
     nc.deliver(fresh(), 'queued');
@@ -143,7 +115,7 @@ describe('overload', () => {
   });
 
   it('summarizes, when it stops, the shed requests of its last window that had no line of their own', async () => {
-    const { log, nc, runner, fresh } = await scenario({ drainTimeoutMs: 50 }, 'never');
+    const { log, nc, runner, fresh } = await runnerScenario({ drainTimeoutMs: 50 }, 'never');
     nc.deliver(fresh());
     await until(() => nc.published.length === 1, 'the first answered: the window is full for good');
     const mark = log.mark();
@@ -161,15 +133,11 @@ describe('overload', () => {
   });
 
   it('learns the deadline bound from requests opened late as well (a server with a longer timeout met only under overload)', async () => {
-    const { service, clock, logger } = fakeClockService();
-    const nc = new FakeNats();
-    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, drainTimeoutMs: 100, lazyBacklogMs: 0 });
-    await runner.start();
-    nc.flushMode = 'manual';
-    const short = fakeServer(); // exp - iat = 2 s: the bound becomes 3 s
+    // The scenario's server: exp - iat = 2 s, so the bound becomes 3 s.
+    const { clock, nc, runner, fresh: freshShort } = await runnerScenario({ drainTimeoutMs: 100, lazyBacklogMs: 0 });
     const long = fakeServer(); // authorization timeout 10 s
-    const fresh = (server = short) =>
-      authRequestJwt(server, { now: seconds(clock.mono), connectOpts: {}, edit: server === long ? (c) => (c.exp = c.iat + 10) : undefined });
+    const fresh = (server?: typeof long) =>
+      server === long ? authRequestJwt(long, { now: seconds(clock.mono), connectOpts: {}, edit: (c) => (c.exp = c.iat + 10) }) : freshShort();
     nc.deliver(fresh(), 'first');
     await until(() => nc.published.length === 1, 'the first answered: the window is full');
     nc.deliver(fresh(), 'queued');
@@ -194,7 +162,7 @@ describe('overload', () => {
 
   it('counts every request once, opened on arrival or later, malformed, shed for room or dropped by stop(), and ends with nothing in flight', async () => {
     const metrics = new Metrics('test');
-    const { clock, nc, runner, fresh } = await scenario({ drainTimeoutMs: 50, lazyBacklogMs: 0, maxQueue: 20 }, 'manual', metrics);
+    const { clock, nc, runner, fresh } = await runnerScenario({ drainTimeoutMs: 50, lazyBacklogMs: 0, maxQueue: 20 }, 'manual', metrics);
     let delivered = 0;
     const deliver = (data: string) => {
       delivered++;

@@ -11,6 +11,7 @@ import { MsgHdrsImpl } from '@nats-io/transport-node';
 import { CalloutRunner } from '../../src/runner.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
 import { until } from '../helpers/fake-clock.js';
+import { runnerScenario } from '../helpers/runner-scenario.js';
 import { FakeNats, fakeClockService, settle } from '../helpers/fake-nats.js';
 
 setFlagsFromString('--expose-gc');
@@ -47,18 +48,12 @@ describe('queue memory', () => {
   });
 
   it('a request kept unopened holds a copy of its bytes, not the socket read it arrived in', async () => {
-    const { service, clock, logger } = fakeClockService();
-    const nc = new FakeNats();
-    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, lazyBacklogMs: 0, drainTimeoutMs: 50 });
-    await runner.start();
-    nc.flushMode = 'never';
-    const server = fakeServer();
-    const now = Math.floor(clock.mono / 1000);
-    nc.deliver(authRequestJwt(server, { now, connectOpts: {} }));
+    const { clock, nc, runner, fresh } = await runnerScenario({ lazyBacklogMs: 0, drainTimeoutMs: 50 }, 'never');
+    nc.deliver(fresh());
     await until(() => nc.published.length === 1, 'the first request answered: the lane is full');
-    nc.deliver(authRequestJwt(server, { now, connectOpts: {} }));
+    nc.deliver(fresh());
     clock.advance(200); // the queue lags: what arrives now is kept unopened
-    const request = new TextEncoder().encode(authRequestJwt(server, { now: Math.floor(clock.mono / 1000), connectOpts: {} }));
+    const request = new TextEncoder().encode(fresh());
     const n = 2_000;
     const before = used();
     for (let i = 0; i < n; i++) {
@@ -77,13 +72,7 @@ describe('queue memory', () => {
   });
 
   it("a request keeps its xkey header's value, not the header block nats.js decoded it from, and the header counts toward the bytes bound", async () => {
-    const { service, clock, logger } = fakeClockService();
-    const nc = new FakeNats();
-    const runner = new CalloutRunner([nc.asNats()], service, logger, { laneWindow: 1, lazyBacklogMs: 0, drainTimeoutMs: 50 });
-    await runner.start();
-    nc.flushMode = 'never';
-    const server = fakeServer();
-    const request = () => authRequestJwt(server, { now: Math.floor(clock.mono / 1000), connectOpts: {} });
+    const { clock, nc, runner, server, fresh: request } = await runnerScenario({ lazyBacklogMs: 0, drainTimeoutMs: 50 }, 'never');
     nc.deliver(request());
     await until(() => nc.published.length === 1, 'the first request answered: the lane is full');
     const xkey = server.curve.getPublicKey();
