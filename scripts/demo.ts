@@ -29,7 +29,8 @@ const step = (s: string) => say(`\n== ${s}`);
 
 async function main(): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'oidc-callout-demo-'));
-  const cleanups: (() => Promise<unknown> | unknown)[] = [() => rmSync(work, { recursive: true, force: true })];
+  const cleanups: Cleanups = [() => rmSync(work, { recursive: true, force: true })];
+  cleanUpOnSignal(cleanups);
   try {
     step('Starting an OpenID provider with two machine clients (client_credentials)');
     const idp = await startOidcProvider({
@@ -128,6 +129,26 @@ policy:
 
 type Cleanups = (() => Promise<unknown> | unknown)[];
 
+/**
+ * A demo stopped by Ctrl-C or SIGTERM still stops what it started: the service, nats-server, the
+ * provider, and the directory holding the demo's seeds.
+ */
+function cleanUpOnSignal(cleanups: Cleanups): void {
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    void (async () => {
+      for (const c of [...cleanups].reverse()) await Promise.resolve(c()).catch(() => undefined);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    })();
+  };
+  // `on`, not `once`: the nats-server helper's own handler re-raises the signal when it finds no
+  // other listener left, which would end the process before the cleanups ran.
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
 /** `oidc-callout run` as a child process, its JSON log read for the decisions it logs. */
 async function startService(configFile: string, env: Record<string, string>, cleanups: Cleanups) {
   const service = spawn(process.execPath, [join(here, '..', 'src', 'main.js'), 'run', '--config', configFile], {
@@ -169,6 +190,7 @@ async function startService(configFile: string, env: Record<string, string>, cle
 async function operatorDemo(): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'oidc-callout-demo-'));
   const cleanups: Cleanups = [() => rmSync(work, { recursive: true, force: true })];
+  cleanUpOnSignal(cleanups);
   try {
     step('Starting an OpenID provider with three machine clients (client_credentials)');
     const idp = await startOidcProvider({
@@ -303,7 +325,19 @@ async function idpOnly(): Promise<void> {
   await idp.stop();
 }
 
-const mode = process.argv.includes('--idp') ? idpOnly : process.argv.includes('--operator') ? operatorDemo : main;
+const USAGE = `npm run demo [-- --operator | --idp]
+  (no option)  server configuration mode: an OpenID provider, nats-server and oidc-callout on
+               loopback; clients allowed, refused and forged, and the service's decisions
+  --operator   the same in operator (decentralized JWT) mode, set up as \`setup operator\` does
+  --idp        only the OpenID provider, for trying the service by hand; Ctrl-C stops it`;
+const args = process.argv.slice(2);
+const unknown = args.filter((a) => !['--idp', '--operator'].includes(a));
+if (args.includes('--help') || args.includes('-h') || unknown.length > 0) {
+  const help = args.includes('--help') || args.includes('-h');
+  (help ? process.stdout : process.stderr).write(`${help ? '' : `unknown option ${unknown.join(' ')}\n`}${USAGE}\n`);
+  process.exit(help ? 0 : 2);
+}
+const mode = args.includes('--idp') ? idpOnly : args.includes('--operator') ? operatorDemo : main;
 mode().then(
   () => process.exit(0),
   (err: unknown) => {

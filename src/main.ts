@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createAccount, createCurve } from '@nats-io/nkeys';
+import { createAccount, createCurve, createUser } from '@nats-io/nkeys';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { RevokeResult } from './admin.js';
 import { signRevokeRequest } from './admin-request.js';
@@ -37,12 +37,13 @@ const USAGE = `usage:
   oidc-callout revoke --config FILE --admin-seed FILE [--issuer URL] [--subject SUB] [--wait 2s]
                                        on every replica: drop the identity's cached decisions, refuse
                                        its tokens issued until now, disconnect its live connections
-  oidc-callout probe --config FILE --token TOKEN|@FILE|- [--creds FILE] [--server URL] [--timeout 5s]
+  oidc-callout probe --config FILE --token TOKEN|@FILE|- [--creds FILE] [--server URL] [--timeout 7s]
                                        log in through nats-server and the callout with the token,
                                        print the latency (a JSON line per server), exit 1 on failure
   oidc-callout keys [--dir DIR] [--force]
-                                       write issuer.nk (SA...) and xkey.nk (SX...) seeds (mode 0600)
-                                       and print the nats-server auth_callout block
+                                       write issuer.nk (SA...), xkey.nk (SX...) and service.nk (SU...,
+                                       the service's own login) seeds (mode 0600) and print the
+                                       nats-server configuration that goes with them
   oidc-callout setup operator --dir DIR [--accounts 2] [--no-xkey] [--issuer URL --audience AUD] [--force]
                                        first steps in operator (JWT) mode: write an operator, the
                                        system, callout and application accounts, the users, the
@@ -98,7 +99,7 @@ async function main(argv: string[]): Promise<number> {
       });
     case 'probe':
       if (!values.token) throw new UsageError('probe needs --token TOKEN, --token @FILE or --token -');
-      return probeLogin(requireConfig(values.config), values.token, values.server, values.timeout ?? '5s', values.creds);
+      return probeLogin(requireConfig(values.config), values.token, values.server, values.timeout ?? '7s', values.creds);
     case 'keys':
       return keys(values.dir ?? '.', values.force ?? false);
     case 'setup':
@@ -345,26 +346,37 @@ function keys(dir: string, force: boolean): number {
   mkdirSync(dir, { recursive: true });
   const issuerFile = join(dir, 'issuer.nk');
   const xkeyFile = join(dir, 'xkey.nk');
-  for (const f of [issuerFile, xkeyFile]) {
+  const serviceFile = join(dir, 'service.nk');
+  for (const f of [issuerFile, xkeyFile, serviceFile]) {
     if (pathExists(f) && !force) throw new UsageError(`${f} exists; pass --force to replace it`);
   }
   refuseSharedDirectory(dir);
   const account = createAccount();
   const curve = createCurve();
+  // The service's own login is an nkey: no shared secret to hand nats-server, none that an empty
+  // environment variable could turn into an empty password.
+  const user = createUser();
+  const seed = (k: { getSeed(): Uint8Array }) => `${new TextDecoder().decode(k.getSeed())}\n`;
   writeSecretFiles([
-    [issuerFile, `${new TextDecoder().decode(account.getSeed())}\n`],
-    [xkeyFile, `${new TextDecoder().decode(curve.getSeed())}\n`],
+    [issuerFile, seed(account)],
+    [xkeyFile, seed(curve)],
+    [serviceFile, seed(user)],
   ]);
-  process.stdout.write(`# seeds written to ${issuerFile} and ${xkeyFile} (mode 0600)
+  process.stdout.write(`# seeds written to ${issuerFile}, ${xkeyFile} and ${serviceFile} (mode 0600)
 # nats-server configuration (server_config mode):
 max_control_line: 65536   # OIDC tokens often exceed the 4 KiB default
+accounts {
+  # The service's account: it sees every login request and its token, so nobody else belongs here.
+  AUTH { users: [ { nkey: ${user.getPublicKey()} } ] }   # the service (nats.nkey_seed: service.nk)
+  APP {}                     # where your policy places users
+}
 authorization {
   timeout: 5                 # not 2 (the default): a restart storm needs it (README "Reconnect storms")
   auth_callout {
     issuer: ${account.getPublicKey()}
     xkey: ${curve.getPublicKey()}
     account: AUTH            # the account the service user logs into
-    auth_users: [ auth ]     # the service's own login bypasses the callout
+    auth_users: [ ${user.getPublicKey()} ]   # the service's own login bypasses the callout
   }
 }
 `);

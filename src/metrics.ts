@@ -2,6 +2,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { CRYPTO_BACKEND } from './crypto-backend.js';
 import type { AuditDropReason } from './audit/buffer.js';
 import type { DecisionRecord } from './audit/event.js';
+import { SHED_REASONS } from './request-queue.js';
 
 /** Where a service reports what it decided; the process keeps one across reloads. */
 export interface DecisionObserver {
@@ -99,6 +100,8 @@ export class Metrics implements DecisionObserver {
       labelNames: ['reason'],
       registers,
     });
+    // Every reason from the start, at 0: a dashboard's rate() then reads 0, not "no data".
+    for (const reason of SHED_REASONS) this.#shed.inc({ reason }, 0);
     this.#auditSent = new Counter({
       name: 'oidc_callout_audit_sent_total',
       help: 'Audit events handed to nats-server',

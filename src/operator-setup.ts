@@ -414,8 +414,10 @@ next steps:
      oidc-callout run --config ${config}
   4. clients log in with sentinel.creds plus their OIDC access token, and their private inbox:
        nats.js: connect({ servers, authenticator: [credsAuthenticator(sentinelCreds), tokenAuthenticator(token)],
-                          inboxPrefix: \`_INBOX.\${sub}\` })
-       Go:      nats.Connect(url, nats.UserCredentials("sentinel.creds"), nats.Token(token), nats.CustomInboxPrefix("_INBOX."+sub))
+                          inboxPrefix: \`_INBOX.\${sub}\`, maxReconnectAttempts: -1, ignoreAuthErrorAbort: true })
+       Go:      nats.Connect(url, nats.UserCredentials("sentinel.creds"), nats.Token(token), nats.CustomInboxPrefix("_INBOX."+sub),
+                             nats.MaxReconnects(-1), nats.IgnoreAuthErrorAbort(), nats.Timeout(7*time.Second))
+     (retry logins refused or timed out in a restart storm; README "Reconnect storms")
 `;
 }
 

@@ -11,7 +11,9 @@
  * Pure: the caller passes the time and the cost of answering; tests drive it with numbers.
  */
 
-export type ShedReason = 'expired' | 'too_late' | 'queue_full';
+/** Why a request was dropped unanswered; every reason is a series of `oidc_callout_shed_total`. */
+export const SHED_REASONS = ['expired', 'too_late', 'queue_full'] as const;
+export type ShedReason = (typeof SHED_REASONS)[number];
 
 export interface Queued<T> {
   readonly item: T;

@@ -15,6 +15,7 @@ export function connectWithSentinel(servers, sentinelCreds, sub, currentToken, o
     authenticator: [credsAuthenticator(sentinelCreds), tokenAuthenticator(currentToken)],
     inboxPrefix: `_INBOX.${sub}`,
     maxReconnectAttempts: -1,
+    ignoreAuthErrorAbort: true, // a login refused or timed out in a restart storm is retried
     ...options,
   });
 }
@@ -29,6 +30,7 @@ export function connectWithToken(servers, sub, currentToken, options = {}) {
     authenticator: tokenAuthenticator(currentToken),
     inboxPrefix: `_INBOX.${sub}`,
     maxReconnectAttempts: -1,
+    ignoreAuthErrorAbort: true, // a login refused or timed out in a restart storm is retried
     ...options,
   });
 }

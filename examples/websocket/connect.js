@@ -13,6 +13,7 @@ export function connectWithOidc(url, currentToken, sub, options = {}) {
     authenticator: tokenAuthenticator(currentToken),
     inboxPrefix: `_INBOX.${sub}`,
     maxReconnectAttempts: -1,
+    ignoreAuthErrorAbort: true, // a login refused or timed out in a restart storm is retried
     ...options,
   });
 }

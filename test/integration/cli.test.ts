@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createAccount, createUser, fromSeed } from '@nats-io/nkeys';
-import { connect } from '@nats-io/transport-node';
+import { connect, nkeyAuthenticator } from '@nats-io/transport-node';
 import { signRevokeRequest } from '../../src/admin-request.js';
 import { NkeySigner } from '../../src/nkey.js';
 import { freeServerPort } from '../helpers/free-port.js';
@@ -111,17 +111,25 @@ authorization { timeout: 2, auth_callout { issuer: ${issuerKey.getPublicKey()}, 
       assert.equal(r.code, 0, r.stderr);
       const issuerSeed = readFileSync(join(out, 'issuer.nk'), 'utf8').trim();
       const xkeySeed = readFileSync(join(out, 'xkey.nk'), 'utf8').trim();
+      const serviceSeed = readFileSync(join(out, 'service.nk'), 'utf8').trim();
       assert.match(issuerSeed, /^SA/);
       assert.match(xkeySeed, /^SX/);
-      assert.equal(statSync(join(out, 'issuer.nk')).mode & 0o777, 0o600);
-      assert.equal(statSync(join(out, 'xkey.nk')).mode & 0o777, 0o600);
-      assert.ok(r.stdout.includes(`issuer: ${fromSeed(new TextEncoder().encode(issuerSeed)).getPublicKey()}`));
-      assert.ok(r.stdout.includes(`xkey: ${fromSeed(new TextEncoder().encode(xkeySeed)).getPublicKey()}`));
-      assert.ok(!r.stdout.includes(issuerSeed) && !r.stdout.includes(xkeySeed), 'seeds are never printed');
+      assert.match(serviceSeed, /^SU/);
+      for (const f of ['issuer.nk', 'xkey.nk', 'service.nk']) assert.equal(statSync(join(out, f)).mode & 0o777, 0o600);
+      const publicKey = (seed: string) => fromSeed(new TextEncoder().encode(seed)).getPublicKey();
+      assert.ok(r.stdout.includes(`issuer: ${publicKey(issuerSeed)}`));
+      assert.ok(r.stdout.includes(`xkey: ${publicKey(xkeySeed)}`));
+      assert.ok(r.stdout.includes(`users: [ { nkey: ${publicKey(serviceSeed)} } ]`), 'the service logs in with its nkey');
+      assert.ok(r.stdout.includes(`auth_users: [ ${publicKey(serviceSeed)} ]`), 'and bypasses the callout');
+      assert.doesNotMatch(r.stdout, /password/, 'no shared secret on the server side');
+      for (const seed of [issuerSeed, xkeySeed, serviceSeed]) assert.ok(!r.stdout.includes(seed), 'seeds are never printed');
       assert.match(r.stdout, /^ {2}timeout: 5 /m, 'the authorization timeout a restart storm needs');
-      const block = `accounts {\n  AUTH { users: [ { user: auth, password: pw } ] }\n}\n${r.stdout}`;
-      // startNatsServer rejects, with the server's own message, unless nats-server starts with the block.
-      await using _srv = await startNatsServer({ bin: (await natsServerBinaries()).at(-1)!.path, config: block });
+      // startNatsServer rejects, with the server's own message, unless nats-server starts with the
+      // printed configuration as it is; the service's seed then logs in past the callout.
+      await using srv = await startNatsServer({ bin: (await natsServerBinaries()).at(-1)!.path, config: r.stdout });
+      const nc = await connect({ servers: srv.url, authenticator: nkeyAuthenticator(new TextEncoder().encode(serviceSeed)), reconnect: false });
+      await nc.flush();
+      await nc.close();
     });
 
     it('refuses to overwrite existing seeds without --force', async () => {

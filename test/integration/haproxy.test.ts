@@ -174,6 +174,30 @@ for (const { version, path } of binaries) {
       assert.match(String(d.reason), /rule pinned allows clients from 127\.0\.0\.5\/32, this one is at 127\.0\.0\.9/);
     });
 
+    it('holds at most 200 connections open from one address (the shipped per-source limit), and others still get in', async () => {
+      /** Opens a socket from `source`; resolves with it once nats-server's INFO came through, or with 'closed'. */
+      const open = (source: string) =>
+        new Promise<import('node:net').Socket | 'closed'>((resolve) => {
+          const socket = tcpConnect({ host: '127.0.0.1', port: lb.port, localAddress: source });
+          socket.once('data', () => resolve(socket));
+          socket.once('close', () => resolve('closed'));
+          socket.once('error', () => resolve('closed'));
+        });
+      const held = await Promise.all(Array.from({ length: 200 }, () => open('127.0.0.6')));
+      try {
+        assert.ok(
+          held.every((s) => s !== 'closed'),
+          'the first 200 from one address are let through',
+        );
+        assert.equal(await open('127.0.0.6'), 'closed', 'the 201st from the same address is refused by HAProxy');
+        const other = await open('127.0.0.7');
+        assert.notEqual(other, 'closed', 'another address is not affected');
+        if (other !== 'closed') other.destroy();
+      } finally {
+        for (const s of held) if (s !== 'closed') s.destroy();
+      }
+    });
+
     it('reads the v1 (text) header of send-proxy as well', async () => {
       await using v1 = await startHaproxy({ natsPort: fx.nats.port, header: 'send-proxy' });
       assert.equal((await through('127.0.0.5', 'staff', 'allow', v1)).rule, 'office');

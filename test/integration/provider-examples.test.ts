@@ -69,7 +69,9 @@ function localized(provider: Provider, local: LocalIssuer, nats: { url: string; 
     if (rule.issuer === real) rule.issuer = local.issuer;
     else if (Array.isArray(rule.issuer)) rule.issuer = rule.issuer.map((i: string) => (i === real ? local.issuer : i));
   }
-  doc.nats = { ...doc.nats, servers: [nats.url], password: nats.password };
+  // The test server knows the service by a password; the examples' nkey login is dropped for it.
+  const { nkey_seed: _nkey, ...rest } = doc.nats;
+  doc.nats = { ...rest, servers: [nats.url], user: 'auth', password: nats.password };
   doc.callout = { ...doc.callout, issuer_seed: nats.issuerSeed, xkey_seed: nats.xkeySeed };
   delete doc.http;
   return doc;

@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { createAccount, createCurve } from '@nats-io/nkeys';
+import { createAccount, createCurve, createUser } from '@nats-io/nkeys';
 import { parse } from 'yaml';
 import { buildConfig, configSchema, DEFAULTS } from '../../src/config.js';
 import type { ConnectionFacts } from '../../src/conditions.js';
@@ -100,7 +100,7 @@ describe('documentation stays true', () => {
   it('ships an example configuration that loads', () => {
     const doc = parse(readFileSync(join(root, 'conf', 'oidc-callout.yaml'), 'utf8'));
     // Secrets point at systemd credentials; stand them in with real keys of the right kind.
-    doc.nats.password = 'pw';
+    doc.nats.nkey_seed = new TextDecoder().decode(createUser().getSeed());
     doc.callout.issuer_seed = new TextDecoder().decode(createAccount().getSeed());
     doc.callout.xkey_seed = new TextDecoder().decode(createCurve().getSeed());
     const config = buildConfig(doc);
@@ -114,7 +114,6 @@ describe('documentation stays true', () => {
     for (const { path } of binaries) {
       // -t exits non-zero on any configuration error; the verdict goes to stderr.
       const r = spawnSync(path, ['-t', '-c', join(root, 'conf', 'nats-server.conf')], {
-        env: { ...process.env, OIDC_CALLOUT_NATS_PASSWORD: 'x' },
         encoding: 'utf8',
       });
       assert.equal(r.status, 0, r.stderr);
@@ -341,7 +340,7 @@ describe('shipped configuration and unit', () => {
     const unit = readFileSync(join(root, 'conf', 'oidc-callout.service'), 'utf8');
     const wanted = sorted([...yaml.matchAll(/^[^#\n]*\{ credential: ([^ }]+) \}/gm)].map((m) => m[1]!));
     const loaded = sorted([...unit.matchAll(/^LoadCredential=([^:]+):/gm)].map((m) => m[1]!));
-    assert.deepEqual(wanted, ['issuer.nk', 'nats-password', 'xkey.nk']);
+    assert.deepEqual(wanted, ['issuer.nk', 'service.nk', 'xkey.nk']);
     assert.deepEqual(loaded, wanted);
   });
 });

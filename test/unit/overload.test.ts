@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Metrics } from '../../src/metrics.js';
+import { SHED_REASONS } from '../../src/request-queue.js';
 import { ShedLog } from '../../src/shed-log.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
 import { until } from '../helpers/fake-clock.js';
@@ -191,5 +192,10 @@ describe('overload', () => {
       .reduce((n, v) => n + v.value, 0);
     assert.equal(await total('oidc_callout_shed_total'), shedCodes, 'each shed counted once, as a shed and as a request');
     assert.ok(shedCodes >= 11, `${shedCodes} shed`);
+  });
+
+  it('exposes every shed reason from the start, at 0, so a rate() of it reads 0 rather than no data', async () => {
+    const text = await new Metrics('test').registry.metrics();
+    for (const reason of SHED_REASONS) assert.match(text, new RegExp(`^oidc_callout_shed_total\\{reason="${reason}"\\} 0$`, 'm'));
   });
 });

@@ -11,7 +11,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createAccount, createCurve } from '@nats-io/nkeys';
+import { createAccount, createCurve, createUser } from '@nats-io/nkeys';
 import { type CryptoKey, exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { loadConfig } from '../../src/config.js';
 import {
@@ -75,7 +75,7 @@ describe('provider examples', () => {
     // The example's secrets, stood in by real keys of the right kind.
     writeFileSync(join(dir, 'issuer.nk'), new TextDecoder().decode(createAccount().getSeed()));
     writeFileSync(join(dir, 'xkey.nk'), new TextDecoder().decode(createCurve().getSeed()));
-    writeFileSync(join(dir, 'nats-password'), 'not-used-by-explain');
+    writeFileSync(join(dir, 'service.nk'), new TextDecoder().decode(createUser().getSeed()));
     const pair = await generateKeyPair('RS256', { extractable: true });
     privateKey = pair.privateKey;
     jwksFile = join(dir, 'jwks.json');
@@ -129,7 +129,8 @@ describe('provider examples', () => {
         // Secrets come from systemd credentials (LoadCredential= in the unit), never inline.
         assert.deepEqual(doc.callout.issuer_seed, { credential: 'issuer.nk' });
         assert.deepEqual(doc.callout.xkey_seed, { credential: 'xkey.nk' });
-        assert.deepEqual(doc.nats.password, { credential: 'nats-password' });
+        assert.deepEqual(doc.nats.nkey_seed, { credential: 'service.nk' });
+        assert.equal(doc.nats.password, undefined, 'no password: an nkey login has no secret on the server side');
         for (const issuer of doc.issuers as Record<string, any>[]) {
           assert.match(issuer.issuer, /^https:\/\//);
           assert.equal(issuer.allow_insecure_http, undefined);
