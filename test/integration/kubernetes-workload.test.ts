@@ -163,7 +163,9 @@ for (const { version, path: bin } of binaries) {
         assert.equal(rule.issuer, exampleIssuer);
         rule.issuer = issuer;
       }
-      doc.nats = { ...doc.nats, servers: [nats.url], password };
+      // The test server knows the service by a password; the example's nkey login is dropped for it.
+      const { nkey_seed: _nkey, ...rest } = doc.nats;
+      doc.nats = { ...rest, servers: [nats.url], user: 'auth', password };
       doc.callout = { ...doc.callout, issuer_seed: seedOf(issuerKey), xkey_seed: seedOf(xkey) };
       const logger = createLogger('debug', log.write);
       const service = new CalloutService(buildConfig(doc, {}, dir), logger);
