@@ -181,6 +181,7 @@ class ServerClock {
 /** Per-server clock estimates; bounded, kept across reloads. */
 export class RequestClock {
   readonly #servers = new Map<string, ServerClock>();
+  #longestBudgetMs: number | undefined;
 
   /**
    * Estimates a request's timing from its (not yet verified) stamps. Undefined when the request
@@ -205,9 +206,18 @@ export class RequestClock {
     return { issuedMs, deadlineMs: issuedMs + budgetMs, budgetMs, ageOnArrivalMs: age, calibrated: offset !== Infinity };
   }
 
-  /** Learns from a request whose signature verified. */
-  observe(serverId: string, iat: unknown, receivedMs: number): void {
+  /**
+   * The longest authorization timeout (`exp - iat`, ms) of a verified request; undefined until
+   * one verified. A forged budget would keep a backlog of dead requests alive (runner.ts).
+   */
+  get longestBudgetMs(): number | undefined {
+    return this.#longestBudgetMs;
+  }
+
+  /** Learns from a request whose signature verified (its `iat` and, for the budget, `exp`). */
+  observe(serverId: string, iat: unknown, receivedMs: number, exp?: unknown): void {
     if (!isSeconds(iat)) return;
+    if (isSeconds(exp) && exp > iat) this.#longestBudgetMs = Math.max(this.#longestBudgetMs ?? 0, (exp - iat) * 1000);
     this.#server(serverId).observe({ receivedMs, lag: receivedMs - iat * 1000, iat });
   }
 

@@ -20,7 +20,10 @@ export interface RunnerOptions {
   readonly sliceMs?: number;
   /** Answers per connection nats-server may hold unconfirmed (see reply-lanes.ts). */
   readonly laneWindow?: number;
-  /** How long `stop()` waits for queued requests before dropping them. */
+  /**
+   * How long `stop()` waits for the subscriptions to drain and the queued requests to be
+   * answered before dropping them; the connections' own drain is bounded by it again.
+   */
   readonly drainTimeoutMs?: number;
   /** Queued work (requests times their cost, ms) beyond which arriving requests are kept unopened. */
   readonly lazyBacklogMs?: number;
@@ -35,10 +38,17 @@ const DEFAULTS = {
   drainTimeoutMs: 10_000,
   lazyBacklogMs: 1_000,
 } as const;
-/** The longest wait an unopened request may be kept for, whatever budgets requests claim. */
+/** The longest wait an unopened request may be kept for, whatever budgets servers give. */
 const MAX_BUDGET_BOUND_MS = 60_000;
 /** While work waits on full or disconnected lanes, the queues are still looked at this often. */
 const HOLD_TICK_MS = 50;
+/**
+ * Requests larger than this are kept unopened until picked. Opened, a request is its parsed JSON,
+ * which can take many times its bytes (a publisher's `[{},{},...]`), and the byte bound counts
+ * wire bytes; nats-server's own requests are a few KiB (the token, at most `token.max_bytes`, and
+ * the client's certificates).
+ */
+const OPEN_ON_ARRIVAL_MAX_BYTES = 64 * 1024;
 
 /**
  * A request waiting for its turn. It is opened when it arrives (arrival order teaches the
@@ -52,6 +62,8 @@ interface Pending {
   raw: { readonly data: Uint8Array; readonly xkey: string | undefined } | undefined;
   readonly reply: string | undefined;
   readonly bytes: number;
+  /** The connection it came on (its lane holds the count of its bytes). */
+  readonly lane: number;
 }
 
 /** One NATS connection: its subscription, its reply lane and the requests it brought. */
@@ -60,6 +72,8 @@ interface Lane {
   readonly nc: NatsConnection;
   readonly reply: ReplyLane;
   readonly queue: RequestQueue<Pending>;
+  /** Bytes of the requests in `queue` (as `#queuedBytes` counts them). */
+  bytes: number;
   sub: Subscription | undefined;
 }
 
@@ -100,8 +114,6 @@ export class CalloutRunner {
   #next = 0;
   /** Moving average of the work one request costs us (ms). */
   #costMs = 1;
-  /** See #learnBudget; undefined until a request with a budget was opened. */
-  #budgetBoundMs: number | undefined;
   #idle: (() => void) | undefined;
   #stopping = false;
   /** What the scheduler did since the last `scheduler` debug line. */
@@ -128,6 +140,7 @@ export class CalloutRunner {
         if (this.#queued > 0) this.#schedule();
       }),
       queue: new RequestQueue<Pending>({ lifoAfterMs }),
+      bytes: 0,
       sub: undefined,
     }));
   }
@@ -211,59 +224,69 @@ export class CalloutRunner {
     const reply = msg.reply || undefined;
     // What a queued request holds besides its payload, and the publisher chose too: counted.
     const bytes = msg.data.length + (xkey?.length ?? 0) + (reply?.length ?? 0);
-    if (this.#queued * this.#costMs > this.#lazyBacklogMs && lane.queue.lagging(receivedMs)) {
+    const bound = this.#deadlineBoundMs(service);
+    const behind = this.#queued * this.#costMs > this.#lazyBacklogMs && lane.queue.lagging(receivedMs);
+    if (behind || msg.data.length > OPEN_ON_ARRIVAL_MAX_BYTES) {
       // Far behind: kept unopened (a copy: the message is a view of the socket's read buffer).
       // Its deadline is not known yet; none can be later than the longest budget seen plus a
-      // second. Only this far behind: a request opened later is estimated with what the clock
-      // learnt since it arrived, which reads it as younger than it is (measured: late answers
-      // in a reconnect storm rose from 1-3 % to 10-11 % when every lagging request waited so).
-      // With more than a second of work queued, most of it is dropped anyway.
-      const bound = this.#budgetBoundMs;
+      // second (#deadlineBoundMs). Only this far behind: a request opened later is estimated
+      // with what the clock learnt since it arrived, which reads it as younger than it is
+      // (measured: late answers in a reconnect storm rose from 1-3 % to 10-11 % when every
+      // lagging request waited so).
+      // With more than a second of work queued, most of it is dropped anyway. A request too
+      // large to hold parsed (OPEN_ON_ARRIVAL_MAX_BYTES) waits so too.
       // `new Uint8Array(view)` copies: `msg.data` is a Node Buffer, a view into the whole socket
       // read (up to 64 KiB) it came in, and Buffer#slice is a view as well. Kept as a view, each
       // unopened request would hold its read in memory, far beyond the bytes the queue counts.
       const data = new Uint8Array(msg.data);
       lane.queue.push({
-        item: { admitted: undefined, raw: { data, xkey }, reply, bytes },
+        item: { admitted: undefined, raw: { data, xkey }, reply, bytes, lane: lane.index },
         receivedMs,
         deadlineMs: bound === undefined ? undefined : receivedMs + bound,
       });
     } else {
       const admitted = service.admit(msg.data, xkey, receivedMs, lane.index);
       if (!admitted) return;
-      this.#learnBudget(admitted);
-      lane.queue.push({ item: { admitted, raw: undefined, reply, bytes }, receivedMs, deadlineMs: admitted.timing?.deadlineMs });
+      // Its stamps are not verified yet: a deadline they put past the longest budget a server
+      // gave (plus a second) is none nats-server keeps, and would keep the dead behind it queued.
+      const claimed = admitted.timing?.deadlineMs;
+      const deadlineMs = bound === undefined ? claimed : Math.min(claimed ?? Number.POSITIVE_INFINITY, receivedMs + bound);
+      lane.queue.push({ item: { admitted, raw: undefined, reply, bytes, lane: lane.index }, receivedMs, deadlineMs });
     }
     this.#queued++;
     this.#queuedBytes += bytes;
+    lane.bytes += bytes;
     this.#stats.received++;
     if (this.#queued > this.#stats.maxQueue) this.#stats.maxQueue = this.#queued;
-    // Bounded in count and in bytes, over all connections: the oldest goes first.
+    // Bounded in count and in bytes, over all connections: the connection holding the most
+    // gives up its oldest, so a flood on one connection (a publisher on one node of a cluster,
+    // which nats-server hands to its local subscribers first) pays for its own room.
     while (this.#queued > this.#maxQueue || this.#queuedBytes > this.#maxQueueBytes) {
-      const oldest = this.#oldestLane();
-      if (!oldest) break;
-      this.#shed(service, oldest.queue.shiftOldest()!, 'queue_full');
+      const fullest = this.#fullestLane(this.#queuedBytes > this.#maxQueueBytes);
+      if (!fullest) break;
+      this.#shed(service, fullest.queue.shiftOldest()!, 'queue_full');
     }
     this.#schedule();
   }
 
   /**
    * The longest a request can still be waited for when it reaches us: the largest server
-   * budget (`exp - iat`) seen, plus the second `iat` truncates. Capped, so that one request
-   * claiming a huge budget cannot keep unopened requests from being dropped for long.
+   * budget (`exp - iat`) of a request whose signature verified (request-clock.ts: a forged
+   * request teaches nothing, not even this), plus the second `iat` truncates; undefined before
+   * one verified. Capped, so that a request signed with a budget of hours cannot keep unopened
+   * requests from being dropped for long.
    */
-  #learnBudget(admitted: Admitted): void {
-    const budget = admitted.timing?.budgetMs;
-    if (budget === undefined) return;
-    const bound = Math.min(budget + 1000, MAX_BUDGET_BOUND_MS);
-    if (this.#budgetBoundMs === undefined || bound > this.#budgetBoundMs) this.#budgetBoundMs = bound;
+  #deadlineBoundMs(service: CalloutService): number | undefined {
+    const budget = service.requestClock.longestBudgetMs;
+    return budget === undefined ? undefined : Math.min(budget + 1000, MAX_BUDGET_BOUND_MS);
   }
 
-  #oldestLane(): Lane | undefined {
+  /** The connection with the most queued requests, or the most queued bytes. */
+  #fullestLane(byBytes: boolean): Lane | undefined {
+    const size = (l: Lane) => (byBytes ? l.bytes : l.queue.length);
     let found: Lane | undefined;
     for (const l of this.#lanes) {
-      const head = l.queue.oldest();
-      if (head && (!found || head.receivedMs < found.queue.oldest()!.receivedMs)) found = l;
+      if (l.queue.length > 0 && (!found || size(l) > size(found))) found = l;
     }
     return found;
   }
@@ -347,9 +370,9 @@ export class CalloutRunner {
       }
       pending.admitted = admitted;
       // Under a lasting backlog nearly every request arrives this way: a server first met now
-      // (one with a longer authorization timeout) must widen the bound too, or its requests
-      // kept unopened would be dropped while it still waits for them.
-      this.#learnBudget(admitted);
+      // (one with a longer authorization timeout) widens the bound too, or its requests kept
+      // unopened would be dropped while it still waits for them. It does once its request
+      // verified: in admit() for a server not known yet, else when served.
       const deadline = admitted.timing?.deadlineMs;
       if (deadline !== undefined && now + cost > deadline) {
         drop({ ...entry, deadlineMs: deadline }, deadline <= now ? 'expired' : 'too_late');
@@ -366,6 +389,7 @@ export class CalloutRunner {
   #dequeued(pending: Pending): void {
     this.#queued--;
     this.#queuedBytes -= pending.bytes;
+    this.#lanes[pending.lane]!.bytes -= pending.bytes;
   }
 
   #shed(service: CalloutService, entry: Queued<Pending>, reason: ShedReason, detail?: string): void {
@@ -414,7 +438,13 @@ export class CalloutRunner {
       })
       .catch((e: unknown) => this.#log.error('reply failed', { error: (e as Error).message }))
       .finally(() => {
-        if (!sent) lane.release();
+        if (!sent) {
+          lane.release();
+          // No answer went out, so no PONG will tell the lane it has room again: without this,
+          // a lane full of requests refused unanswered (forged ones) waits for the hold timer,
+          // one window per HOLD_TICK_MS.
+          if (this.#queued > 0) this.#schedule();
+        }
         this.#processing--;
         this.#checkIdle();
       });
@@ -478,7 +508,20 @@ export class CalloutRunner {
   async stop(): Promise<void> {
     this.#stopping = true;
     clearInterval(this.#statsTimer);
-    await Promise.all(this.#lanes.map((l) => l.sub?.drain().catch(() => undefined)));
+    const started = performance.now();
+    // A subscription (and a connection) drains once its server answers a PING: one that never
+    // does (a partition without a reset, a stopped nats-server) would hold the stop until nats.js
+    // finds the connection stale, minutes later. Bounded; the queued requests are served
+    // meanwhile, and their wait is part of the same drain timeout.
+    if (!(await within(Promise.all(this.#lanes.map((l) => l.sub?.drain().catch(() => undefined))), this.#drainTimeoutMs))) {
+      for (const lane of this.#lanes) {
+        try {
+          if (lane.sub && !lane.sub.isClosed()) lane.sub.unsubscribe();
+        } catch {
+          // Closed meanwhile: nothing more arrives on it either way.
+        }
+      }
+    }
     // A connection that is down cannot answer what it brought before we stop.
     this.#dropQueued(
       this.#lanes.filter((l) => !l.reply.connected),
@@ -488,7 +531,7 @@ export class CalloutRunner {
       let timer: NodeJS.Timeout | undefined;
       const drained = await new Promise<boolean>((resolve) => {
         this.#idle = () => resolve(true);
-        timer = setTimeout(() => resolve(false), this.#drainTimeoutMs);
+        timer = setTimeout(() => resolve(false), Math.max(0, this.#drainTimeoutMs - (performance.now() - started)));
       });
       clearTimeout(timer);
       clearTimeout(this.#holdTimer);
@@ -500,6 +543,35 @@ export class CalloutRunner {
     // The once-a-second summary stopped with the stats timer: what the drain shed beyond the
     // lines of its window (up to all that was queued) would otherwise never be logged.
     this.#service.flushShedLog(true);
-    await Promise.all(this.#lanes.map((l) => l.nc.drain().catch(() => undefined)));
+    await Promise.all(
+      this.#lanes.map(async (l) => {
+        if (
+          !(await within(
+            Promise.resolve().then(() => l.nc.drain()),
+            this.#drainTimeoutMs,
+          ))
+        )
+          await l.nc.close().catch(() => undefined);
+      }),
+    );
+  }
+}
+
+/** Whether `work` settles (either way) within `ms`. */
+async function within(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([
+      work.then(
+        () => true,
+        () => true,
+      ),
+      timedOut,
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

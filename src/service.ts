@@ -210,7 +210,7 @@ export class CalloutService {
     if (!clock.calibrated(opened.claimedServer, receivedMs)) {
       try {
         verified = this.#requests.verify(opened);
-        clock.observe(verified.serverId, verified.issuedAt, receivedMs);
+        clock.observe(verified.serverId, verified.issuedAt, receivedMs, opened.exp);
       } catch {
         // Not verifiable: it teaches nothing; process() refuses it with the reason.
       }
@@ -231,7 +231,7 @@ export class CalloutService {
     let reply: Uint8Array | undefined;
     try {
       request = admitted.verified ?? this.#requests.verify(admitted.opened);
-      if (!admitted.verified) this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs);
+      if (!admitted.verified) this.requestClock.observe(request.serverId, request.issuedAt, admitted.receivedMs, admitted.opened.exp);
       const deadline = admitted.timing === undefined ? undefined : admitted.timing.deadlineMs - laneDelayMs;
       const result = await this.#authorize(request, deadline);
       decision = result.decision;
@@ -312,12 +312,22 @@ export class CalloutService {
   }
 
   #logShedSummary(summary: ShedSummary | undefined): void {
-    if (summary) this.#log.warn('requests shed without a line each (counted in oidc_callout_shed_total)', { ...summary });
+    if (summary)
+      this.#log.warn('requests shed without a line each (counted in oidc_callout_shed_total; those refused unverified in oidc_callout_requests_total)', {
+        ...summary,
+      });
   }
 
   /** `opened`: a shed request not verified, whose unverified claims an audit event may carry, marked as such. */
   #decided(decision: Decision, request: AuthRequest | undefined, seconds: number | undefined, claimedServer?: string, opened?: OpenedRequest): void {
     this.#observer?.decided(decision.result, decision.code, decision.cached, seconds);
+    if (request === undefined && decision.shed === undefined && decision.result !== 'allow') {
+      // Refused before anything verified it: whoever may publish on the subject sends as many as
+      // they like, so these share the shed lines' budget (and, past it, have no audit event).
+      const { line, summary } = this.shedLog.take('unverified', this.#mono());
+      this.#logShedSummary(summary);
+      if (!line) return;
+    }
     this.#observer?.recorded?.({ decision, request, opened: request ? undefined : opened, seconds, timeMs: this.#now() });
     this.#log[decision.result === 'allow' ? 'info' : 'warn']('authorization', {
       ...decision,

@@ -1,6 +1,9 @@
 import type { ShedReason } from './request-queue.js';
 
-/** Shed requests logged one by one per window; beyond it they are counted and summarized. */
+/**
+ * Shed requests, and requests refused before their signature verified, logged one by one per
+ * window; beyond it they are counted and summarized.
+ */
 const LINES_PER_WINDOW = 100;
 const WINDOW_MS = 1000;
 
@@ -9,6 +12,8 @@ export interface ShedSummary {
   readonly expired: number;
   readonly too_late: number;
   readonly queue_full: number;
+  /** Refused unverified (unreadable, not signed by the server it names, ...): whoever can publish on the subject chooses how many. */
+  readonly unverified: number;
   readonly window_ms: number;
 }
 
@@ -22,10 +27,10 @@ export interface ShedSummary {
 export class ShedLog {
   #windowStart = Number.NEGATIVE_INFINITY;
   #lines = 0;
-  #suppressed = { expired: 0, too_late: 0, queue_full: 0 };
+  #suppressed = { expired: 0, too_late: 0, queue_full: 0, unverified: 0 };
 
-  /** Whether this shed gets a line of its own; `summary` is the previous window's, when due. */
-  take(reason: ShedReason, nowMs: number): { readonly line: boolean; readonly summary: ShedSummary | undefined } {
+  /** Whether this shed (or unverified refusal) gets a line of its own; `summary` is the previous window's, when due. */
+  take(reason: ShedReason | 'unverified', nowMs: number): { readonly line: boolean; readonly summary: ShedSummary | undefined } {
     const summary = this.flush(nowMs);
     if (this.#lines < LINES_PER_WINDOW) {
       this.#lines++;
@@ -43,10 +48,10 @@ export class ShedLog {
   flush(nowMs: number, final = false): ShedSummary | undefined {
     if (!final && nowMs - this.#windowStart < WINDOW_MS) return undefined;
     const s = this.#suppressed;
-    const summary = s.expired + s.too_late + s.queue_full > 0 ? { ...s, window_ms: Math.round(nowMs - this.#windowStart) } : undefined;
+    const summary = s.expired + s.too_late + s.queue_full + s.unverified > 0 ? { ...s, window_ms: Math.round(nowMs - this.#windowStart) } : undefined;
     this.#windowStart = nowMs;
     this.#lines = 0;
-    this.#suppressed = { expired: 0, too_late: 0, queue_full: 0 };
+    this.#suppressed = { expired: 0, too_late: 0, queue_full: 0, unverified: 0 };
     return summary;
   }
 }

@@ -92,7 +92,7 @@ describe('overload', () => {
     assert.equal(summary, undefined, 'nothing to summarize within the first window');
     assert.equal(shedLog.flush(1_500), undefined, 'the window has not ended');
     const s = shedLog.flush(2_000);
-    assert.deepEqual(s, { expired: 75, too_late: 0, queue_full: 75, window_ms: 1_000 });
+    assert.deepEqual(s, { expired: 75, too_late: 0, queue_full: 75, unverified: 0, window_ms: 1_000 });
     // A new window logs again.
     assert.equal(shedLog.take('too_late', 2_001).line, true);
     assert.equal(shedLog.flush(3_100), undefined, 'a window without unlogged sheds says nothing');

@@ -5,22 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { MsgHdrsImpl } from '@nats-io/transport-node';
 import { CalloutRunner } from '../../src/runner.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
 import { until } from '../helpers/fake-clock.js';
+import { memoryUsed } from '../helpers/memory-used.js';
 import { runnerScenario } from '../helpers/runner-scenario.js';
 import { FakeNats, fakeClockService, settle } from '../helpers/fake-nats.js';
 
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-const used = () => {
-  gc();
-  const m = process.memoryUsage();
-  return m.heapUsed + m.external + m.arrayBuffers;
-};
+const used = memoryUsed;
 
 describe('queue memory', () => {
   it('a flood of requests carrying 60 KB tokens stays within 256 MiB', async () => {
