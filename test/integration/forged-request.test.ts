@@ -346,6 +346,7 @@ describe('requests from a fake server, through a server without callout (xkey)',
       [new TextEncoder().encode(valid), undefined], // plaintext while an xkey is configured
     ];
     const heapBefore = process.memoryUsage().heapUsed;
+    const floodMark = setup.log.mark();
     const until = Date.now() + 2500;
     let sent = 0;
     let huge = 0;
@@ -388,6 +389,15 @@ describe('requests from a fake server, through a server without callout (xkey)',
     assert.ok(answered >= 2, `only ${answered} good requests answered during the flood`);
     assert.ok(sent > 1000, `the flood sent only ${sent}`);
     assert.ok(grownMiB < 200, `heap grew ${grownMiB.toFixed(1)} MiB`);
+    // The refusals of the flood are not a line each: past 100 a second they are counted in one
+    // summary line a second.
+    const summary = await setup.log.waitFor((r) => typeof r.unverified === 'number' && r.unverified > 0, { from: floodMark, timeoutMs: 5000 });
+    assert.match(String(summary.msg), /without a line each/);
+    const lines = setup.log.records.slice(floodMark).filter((r) => r.msg === 'authorization' && r.result !== 'allow').length;
+    assert.ok(lines < sent / 2, `${lines} refusal lines for ${sent} hostile requests`);
+    // The last window the flood used ends a second after it began at most: then the next
+    // refusal opens a window of its own.
+    await new Promise((r) => setTimeout(r, 1200));
   });
 
   it('keeps answering after a message with malformed headers (it never stops the client reader)', async () => {
