@@ -133,11 +133,19 @@ class ServerClock {
    * Records any arrival on connection `stream`; true when a jump of its lag was confirmed as a
    * clock step and the offset forgotten.
    */
-  arrived(receivedMs: number, lag: number, stream: number): boolean {
+  arrived(receivedMs: number, lag: number, stream: number, genuine: () => boolean): boolean {
     const previous = this.#arrivals.get(stream);
+    const suspect = this.#suspect;
+    // The arrival is not verified yet. One that would raise, clear or confirm a suspected step
+    // counts only if its signature verifies (rare: only around a jump), so that forged requests
+    // stamped with the server's old clock cannot keep a real step from being believed, nor
+    // forged jumps make one up. Forged, it is ignored altogether.
+    const matters = suspect
+      ? lag <= suspect.baseline + STEP_TOLERANCE_MS || lag >= suspect.level
+      : previous !== undefined && lag - previous.lag > Math.min(Math.max(0, receivedMs - previous.receivedMs), MAX_GAP_ALLOWANCE_MS) + STEP_TOLERANCE_MS;
+    if (matters && !genuine()) return false;
     if (!previous && this.#arrivals.size >= MAX_STREAMS) this.#arrivals.clear();
     this.#arrivals.set(stream, { receivedMs, lag });
-    const suspect = this.#suspect;
     if (suspect) {
       if (lag <= suspect.baseline + STEP_TOLERANCE_MS) this.#suspect = undefined;
       else if (lag >= suspect.level && ++suspect.count >= STEP_CONFIRMATIONS) {
@@ -149,9 +157,10 @@ class ServerClock {
       }
       return false;
     }
-    // The allowance is capped: with few requests per connection a long gap would hide any step
-    // (a false alarm needs three confirmations and only makes estimates more lenient).
-    if (previous && lag - previous.lag > Math.min(Math.max(0, receivedMs - previous.receivedMs), MAX_GAP_ALLOWANCE_MS) + STEP_TOLERANCE_MS) {
+    // A jump past the time since the connection's previous arrival (`matters` above; the
+    // allowance is capped: with few requests per connection a long gap would hide any step, and
+    // a false alarm needs three confirmations and only makes estimates more lenient).
+    if (matters && previous) {
       this.#suspect = { baseline: previous.lag, level: previous.lag + (lag - previous.lag) / 2, count: 1 };
     }
     return false;
@@ -224,12 +233,13 @@ export class RequestClock {
   /**
    * Records the arrival of any request (verified or not) of a known server on connection
    * `stream`. Returns true when its stamps jumped back like a stepped clock (confirmed) and the
-   * server's offset was forgotten.
+   * server's offset was forgotten. `genuine` verifies the request (once; the caller keeps the
+   * result): asked only when this arrival would change what is believed about a step.
    */
-  noteArrival(serverId: string, iat: unknown, receivedMs: number, stream = 0): boolean {
+  noteArrival(serverId: string, iat: unknown, receivedMs: number, stream = 0, genuine: () => boolean = () => true): boolean {
     if (!isSeconds(iat)) return false;
     // A plain lookup: only verified requests keep a server recent (see #server).
-    return this.#servers.get(serverId)?.arrived(receivedMs, receivedMs - iat * 1000, stream) ?? false;
+    return this.#servers.get(serverId)?.arrived(receivedMs, receivedMs - iat * 1000, stream, genuine) ?? false;
   }
 
   calibrated(serverId: string, nowMs: number): boolean {

@@ -201,20 +201,28 @@ export class CalloutService {
       return undefined;
     }
     const clock = this.requestClock;
+    let verified: AuthRequest | undefined;
+    let tried = false;
+    const genuine = (): boolean => {
+      if (!tried) {
+        tried = true;
+        try {
+          verified = this.#requests.verify(opened);
+        } catch {
+          // Not verifiable: it teaches nothing; process() refuses it with the reason.
+        }
+      }
+      return verified !== undefined;
+    };
     // A step of the server's clock shows in the order requests arrive on a connection: only
     // requests opened in that order are looked at (one picked later from a backlog is not).
-    if (inArrivalOrder && clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection)) {
+    if (inArrivalOrder && clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection, genuine)) {
       this.#log.warn("a server's requests jumped back in time: its clock stepped; relearning its offset", { server_id: opened.claimedServer });
     }
-    let verified: AuthRequest | undefined;
-    if (!clock.calibrated(opened.claimedServer, receivedMs)) {
-      try {
-        verified = this.#requests.verify(opened);
-        clock.observe(verified.serverId, verified.issuedAt, receivedMs, opened.exp);
-      } catch {
-        // Not verifiable: it teaches nothing; process() refuses it with the reason.
-      }
-    }
+    // The first request of a server not known yet is verified here (see above); one verified
+    // for the step detection teaches the clock too (process() skips what admit() verified).
+    if (!clock.calibrated(opened.claimedServer, receivedMs)) genuine();
+    if (verified) clock.observe(verified.serverId, verified.issuedAt, receivedMs, opened.exp);
     const timing = clock.estimate(opened.claimedServer, opened.iat, opened.exp, receivedMs);
     return { opened, receivedMs, timing, verified };
   }
