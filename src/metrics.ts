@@ -11,6 +11,8 @@ export interface DecisionObserver {
   jwksFetched(issuer: string, ok: boolean): void;
   /** A request dropped unanswered because its answer could not arrive in time. */
   shed(reason: string): void;
+  /** A server's request stamps jumped back and stayed so: its clock offset is relearnt. */
+  clockStepped?(): void;
   /** Every decision with its request's facts, as logged (audit events). */
   recorded?(record: DecisionRecord): void;
 }
@@ -26,6 +28,9 @@ export function allOf(...list: readonly DecisionObserver[]): DecisionObserver {
     },
     shed: (...args) => {
       for (const o of list) o.shed(...args);
+    },
+    clockStepped: () => {
+      for (const o of list) o.clockStepped?.();
     },
     recorded: (record) => {
       for (const o of list) o.recorded?.(record);
@@ -55,6 +60,7 @@ export class Metrics implements DecisionObserver {
   readonly #jwks: Counter<'issuer' | 'result'>;
   readonly #reloads: Counter<'result'>;
   readonly #shed: Counter<'reason'>;
+  readonly #clockSteps: Counter;
   readonly #auditSent: Counter;
   readonly #auditDropped: Counter<'reason'>;
   #sources: MetricsSources | undefined;
@@ -98,6 +104,11 @@ export class Metrics implements DecisionObserver {
       name: 'oidc_callout_shed_total',
       help: 'Requests dropped unanswered, by reason (expired, too_late, queue_full): the server would have given up before the answer arrived',
       labelNames: ['reason'],
+      registers,
+    });
+    this.#clockSteps = new Counter({
+      name: 'oidc_callout_clock_steps_total',
+      help: "Times a server's request stamps jumped back and stayed so (its clock stepped, or a backlog within nats-server grew by seconds): its offset was relearnt",
       registers,
     });
     // Every reason from the start, at 0: a dashboard's rate() then reads 0, not "no data".
@@ -191,6 +202,10 @@ export class Metrics implements DecisionObserver {
 
   shed(reason: string): void {
     this.#shed.inc({ reason });
+  }
+
+  clockStepped(): void {
+    this.#clockSteps.inc();
   }
 
   auditSent(n: number): void {

@@ -218,6 +218,7 @@ export class CalloutService {
     // requests opened in that order are looked at (one picked later from a backlog is not).
     if (inArrivalOrder && clock.noteArrival(opened.claimedServer, opened.iat, receivedMs, connection, genuine)) {
       this.#log.warn("a server's requests jumped back in time: its clock stepped; relearning its offset", { server_id: opened.claimedServer });
+      this.#observer?.clockStepped?.();
     }
     // The first request of a server not known yet is verified here (see above); one verified
     // for the step detection teaches the clock too (process() skips what admit() verified).

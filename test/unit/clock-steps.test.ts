@@ -3,6 +3,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { Metrics } from '../../src/metrics.js';
 import { RequestClock } from '../../src/request-clock.js';
 import { authRequestJwt, fakeServer } from '../helpers/auth-request.js';
 import { fakeClockService } from '../helpers/fake-nats.js';
@@ -12,7 +13,9 @@ const seconds = (ms: number) => Math.floor(ms / 1000);
 
 describe('request clock', () => {
   it('a quiet system relearns a server clock that stepped back 3 s within a couple of connects, not after 10', async () => {
-    const { service, clock } = fakeClockService();
+    const metrics = new Metrics('test');
+    const { service, clock } = fakeClockService({ observer: metrics });
+    const steps = async () => (await metrics.registry.getSingleMetric('oidc_callout_clock_steps_total')?.get())?.values[0]?.value ?? 0;
     const server = fakeServer();
     let skew = 0; // how far the server's clock is behind ours (ms)
     const connect = () => service.handle(enc(authRequestJwt(server, { now: seconds(clock.mono - skew), connectOpts: {} })), undefined);
@@ -21,6 +24,7 @@ describe('request clock', () => {
       assert.ok(await connect(), 'answered while the clocks agree');
       clock.advance(317);
     }
+    assert.equal(await steps(), 0, 'no step while the clocks agree');
     // An hour of silence, then NTP steps the server clock back by 3 s. Clients connect now and
     // then (one attempt every 30 s, as a quiet system sees them).
     clock.advance(3_600_000);
@@ -32,6 +36,8 @@ describe('request clock', () => {
       clock.advance(30_000);
     }
     assert.ok(dropped <= 2, `${dropped} consecutive connects dropped unanswered (${(dropped * 30) / 60} min) on an idle service after a 3 s clock step`);
+    // After an hour the offset was forgotten anyway: the new one is learnt without a step.
+    assert.equal(await steps(), 0, 'no step counted: the silence made the old offset stale first');
   });
 
   it('does not mistake an upstream backlog (delay growing no faster than time) for a clock step and stop shedding', () => {

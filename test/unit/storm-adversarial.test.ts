@@ -307,7 +307,8 @@ describe('storm machinery, adversarial', () => {
     });
 
     it('forged requests cannot keep a real clock step from being relearnt', async () => {
-      const { service, clock } = fakeClockService();
+      const metrics = new Metrics('test');
+      const { service, clock } = fakeClockService({ observer: metrics });
       const server = fakeServer();
       let skew = 0;
       const connect = () => service.handle(enc(authRequestJwt(server, { now: seconds(clock.mono - skew), connectOpts: {} })), undefined);
@@ -325,6 +326,7 @@ describe('storm machinery, adversarial', () => {
         clock.advance(250);
       }
       assert.ok(dropped <= 3, `${dropped} real requests dropped (${dropped * 250} ms) after a 5 s step back, with forged ones among them`);
+      assert.equal(await metricTotal(metrics, 'oidc_callout_clock_steps_total'), 1, 'the step is counted, once');
     });
 
     it('a hostile server (a valid signature of its own) with a skewed clock and long timeout does not change how another server is read', async () => {
