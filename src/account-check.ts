@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { calloutAccountConnections, type Config } from './config.js';
+import { calloutAccountConnections, type Config, replicaLanes } from './config.js';
 import { decodeNatsJwt } from './nats-jwt.js';
 import { isPublicKey, NkeySigner, publicKeyObject, verifySignature } from './nkey.js';
 
@@ -172,28 +172,29 @@ export function connectionLimitFindings(config: Config, claims: AccountClaims): 
     };
   }
   if (conn < 0) return { problems: [`the callout account's limits.conn is ${conn}: nats-server admits no connection (-1 admits any number)`], warnings: [] };
-  const lanes = config.workers <= 1 ? config.nats.connections : Math.max(config.nats.connections, config.workers);
+  const lanes = replicaLanes(config);
   const need = calloutAccountConnections(config);
   const workers = `${config.workers} worker${config.workers === 1 ? '' : 's'}${config.workersAuto ? " ('auto' on this machine)" : ''}`;
   const opens = `this replica opens ${need}: ${lanes} for nats.connections over ${workers}${config.audit ? `, and ${config.workers} for audit` : ''}`;
-  const found: AccountFindings = { problems: [], warnings: [] };
+  const problems: string[] = [];
+  const warnings: string[] = [];
   const remedies = `raise limits.conn (-1 admits any number), or lower nats.connections${config.workers > config.nats.connections ? ' or workers' : ''}${config.audit ? ', or turn audit off' : ''}`;
   if (conn < lanes) {
-    (found.problems as string[]).push(
+    problems.push(
       `the callout account admits ${conn} connection${conn === 1 ? '' : 's'} (limits.conn) and ${opens}: nats-server refuses the rest, and the service (or some of its workers) cannot start; ${remedies}`,
     );
   } else if (conn < need) {
-    (found.problems as string[]).push(
+    problems.push(
       `the callout account admits ${conn} connections (limits.conn) and ${opens}: ${need - conn} audit connection${need - conn === 1 ? ' is' : 's are'} refused, and those workers drop their audit events; ${remedies}`,
     );
   } else if (conn < 2 * need + 1) {
-    (found.warnings as string[]).push(
+    warnings.push(
       `the callout account admits ${conn} connections (limits.conn) and ${opens}: a second replica, this one restarting before its old connections are gone, or an \`oidc-callout revoke\` or \`check\` (they log in as the service) would not fit`,
     );
   }
   if (conn > MAX_CONN_2_10)
-    (found.warnings as string[]).push(`the callout account's limits.conn ${conn} is above 2^31-1: nats-server 2.10 keeps it in 32 bits, where it wraps around`);
-  return found;
+    warnings.push(`the callout account's limits.conn ${conn} is above 2^31-1: nats-server 2.10 keeps it in 32 bits, where it wraps around`);
+  return { problems, warnings };
 }
 
 /**

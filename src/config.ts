@@ -567,10 +567,14 @@ export function workerConnections(total: number, workers: number, index: number)
   return Math.max(1, Math.floor(total / workers) + (index < total % workers ? 1 : 0));
 }
 
+/** The reply lanes this replica opens: `nats.connections`, and at least one per worker. */
+export function replicaLanes(config: Config): number {
+  return config.workers <= 1 ? config.nats.connections : Math.max(config.nats.connections, config.workers);
+}
+
 /** Connections this replica opens into the callout account: its lanes and, with audit, one per worker. */
 export function calloutAccountConnections(config: Config): number {
-  const lanes = config.workers <= 1 ? config.nats.connections : Math.max(config.nats.connections, config.workers);
-  return lanes + (config.audit ? config.workers : 0);
+  return replicaLanes(config) + (config.audit ? config.workers : 0);
 }
 
 /** 'auto' workers: no more than this (beyond it the server's reply lanes, not our CPU, limit). */

@@ -3,6 +3,7 @@ import type { Logger } from './log.js';
 import type { MetricsSources } from './metrics.js';
 import { ReplyLane } from './reply-lanes.js';
 import { RequestQueue, type Queued, type ShedReason } from './request-queue.js';
+import { within } from './within.js';
 import type { Admitted, CalloutService } from './service.js';
 
 /** The subject nats-server publishes authorization requests on. */
@@ -554,24 +555,5 @@ export class CalloutRunner {
           await l.nc.close().catch(() => undefined);
       }),
     );
-  }
-}
-
-/** Whether `work` settles (either way) within `ms`. */
-async function within(work: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<boolean>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms);
-  });
-  try {
-    return await Promise.race([
-      work.then(
-        () => true,
-        () => true,
-      ),
-      timedOut,
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }

@@ -24,10 +24,13 @@ export interface ShedSummary {
  * window are logged as decisions; the rest are counted (metrics count every one) and said in one
  * summary line when the window ends. Kept across reloads.
  */
+/** Nothing suppressed yet. */
+const none = () => ({ expired: 0, too_late: 0, queue_full: 0, unverified: 0 });
+
 export class ShedLog {
   #windowStart = Number.NEGATIVE_INFINITY;
   #lines = 0;
-  #suppressed = { expired: 0, too_late: 0, queue_full: 0, unverified: 0 };
+  #suppressed = none();
 
   /** Whether this shed (or unverified refusal) gets a line of its own; `summary` is the previous window's, when due. */
   take(reason: ShedReason | 'unverified', nowMs: number): { readonly line: boolean; readonly summary: ShedSummary | undefined } {
@@ -48,10 +51,10 @@ export class ShedLog {
   flush(nowMs: number, final = false): ShedSummary | undefined {
     if (!final && nowMs - this.#windowStart < WINDOW_MS) return undefined;
     const s = this.#suppressed;
-    const summary = s.expired + s.too_late + s.queue_full + s.unverified > 0 ? { ...s, window_ms: Math.round(nowMs - this.#windowStart) } : undefined;
+    const summary = Object.values(s).some((n) => n > 0) ? { ...s, window_ms: Math.round(nowMs - this.#windowStart) } : undefined;
     this.#windowStart = nowMs;
     this.#lines = 0;
-    this.#suppressed = { expired: 0, too_late: 0, queue_full: 0, unverified: 0 };
+    this.#suppressed = none();
     return summary;
   }
 }

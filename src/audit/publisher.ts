@@ -2,6 +2,7 @@ import { errors as natsErrors, type NatsConnection } from '@nats-io/transport-no
 import type { Logger } from '../log.js';
 import type { DecisionObserver } from '../metrics.js';
 import { isPublicKey } from '../nkey.js';
+import { within } from '../within.js';
 import { AuditBuffer, type AuditDropReason } from './buffer.js';
 import { type AuditEvent, buildAuditEvent, type DecisionRecord } from './event.js';
 import type { AuditSubject } from './subject.js';
@@ -109,9 +110,7 @@ export class AuditPublisher implements DecisionObserver {
   /** Sends what is buffered, for at most `timeoutMs` (stop). */
   async drain(timeoutMs: number): Promise<void> {
     this.#pump();
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.#pumping ?? Promise.resolve(), new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
-    clearTimeout(timer);
+    await within(this.#pumping ?? Promise.resolve(), timeoutMs);
   }
 
   #dropped(reason: AuditDropReason, n: number): void {
@@ -202,12 +201,7 @@ export class AuditPublisher implements DecisionObserver {
       }
     };
     // A slow or unreachable system account costs a batch its ports, never more than this wait.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.all(Array.from({ length: Math.min(LOOKUP_CONCURRENCY, batch.length) }, worker)),
-      new Promise<void>((r) => (timer = setTimeout(r, LOOKUP_BATCH_MS))),
-    ]);
-    clearTimeout(timer);
+    await within(Promise.all(Array.from({ length: Math.min(LOOKUP_CONCURRENCY, batch.length) }, worker)), LOOKUP_BATCH_MS);
     next = batch.length;
   }
 }
