@@ -59,7 +59,7 @@ export async function warmIssuers(issuers: readonly IssuerKeys[], log: Logger): 
  * With `callout.account_jwt` configured, its connection limit is checked before connecting: past
  * it the connections below would be retried for ever (the full check runs once they are up).
  */
-function logConnectionLimit(config: Config, log: Logger): void {
+export function logConnectionLimit(config: Config, log: Logger): void {
   if (config.callout.mode !== 'operator' || config.callout.accountJwt === undefined) return;
   try {
     const claims = readAccountJwt(config.callout.accountJwt, config.keys.accounts.calloutAccount);

@@ -4,6 +4,9 @@ import { encodeAccount } from '@nats-io/jwt';
 import { createAccount, createCurve, createOperator, createUser } from '@nats-io/nkeys';
 import { checkCalloutAccount, connectionLimitFindings, readAccountJwt } from '../../src/account-check.js';
 import { buildConfig, calloutAccountConnections, workerConnections } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import { logConnectionLimit } from '../../src/service-instance.js';
+import { LogCapture } from '../helpers/callout-fixture.js';
 
 const seedOf = (kp: { getSeed(): Uint8Array }) => new TextDecoder().decode(kp.getSeed());
 
@@ -13,12 +16,13 @@ describe('callout account check (operator mode)', () => {
   const app = createAccount();
   const xkey = createCurve();
   const service = createUser();
-  const config = buildConfig({
+  const doc = {
     callout: { mode: 'operator', issuer_seed: seedOf(auth), xkey_seed: seedOf(xkey), system_account: createAccount().getPublicKey() },
     accounts: { APP: { public_key: app.getPublicKey(), signing_seed: seedOf(app) } },
     issuers: [{ issuer: 'https://idp.example.com', audiences: ['nats'] }],
     policy: { rules: [{ name: 'r', match: { groups: 'dev' }, account: 'APP', permissions: { sub: { allow: ['x'] } } }] },
-  });
+  };
+  const config = buildConfig(doc);
   const jwtOf = (authorization: Record<string, unknown> | undefined, extra: Record<string, unknown> = {}) =>
     encodeAccount('AUTH', auth, { limits: { conn: -1 }, ...(authorization ? { authorization } : {}) }, { signer: operator, ...extra });
   const check = async (authorization: Record<string, unknown> | undefined, opts: { xkey?: string; now?: number; exp?: number } = {}) => {
@@ -63,6 +67,22 @@ describe('callout account check (operator mode)', () => {
     const [h, p] = (await jwtOf(good())).split('.');
     const forged = `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`;
     assert.match(String(readAccountJwt(forged, auth.getPublicKey())), /signature does not verify/);
+  });
+
+  it('logs, before connecting, a callout.account_jwt whose limits.conn cannot hold the lanes, and nothing for one that can', async () => {
+    const withJwt = (jwt: string) => buildConfig({ ...structuredClone(doc), callout: { ...doc.callout, account_jwt: jwt } });
+    const logged = (jwt: string) => {
+      const log = new LogCapture();
+      logConnectionLimit(withJwt(jwt), createLogger('debug', log.write));
+      return log.records.filter((r) => r.level === 'error' || r.level === 'warn');
+    };
+    const tight = logged(await encodeAccount('AUTH', auth, { limits: { conn: 1 }, authorization: good() }, { signer: operator }));
+    assert.equal(tight.length, 1);
+    assert.equal(tight[0]!.msg, 'callout account misconfigured');
+    assert.equal(tight[0]!.checked_from, 'callout.account_jwt');
+    assert.match(String(tight[0]!.problem), /admits 1 connection \(limits.conn\)/);
+    assert.deepEqual(logged(await jwtOf(good())), [], 'an unlimited account: nothing to say');
+    assert.deepEqual(logged('not.a.jwt'), [], 'an unreadable JWT is left to the full check once connected');
   });
 
   it('says when the account connection limit cannot hold this replica, before it connects', async () => {
